@@ -1,0 +1,32 @@
+# auctionlab developer targets. `make setup` once, then `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP_CONSTRAINTS ?= .ci/constraints.txt
+
+.PHONY: setup test test-slow bench lint format clean
+
+setup:  ## create .venv and install auctionlab with dev tools (CPU torch pinned)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -c $(PIP_CONSTRAINTS) -e ".[dev]"
+
+test:  ## default suite (minutes, CPU)
+	$(BIN)/pytest -q
+
+test-slow:  ## learned-mechanism checks that take long (RochetNet 1x2, RegretNet 2x2 at scale=cpu)
+	$(BIN)/pytest -q -m slow -p no:cacheprovider
+
+bench:  ## performance benchmarks, JSON into outputs/bench/
+	$(BIN)/python scripts/bench_train.py --env 2x2 --batch 512 --misreport-steps 50 --threads 2 --out outputs/bench/train_2x2.json
+
+lint:  ## ruff
+	$(BIN)/ruff check auctionlab scripts tests
+	$(BIN)/ruff format --check auctionlab scripts tests
+
+format:
+	$(BIN)/ruff format auctionlab scripts tests
+	$(BIN)/ruff check --fix auctionlab scripts tests
+
+clean:
+	rm -rf outputs/runs outputs/multirun .pytest_cache

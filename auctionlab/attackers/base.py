@@ -1,0 +1,89 @@
+"""Shared machinery: utilities of unilateral deviations for all bidders at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from auctionlab.types import Types
+
+
+def deviation_profiles(values: Tensor, misreports: Tensor) -> Tensor:
+    """Stack the ``n`` unilateral-deviation profiles.
+
+    Args:
+        values: ``[B, n, m]`` true reports of everyone.
+        misreports: ``[R, B, n, m]``; row ``i`` is bidder ``i``'s misreport.
+
+    Returns:
+        ``[n, R, B, n, m]``: profile ``k`` has bidder ``k``'s row replaced by its misreport.
+
+    """
+    n = values.shape[1]
+    mask = torch.eye(n, dtype=torch.bool, device=values.device).view(n, 1, 1, n, 1)
+    return torch.where(mask, misreports.unsqueeze(0), values.unsqueeze(0).unsqueeze(0))
+
+
+def expand_public(public: dict[str, Tensor], copies: int) -> dict[str, Tensor]:
+    """Repeat each public input ``copies`` times along a new leading axis, then flatten."""
+    return {
+        k: v.unsqueeze(0).expand(copies, *v.shape).reshape(copies * v.shape[0], *v.shape[1:])
+        for k, v in public.items()
+    }
+
+
+def deviation_utility(mechanism, env, types: Types, misreports: Tensor) -> Tensor:
+    """Utility of each bidder when it alone misreports.
+
+    Args:
+        mechanism: the mechanism under attack.
+        env: gives the utility function.
+        types: true types; ``values`` is ``[B, n, m]``.
+        misreports: ``[R, B, n, m]``.
+
+    Returns:
+        ``[R, B, n]``: entry ``(r, b, i)`` is bidder ``i``'s true utility when it reports
+        ``misreports[r, b, i]`` and the others report truthfully.
+
+    """
+    values = types.values
+    R, B, n, m = misreports.shape
+    profiles = deviation_profiles(values, misreports).reshape(n * R * B, n, m)
+    outcome = mechanism(profiles, expand_public(types.public, n * R))
+    index = torch.arange(n, device=values.device)
+    # Only bidder k's part of profile k matters: gather it before the utility to save work.
+    allocation = outcome.allocation.view(n, R, B, n, m)[index, :, :, index]  # [n, R, B, m]
+    payment = outcome.payment.view(n, R, B, n)[index, :, :, index]  # [n, R, B]
+    own_values = values.permute(1, 0, 2).unsqueeze(1)  # [n, 1, B, m]
+    utility = (allocation * own_values).sum(-1) - payment
+    return utility.permute(1, 2, 0)
+
+
+@dataclass
+class AttackResult:
+    """What an attack found.
+
+    Attributes:
+        misreports: ``[B, n, m]`` the best misreport found for each bidder.
+        utility: ``[B, n]`` each bidder's utility at its best misreport.
+        truthful_utility: ``[B, n]`` utility when everyone reports truthfully, or ``None``
+            where the attacker was not asked for it (training).
+        budget: the attacker budget that produced these numbers.
+        curve: gains ``[B, n]`` keyed by ``(restarts, steps)`` budgets below the full one.
+
+    """
+
+    misreports: Tensor
+    utility: Tensor
+    truthful_utility: Tensor | None
+    budget: dict
+    curve: dict[tuple[int, int], Tensor] = field(default_factory=dict)
+
+    @property
+    def gain(self) -> Tensor:
+        """``[B, n]`` regret: best misreport utility minus truthful utility, floored at 0."""
+        if self.truthful_utility is None:
+            raise ValueError("this attack was run without the truthful utility")
+        return (self.utility - self.truthful_utility).clamp_min(0.0)

@@ -1,0 +1,1 @@
+"""Task bodies behind ``auctionlab <task>``."""

@@ -1,0 +1,18 @@
+"""Training: one loop, pluggable constraint handlers."""
+
+from auctionlab.training.constraints import (
+    AugmentedLagrangian,
+    ConstraintHandler,
+    RegretBudget,
+    Unconstrained,
+)
+from auctionlab.training.loop import NonFiniteError, Trainer
+
+__all__ = [
+    "AugmentedLagrangian",
+    "ConstraintHandler",
+    "NonFiniteError",
+    "RegretBudget",
+    "Trainer",
+    "Unconstrained",
+]

@@ -1,0 +1,189 @@
+"""Constraint handlers: how regret enters the loss and how the multipliers move.
+
+Every handler sees the batch revenue and the per-bidder regret ``[n]`` of each iteration,
+returns the loss to minimise and then updates its own state. ``state_dict``/``load_state_dict``
+make them checkpointable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from auctionlab.errors import ConfigError
+
+
+class ConstraintHandler:
+    """Base: the loss is minus revenue; no regret term."""
+
+    name = "none"
+    #: Whether the trainer must estimate regret at all.
+    needs_regret = True
+
+    def setup(self, n_bidders: int, iterations: int, device: torch.device) -> None:
+        """Called once before training with the problem size and the iteration budget."""
+        self.n_bidders, self.iterations, self.device = n_bidders, iterations, device
+
+    def loss(self, revenue: Tensor, regret: Tensor) -> Tensor:
+        """Scalar loss from batch revenue (scalar) and per-bidder regret ``[n]``."""
+        return -revenue
+
+    def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:
+        """Dual / schedule update after the primal step (detached inputs)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Multipliers and schedules to log."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Checkpointable state."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict`` output."""
+
+
+class AugmentedLagrangian(ConstraintHandler):
+    """RegretNet's original recipe: ``-rev + sum_i lambda_i rgt_i + rho/2 sum_i rgt_i^2``.
+
+    ``lambda_i += rho * mean(rgt_i)`` every ``lambda_every`` iterations (mean over that
+    window) and ``rho += rho_increment`` every ``rho_every`` iterations.
+
+    Args:
+        lambda_init: initial multiplier of every bidder.
+        rho_init: initial quadratic penalty.
+        rho_increment: added to ``rho`` every ``rho_every`` iterations.
+        rho_every: iterations between ``rho`` increments.
+        lambda_every: iterations between multiplier updates.
+
+    """
+
+    name = "lagrangian"
+
+    def __init__(
+        self,
+        lambda_init: float = 5.0,
+        rho_init: float = 1.0,
+        rho_increment: float = 1.0,
+        rho_every: int = 2000,
+        lambda_every: int = 100,
+    ) -> None:
+        if rho_init <= 0 or lambda_init < 0 or rho_every < 1 or lambda_every < 1:
+            raise ConfigError(
+                "trainer.constraint: need rho_init > 0, lambda_init >= 0, rho_every >= 1, "
+                "lambda_every >= 1"
+            )
+        self.lambda_init, self.rho = float(lambda_init), float(rho_init)
+        self.rho_increment, self.rho_every, self.lambda_every = (
+            rho_increment,
+            rho_every,
+            lambda_every,
+        )
+
+    def setup(self, n_bidders: int, iterations: int, device: torch.device) -> None:  # noqa: D102
+        super().setup(n_bidders, iterations, device)
+        self.lambdas = torch.full((n_bidders,), self.lambda_init, device=device)
+        self.window = torch.zeros(n_bidders, device=device)
+        self.window_count = 0
+
+    def loss(self, revenue: Tensor, regret: Tensor) -> Tensor:  # noqa: D102
+        return -revenue + (self.lambdas * regret).sum() + 0.5 * self.rho * (regret**2).sum()
+
+    def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:  # noqa: D102
+        self.window += regret
+        self.window_count += 1
+        if (iteration + 1) % self.lambda_every == 0:
+            self.lambdas += self.rho * self.window / self.window_count
+            self.window.zero_()
+            self.window_count = 0
+        if (iteration + 1) % self.rho_every == 0:
+            self.rho += self.rho_increment
+
+    def metrics(self) -> dict[str, float]:  # noqa: D102
+        return {"lambda_mean": float(self.lambdas.mean()), "rho": self.rho}
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return {
+            "lambdas": self.lambdas,
+            "rho": self.rho,
+            "window": self.window,
+            "window_count": self.window_count,
+        }
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.lambdas, self.rho = state["lambdas"].to(self.device), float(state["rho"])
+        self.window, self.window_count = state["window"].to(self.device), int(state["window_count"])
+
+
+class RegretBudget(ConstraintHandler):
+    """Regret budget (Ivanov et al. 2022; seed 003 §2.4): one multiplier ``gamma``.
+
+    Loss ``-rev + gamma * (sum_i rgt_i - R_max)``. Dual step on the log ratio
+    ``gamma <- max(0, gamma + dual_lr * (log sum_i rgt_i - log rev - log R_max))``: the budget
+    is relative to revenue. ``R_max`` anneals geometrically from ``budget_start`` to
+    ``budget_end``, reached after ``anneal_fraction`` of the iterations.
+
+    Args:
+        budget_start: initial relative budget ``R_max``.
+        budget_end: final relative budget.
+        anneal_fraction: share of the iterations spent annealing.
+        dual_lr: step size ``eta_gamma`` of the dual update.
+        gamma_init: initial multiplier.
+
+    """
+
+    name = "regret_budget"
+
+    def __init__(
+        self,
+        budget_start: float = 0.1,
+        budget_end: float = 1e-3,
+        anneal_fraction: float = 2.0 / 3.0,
+        dual_lr: float = 0.1,
+        gamma_init: float = 1.0,
+    ) -> None:
+        if not (budget_start > 0 and budget_end > 0):
+            raise ConfigError(
+                "trainer.constraint: budgets must be > 0, "
+                f"got start={budget_start} end={budget_end}"
+            )
+        if not 0 < anneal_fraction <= 1:
+            raise ConfigError(f"trainer.constraint.anneal_fraction={anneal_fraction} not in (0, 1]")
+        if dual_lr <= 0 or gamma_init < 0:
+            raise ConfigError("trainer.constraint: need dual_lr > 0 and gamma_init >= 0")
+        self.budget_start, self.budget_end = float(budget_start), float(budget_end)
+        self.anneal_fraction, self.dual_lr, self.gamma_init = anneal_fraction, dual_lr, gamma_init
+
+    def setup(self, n_bidders: int, iterations: int, device: torch.device) -> None:  # noqa: D102
+        super().setup(n_bidders, iterations, device)
+        anneal_steps = max(1, round(self.anneal_fraction * iterations))
+        self.budget_mult = (self.budget_end / self.budget_start) ** (1.0 / anneal_steps)
+        self.budget = self.budget_start
+        self.gamma = float(self.gamma_init)
+
+    def loss(self, revenue: Tensor, regret: Tensor) -> Tensor:  # noqa: D102
+        return -revenue + self.gamma * (regret.sum() - self.budget)
+
+    def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:  # noqa: D102
+        tiny = 1e-12  # a zero regret or revenue must not give log(0)
+        ratio = math.log(float(regret.sum()) + tiny) - math.log(max(float(revenue), tiny))
+        self.gamma = max(0.0, self.gamma + self.dual_lr * (ratio - math.log(self.budget)))
+        self.budget = max(self.budget_end, self.budget * self.budget_mult)
+
+    def metrics(self) -> dict[str, float]:  # noqa: D102
+        return {"gamma": self.gamma, "regret_budget": self.budget}
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"gamma": self.gamma, "budget": self.budget}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.gamma, self.budget = float(state["gamma"]), float(state["budget"])
+
+
+class Unconstrained(ConstraintHandler):
+    """For mechanisms that are DSIC by design (RochetNet): maximise revenue, skip regret."""
+
+    name = "unconstrained"
+    needs_regret = False

@@ -1,0 +1,234 @@
+"""One training loop for every learned mechanism."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from auctionlab.attackers.base import deviation_profiles, expand_public
+from auctionlab.errors import ConfigError
+from auctionlab.training.constraints import ConstraintHandler, Unconstrained
+from auctionlab.types import Types
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or inf; the message says where."""
+
+
+class Trainer:
+    """Maximise revenue under a regret constraint (or none, for DSIC-by-design mechanisms).
+
+    Each iteration: draw a batch (from a fixed training set, as in the original recipe, or
+    fresh), let the attacker improve each bidder's misreport (warm-started from the cache
+    when ``cache_misreports``), evaluate truthful and deviation profiles in one forward pass,
+    take a primal step on ``constraint.loss`` and let the constraint update its multipliers.
+
+    Args:
+        mechanism: a learnable mechanism.
+        env: the environment.
+        attacker: misreport search used for the regret estimate.
+        constraint: the constraint handler.
+        iterations: primal steps.
+        batch_size: profiles per step.
+        num_samples: size of the fixed training set; ``None`` draws fresh profiles each step.
+        lr: optimizer learning rate.
+        optimizer: ``adam`` or ``sgd``.
+        cache_misreports: warm-start each profile's misreports from its last visit.
+        log_every: iterations per logged point (window means).
+        device: where everything lives.
+        seed: seeds the data and the restarts.
+        progress: show a progress bar.
+
+    """
+
+    def __init__(
+        self,
+        mechanism,
+        env,
+        attacker,
+        constraint: ConstraintHandler,
+        iterations: int,
+        batch_size: int,
+        num_samples: int | None = None,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        cache_misreports: bool = True,
+        log_every: int = 100,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        if iterations < 1 or batch_size < 1:
+            raise ConfigError(
+                f"train: iterations={iterations} and batch_size={batch_size} must be >= 1"
+            )
+        if num_samples is not None and num_samples < batch_size:
+            raise ConfigError(f"train.num_samples={num_samples} must be >= batch_size={batch_size}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"train.optimizer={optimizer} is not valid; choose one of {', '.join(OPTIMIZERS)}"
+            )
+        self.device = torch.device(device)
+        self.mechanism, self.env, self.attacker = mechanism.to(self.device), env, attacker
+        if getattr(mechanism, "dsic_by_design", False):
+            constraint = Unconstrained()  # nothing to constrain; skip the attacker's cost
+        self.constraint = constraint
+        self.iterations, self.batch_size, self.num_samples = iterations, batch_size, num_samples
+        self.cache_misreports = cache_misreports and num_samples is not None
+        self.log_every, self.progress = max(1, log_every), progress
+        self.optimizer = OPTIMIZERS[optimizer](self.mechanism.parameters(), lr=lr)
+        self.constraint.setup(env.n_bidders, iterations, self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.iteration = 0
+        self.train_seconds = 0.0
+        self.dataset: Types | None = None
+        self.cache: Tensor | None = None
+        self._order: Tensor | None = None
+        if num_samples is not None:
+            self.dataset = env.sample(num_samples, self.generator)
+            if self.cache_misreports:
+                self.cache = env.report_space.draw(num_samples, self.generator).to(self.device)
+
+    # -- data ---------------------------------------------------------------------------
+    def _batch(self) -> tuple[Types, Tensor | None]:
+        if self.dataset is None:
+            return self.env.sample(self.batch_size, self.generator), None
+        per_epoch = self.num_samples // self.batch_size
+        k = self.iteration % per_epoch
+        if k == 0 or self._order is None:
+            self._order = torch.randperm(
+                self.num_samples, generator=self.generator, device=self.device
+            )
+        index = self._order[k * self.batch_size : (k + 1) * self.batch_size]
+        return self.dataset[index], index
+
+    # -- one step -------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """One primal-dual iteration; returns the batch's revenue, regret and loss."""
+        types, index = self._batch()
+        values = types.values
+        B, n, m = values.shape
+        self.mechanism.train()
+        if self.constraint.needs_regret:
+            init = None if self.cache is None else self.cache[index].unsqueeze(0)
+            attack = self.attacker.attack(
+                self.mechanism, self.env, types, self.generator, init=init, truthful=False
+            )
+            misreports = attack.misreports.detach()
+            if self.cache is not None:
+                self.cache[index] = misreports
+            # Truthful and deviation profiles in one forward pass.
+            profiles = torch.cat(
+                [values, deviation_profiles(values, misreports[None]).reshape(-1, n, m)]
+            )
+            outcome = self.mechanism(profiles, expand_public(types.public, n + 1))
+            true_values = torch.cat([values, values.repeat(n, 1, 1)])
+            utility = self.env.utility(outcome, true_values)  # [(n + 1) B, n]
+            truthful_utility = utility[:B]
+            # Bidder k's utility in deviation profile k: the diagonal of [n, B, n].
+            deviation_utility = torch.diagonal(utility[B:].view(n, B, n), dim1=0, dim2=2)
+            regret = (deviation_utility - truthful_utility).clamp_min(0.0).mean(0)
+            payment = outcome.payment[:B]
+        else:
+            outcome = self.mechanism(values, types.public)
+            payment = outcome.payment
+            regret = torch.zeros(n, device=self.device)
+        revenue = payment.sum(-1).mean()
+        loss = self.constraint.loss(revenue, regret)
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"non-finite loss at iteration {self.iteration}: revenue={float(revenue)}, "
+                f"regret={regret.tolist()}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.constraint.update(revenue.detach(), regret.detach(), self.iteration)
+        self.iteration += 1
+        metrics = {"revenue": revenue.item(), "loss": loss.item()}
+        if self.constraint.needs_regret:  # no regret number without the attacker behind it
+            metrics["regret"] = regret.detach().mean().item()
+        return metrics
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(
+        self, on_log: Callable[[dict[str, float], int], None] | None = None
+    ) -> dict[str, float]:
+        """Run until ``iterations``; call ``on_log(metrics, step)`` every ``log_every`` steps.
+
+        Returns:
+            The last window's means plus ``train_seconds`` and ``seconds_per_iteration``.
+
+        """
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=self.iterations,
+            initial=self.iteration,
+            desc="train",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        sums: dict[str, float] = {}
+        count = 0
+        last: dict[str, float] = {}
+        start_iteration = self.iteration
+        started = time.perf_counter()
+        while self.iteration < self.iterations:
+            metrics = self.step()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            if self.iteration % self.log_every == 0 or self.iteration == self.iterations:
+                last = {f"train_{k}": v / count for k, v in sums.items()}
+                last.update(self.constraint.metrics())
+                if any(not math.isfinite(v) for v in last.values()):
+                    raise NonFiniteError(
+                        f"non-finite training metrics at iteration {self.iteration}: {last}"
+                    )
+                shown = {"rev": f"{last['train_revenue']:.4f}"}
+                if "train_regret" in last:
+                    shown["rgt"] = f"{last['train_regret']:.2e}"
+                shown.update({k: f"{v:.3g}" for k, v in self.constraint.metrics().items()})
+                bar.set_postfix(shown)
+                if on_log is not None:
+                    on_log(last, self.iteration)
+                sums, count = {}, 0
+            bar.update(1)
+        bar.close()
+        self.train_seconds += time.perf_counter() - started
+        done = self.iteration - start_iteration
+        last["train_seconds"] = self.train_seconds
+        last["seconds_per_iteration"] = self.train_seconds / max(1, done)
+        return last
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Tensors and plain data only, so checkpoints load with ``weights_only=True``."""
+        return {
+            "mechanism": self.mechanism.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "constraint": self.constraint.state_dict(),
+            "iteration": self.iteration,
+            "train_seconds": self.train_seconds,
+            "cache": self.cache,
+            "generator": self.generator.get_state(),
+            "order": self._order,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict`` (resume)."""
+        self.mechanism.load_state_dict(state["mechanism"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.constraint.load_state_dict(state["constraint"])
+        self.iteration, self.train_seconds = int(state["iteration"]), float(state["train_seconds"])
+        if state.get("cache") is not None:
+            self.cache = state["cache"].to(self.device)
+        self.generator.set_state(state["generator"])
+        self._order = state.get("order")

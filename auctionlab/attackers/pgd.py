@@ -156,9 +156,15 @@ class PGDAttacker:
             truthful_utility=None
             if not truthful
             else torch.cat([p.truthful_utility for p in pieces]),
-            budget=self.budget,
+            budget=dict(self.budget, gradient=all(p.budget["gradient"] for p in pieces)),
             curve={k: torch.cat([p.curve[k] for p in pieces]) for k in pieces[0].curve},
         )
+
+    def _fill_curve(self, curve_best: dict[int, Tensor], best_u: Tensor, t: int) -> None:
+        """Record the curve at the checkpoints after step ``t`` when the search has stalled."""
+        for s in self.curve_steps:
+            if s > t:
+                curve_best[s] = best_u.clone()
 
     def _attack_chunk(self, mechanism, env, types, generator, init, truthful) -> AttackResult:
         values = types.values
@@ -179,7 +185,7 @@ class PGDAttacker:
                 u = deviation_utility(mechanism, env, types, x)  # [R, B, n]
                 grad = None
                 if not last and u.requires_grad:
-                    (grad,) = torch.autograd.grad(u.sum(), x)
+                    (grad,) = torch.autograd.grad(u.sum(), x, allow_unused=True)
             u = u.detach()
             better = u > best_u
             best_u = torch.where(better, u, best_u)
@@ -188,10 +194,10 @@ class PGDAttacker:
                 curve_best[t] = best_u.clone()
             if last:
                 break
-            if grad is None:  # nothing to follow (piecewise-constant mechanism): keep starts
+            if grad is None:  # the utility does not depend on the report at all here
                 differentiable = False
-                x = x.detach()
-                continue
+                self._fill_curve(curve_best, best_u, t)
+                break
             if self.optimizer == "adam":
                 m1 = beta1 * m1 + (1 - beta1) * grad
                 m2 = beta2 * m2 + (1 - beta2) * grad * grad
@@ -200,6 +206,10 @@ class PGDAttacker:
                 )
             else:
                 direction = grad
+            if not bool(direction.any()):
+                # Zero step with zero momentum: every later iterate is this one again.
+                self._fill_curve(curve_best, best_u, t)
+                break
             x = env.report_space.project(x.detach() + sizes[t] * scale * direction)
         pick = best_u.argmax(0)  # [B, n]
         utility = best_u.gather(0, pick.unsqueeze(0)).squeeze(0)

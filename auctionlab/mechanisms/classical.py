@@ -30,11 +30,18 @@ def others_best(scores: Tensor) -> tuple[Tensor, Tensor]:
         ``[B, n, m]`` (float) of other bidders whose score equals ``best``.
     """
     n = scores.shape[1]
-    eye = torch.eye(n, dtype=torch.bool, device=scores.device).view(1, n, n, 1)
-    others = scores.unsqueeze(1).expand(-1, n, -1, -1).masked_fill(eye, -math.inf)  # [B, i, j, m]
-    best = others.amax(2)
-    count = ((others == best.unsqueeze(2)) & ~eye).sum(2).to(scores.dtype)
-    return best, count
+    if n == 1:
+        return torch.full_like(scores, -math.inf), torch.zeros_like(scores)
+    # Top two per item instead of an n x n mask: O(n m) memory and a cheap backward.
+    top = scores.topk(2, dim=1).values  # [B, 2, m]
+    first, second = top[:, :1], top[:, 1:]
+    is_top = scores == first
+    n_first = is_top.sum(1, keepdim=True)
+    n_second = (scores == second).sum(1, keepdim=True)
+    unique_top = is_top & (n_first == 1)  # then the others' best is the runner-up
+    best = torch.where(unique_top, second, first)
+    count = torch.where(unique_top, n_second, n_first - is_top.long())
+    return best, count.to(scores.dtype)
 
 
 def highest_share(scores: Tensor, best: Tensor, count: Tensor) -> Tensor:
@@ -88,9 +95,9 @@ class VCG(ClassicalMechanism):
             count = sum(math.comb(n, k) * math.perm(m, k) for k in range(min(n, m) + 1))
             if count > max_assignments:
                 raise ConfigError(
-                    f"mechanism={self.config_name} enumerates the {count} assignments of unit-demand "
-                    f"env={env.name}; that exceeds mechanism.max_assignments={max_assignments} "
-                    "(use a smaller env or raise the limit)"
+                    f"mechanism={self.config_name} enumerates the {count} assignments of "
+                    f"unit-demand env={env.name}; that exceeds "
+                    f"mechanism.max_assignments={max_assignments} (use a smaller env or raise it)"
                 )
             # Row k gives each bidder's item, with index m meaning "nothing".
             rows = [

@@ -38,8 +38,8 @@ def load_trained(run: str, device):
     mechanism.load_state_dict(state["mechanism"])
     picked_path = directory / "choices.json"
     picked = json.loads(picked_path.read_text()) if picked_path.exists() else {}
-    name = picked.get("mechanism", type(mechanism).__name__.lower())
-    return env, mechanism.to(device), name
+    picked.setdefault("mechanism", type(mechanism).__name__.lower())
+    return env, mechanism.to(device), picked
 
 
 def prepare(cfg: DictConfig):
@@ -52,7 +52,10 @@ def prepare(cfg: DictConfig):
     device = setup_runtime(cfg)
     picked = choices()
     if cfg.run:
-        env, mechanism, mechanism_name = load_trained(str(cfg.run), device)
+        env, mechanism, trained_choices = load_trained(str(cfg.run), device)
+        # Tag the evaluation with what was evaluated, not with evaluate.yaml's defaults.
+        picked.update(trained_choices)
+        mechanism_name = trained_choices["mechanism"]
         label = f"{mechanism_name} ({Path(str(cfg.run)).name})"
     else:
         env, mechanism = build_env_and_mechanism(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from omegaconf import DictConfig
 
@@ -12,6 +14,7 @@ from auctionlab.tasks.common import (
     build_env_and_mechanism,
     choices,
     integer,
+    load_checkpoint,
     log,
     progress_enabled,
     run_dir,
@@ -59,6 +62,14 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
         seed=integer(cfg, "seed"),
         progress=progress_enabled(cfg),
     )
+    if cfg.get("resume"):
+        state = load_checkpoint(Path(str(cfg.resume)) / "checkpoint.pt", device)
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ConfigError(
+                f"resume={cfg.resume}: checkpoint does not fit this config ({err})"
+            ) from err
     integer(cfg, "train.checkpoint_every", 0)
     integer(cfg, "validation.profiles", 1)
     validation_attacker = build(cfg.validation.attacker, "validation.attacker")
@@ -72,6 +83,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out = run_dir()
     checkpoint = out / "checkpoint.pt"
     tags = {"task": "train", "run_dir": str(out.resolve()), "device": str(device)}
+    if cfg.get("resume"):
+        tags["resumed_from"] = str(Path(str(cfg.resume)).resolve())
     tags.update({f"choice.{k}": v for k, v in picked.items()})
     name = f"train {picked.get('mechanism', '')} {picked.get('env', env.name)} seed={cfg.seed}"
     with Tracker(cfg, cfg.tracking, name, tags) as tracker:

@@ -113,8 +113,9 @@ class AugmentedLagrangian(ConstraintHandler):
         }
 
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
-        self.lambdas, self.rho = state["lambdas"].to(self.device), float(state["rho"])
-        self.window, self.window_count = state["window"].to(self.device), int(state["window_count"])
+        self.lambdas, self.rho = state["lambdas"].to(self.device).clone(), float(state["rho"])
+        self.window = state["window"].to(self.device).clone()
+        self.window_count = int(state["window_count"])
 
 
 class RegretBudget(ConstraintHandler):

@@ -229,6 +229,6 @@ class Trainer:
         self.constraint.load_state_dict(state["constraint"])
         self.iteration, self.train_seconds = int(state["iteration"]), float(state["train_seconds"])
         if state.get("cache") is not None:
-            self.cache = state["cache"].to(self.device)
+            self.cache = state["cache"].to(self.device).clone()
         self.generator.set_state(state["generator"])
         self._order = state.get("order")

@@ -1,0 +1,134 @@
+"""Shared fixtures: isolated MLflow store and cwd, config composition, console-script runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+#: Config groups and their yaml options, discovered from disk (new options are picked up).
+GROUPS = ("env", "mechanism", "attacker", "trainer", "scale", "tracking")
+
+torch.set_num_threads(1)
+
+
+def options(group: str) -> list[str]:
+    """The yaml options of a config group."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(task: str, overrides: list[str] | tuple[str, ...] = ()):
+    """The task's primary config composed with ``overrides`` (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name=task):
+        return compose(config_name=task, overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One sqlite store for the whole session (its migrations run once)."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch, tmp_path, mlflow_uri):
+    """Every test runs in a temp cwd and logs to the session's temp MLflow store.
+
+    Nothing may land in the repository's ``outputs/`` (runs, ``outputs/adhoc``, mlflow.db).
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+@pytest.fixture
+def compose() -> Callable:
+    """``compose(task, overrides)``: see :func:`compose_cfg`."""
+    return compose_cfg
+
+
+@pytest.fixture
+def group_options() -> Callable[[str], list[str]]:
+    """``group_options(group)``: the yaml names of a config group."""
+    return options
+
+
+def _cli_env(mlflow_uri: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        MLFLOW_TRACKING_URI=mlflow_uri,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        HYDRA_FULL_ERROR="0",
+    )
+    return env
+
+
+def run_cli(
+    args: list[str], cwd: Path, mlflow_uri: str, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run the installed ``auctionlab`` console script in ``cwd``; output captured as text."""
+    exe = Path(sys.executable).with_name("auctionlab")
+    command = str(exe) if exe.exists() else "auctionlab"
+    return subprocess.run(
+        [command, *args],
+        cwd=cwd,
+        env=_cli_env(mlflow_uri),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_console(mlflow_uri) -> Callable[..., subprocess.CompletedProcess]:
+    """``run_console(args, cwd)``: the console script with the session's MLflow store."""
+    return lambda args, cwd: run_cli(list(args), cwd, mlflow_uri)
+
+
+@pytest.fixture
+def cli(run_console, tmp_path) -> Callable[..., subprocess.CompletedProcess]:
+    """``cli(*args, cwd=None)``: the console script in a fresh temp cwd (or ``cwd``)."""
+    default = tmp_path / "cli"
+    default.mkdir()
+
+    def call(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return run_console(args, cwd or default)
+
+    return call
+
+
+def mlflow_runs(uri: str) -> list:
+    """Every run in every experiment of the store at ``uri``."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiments = client.search_experiments()
+    if not experiments:
+        return []
+    return client.search_runs([e.experiment_id for e in experiments], max_results=10000)
+
+
+@pytest.fixture
+def mlflow_client(mlflow_uri):
+    """An ``MlflowClient`` on the session store."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=mlflow_uri)
+
+
+@pytest.fixture(scope="session")
+def list_runs(mlflow_uri) -> Callable[[], list]:
+    """``list_runs()``: every MLflow run recorded in the session store so far."""
+    return lambda: mlflow_runs(mlflow_uri)

@@ -1,0 +1,186 @@
+"""Every config option composes and instantiates through Hydra's compose API.
+
+Options are discovered by globbing ``conf/<group>/*.yaml``, so new ones are covered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from auctionlab.errors import ConfigError
+from auctionlab.tasks.common import build, build_env_and_mechanism
+from auctionlab.tracking import Tracker
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+TASKS = ("train", "evaluate")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _in_task(task: str, group: str) -> bool:
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF / f"{task}.yaml").defaults)
+    return any(isinstance(d, dict) and group in d for d in defaults)
+
+
+def _check_outcome(env, mechanism, batch: int = 8) -> None:
+    types = env.sample(batch, torch.Generator().manual_seed(0))
+    mechanism.eval()
+    with torch.no_grad():
+        outcome = mechanism(types.values, types.public)
+    n, m = env.n_bidders, env.n_items
+    assert outcome.allocation.shape == (batch, n, m)
+    assert outcome.payment.shape == (batch, n)
+    alloc = outcome.allocation
+    assert torch.isfinite(alloc).all() and torch.isfinite(outcome.payment).all()
+    assert (alloc >= -1e-6).all() and (alloc <= 1 + 1e-6).all()
+    assert (alloc.sum(1) <= 1 + 1e-5).all(), "an item is over-allocated"
+    if env.demand == "unit":
+        assert (alloc.sum(2) <= 1 + 1e-5).all(), "a unit-demand bidder gets more than one item"
+    assert env.utility(outcome, types.values).shape == (batch, n)
+
+
+def test_groups_are_discovered():
+    for group in ("env", "mechanism", "attacker", "trainer", "scale", "tracking"):
+        assert _options(group), group
+    assert {"regretnet", "rochetnet"} <= set(_options("mechanism"))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_primary_config_composes_with_defaults(task, compose):
+    cfg = compose(task)
+    OmegaConf.resolve(cfg)
+    assert cfg.task == task
+    env, mechanism = build_env_and_mechanism(cfg)
+    _check_outcome(env, mechanism)
+    assert build(cfg.attacker, "attacker").restarts >= 1
+
+
+@pytest.mark.parametrize("env_name", _options("env"))
+def test_every_env_with_regretnet(env_name, compose):
+    cfg = compose("train", [f"env={env_name}", "mechanism=regretnet", "scale=smoke"])
+    OmegaConf.resolve(cfg)
+    env, mechanism = build_env_and_mechanism(cfg)
+    assert env.name == env_name
+    assert env.shape == (cfg.env.n_bidders, cfg.env.n_items)
+    assert mechanism.learnable
+    _check_outcome(env, mechanism)
+
+
+@pytest.mark.parametrize("mechanism_name", _options("mechanism"))
+def test_every_mechanism_serves_some_env(mechanism_name, compose):
+    """Incompatible pairs must raise ``ConfigError``; at least one env must work."""
+    served = []
+    for env_name in _options("env"):
+        cfg = compose("evaluate", [f"env={env_name}", f"mechanism={mechanism_name}"])
+        try:
+            env, mechanism = build_env_and_mechanism(cfg)
+        except ConfigError as err:
+            assert str(err).strip() and "\n" not in str(err).strip(), err
+            continue
+        _check_outcome(env, mechanism, batch=4)
+        served.append(env_name)
+    assert served, f"mechanism={mechanism_name} builds with no env"
+
+
+def test_rochetnet_needs_one_bidder(compose):
+    cfg = compose("train", ["env=2x2", "mechanism=rochetnet"])
+    with pytest.raises(ConfigError, match="one bidder"):
+        build_env_and_mechanism(cfg)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", _options("attacker"))
+def test_every_attacker(task, name, compose):
+    cfg = compose(task, [f"attacker={name}", "mechanism=regretnet"])
+    OmegaConf.resolve(cfg)
+    attacker = build(cfg.attacker, "attacker")
+    budget = attacker.budget
+    assert budget["restarts"] == int(cfg.attack_budget.restarts)
+    assert budget["restarts"] >= 1 and budget["steps"] >= 0
+    env, mechanism = build_env_and_mechanism(compose("train", ["env=1x2", "scale=smoke"]))
+    types = env.sample(3, torch.Generator().manual_seed(0))
+    attacker.restarts, attacker.steps = 2, min(attacker.steps, 2)
+    attacker.curve_restarts, attacker.curve_steps = [], []
+    result = attacker.attack(mechanism, env, types, torch.Generator().manual_seed(1))
+    assert result.gain.shape == (3, 1)
+
+
+@pytest.mark.parametrize("name", _options("trainer"))
+def test_every_trainer(name, compose):
+    cfg = compose("train", [f"trainer={name}"])
+    OmegaConf.resolve(cfg)
+    constraint = build(cfg.trainer.constraint, "trainer")
+    constraint.setup(2, 100, torch.device("cpu"))
+    loss = constraint.loss(torch.tensor(0.5), torch.tensor([0.01, 0.02]))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert float(cfg.trainer.lr) > 0
+    assert str(cfg.trainer.optimizer) in ("adam", "sgd")
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", _options("scale"))
+def test_every_scale(task, name, compose):
+    cfg = compose(task, [f"scale={name}", "mechanism=regretnet"])
+    OmegaConf.resolve(cfg)
+    assert cfg.scale.name == name
+    attacker = build(cfg.attacker, "attacker")
+    assert attacker.restarts >= 1
+    if task == "train":
+        assert int(cfg.train.iterations) >= 1 and int(cfg.train.batch_size) >= 1
+        samples = cfg.train.num_samples
+        assert samples is None or int(samples) >= int(cfg.train.batch_size)
+        validation = build(cfg.validation.attacker, "validation.attacker")
+        assert validation.restarts == int(cfg.scale.validation.restarts)
+        assert validation.steps == int(cfg.scale.validation.steps)
+        assert int(cfg.validation.profiles) >= 1
+    else:
+        assert int(cfg.profiles) == int(cfg.scale.evaluation.profiles)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("name", _options("tracking"))
+def test_every_tracking(task, name, compose, mlflow_client):
+    cfg = compose(task, [f"tracking={name}", "mechanism=regretnet", "scale=smoke"])
+    OmegaConf.resolve(cfg)
+    with Tracker(cfg, cfg.tracking, f"config test {task} {name}", {"test": "1"}) as tracker:
+        tracker.log_metrics({"x": 1.0, "skipped": "text"}, step=0)
+    if not tracker.enabled:
+        assert tracker.run_id is None
+        return
+    run = mlflow_client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"x": 1.0}
+    assert run.data.params["task"] == task
+
+
+@pytest.mark.parametrize(
+    ("scale", "restarts", "steps", "profiles"),
+    [("cpu", 100, 1000, 2000), ("paper", 1000, 2000, 10000)],
+)
+def test_evaluate_scale_budgets(scale, restarts, steps, profiles, compose):
+    cfg = compose("evaluate", [f"scale={scale}"])
+    OmegaConf.resolve(cfg)
+    attacker = build(cfg.attacker, "attacker")
+    assert attacker.restarts >= restarts and attacker.steps >= steps
+    assert int(cfg.profiles) >= profiles
+    if scale == "paper":
+        assert (attacker.restarts, attacker.steps, int(cfg.profiles)) == (1000, 2000, 10000)
+    assert attacker.include_truthful
+    assert attacker.curve_restarts[-1] == attacker.restarts
+    assert attacker.curve_steps[-1] == attacker.steps
+
+
+def test_evaluate_is_default_scale_cpu(compose):
+    assert compose("evaluate").scale.name == "cpu"
+    assert compose("train").scale.name == "cpu"
+
+
+def test_trainer_not_in_evaluate():
+    assert _in_task("train", "trainer")
+    assert not _in_task("evaluate", "trainer")

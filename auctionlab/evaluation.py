@@ -100,7 +100,7 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
             [row["steps"] + 1 for row in rows],
             [row["regret_mean"] for row in rows],
             marker="o",
-            label=f"{int(r)} restarts",
+            label=f"{int(r)} restart" + ("" if r == 1 else "s"),
         )
     ax.set_xscale("log")
     ax.set_xlabel("attacker steps + 1")

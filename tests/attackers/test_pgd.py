@@ -279,3 +279,24 @@ def test_chunked_budget_keeps_gradient_flag():
         PostedPrice(), env, types, gen(1)
     )
     assert result.budget.get("gradient") is False
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_stalled_search_stops_early_and_matches_random_search(trainable):
+    """With no usable gradient every later iterate repeats the starts: stop, same answer."""
+    env = uniform_env(2, 2)
+    mechanism = PostedPrice(trainable=trainable)
+    types = env.sample(64, gen(0))
+    curve = {"curve_restarts": (1, 8), "curve_steps": (0, 10, 500)}
+    long = PGDAttacker(restarts=8, steps=500, include_truthful=True, **curve)
+    short = PGDAttacker(
+        restarts=8, steps=0, include_truthful=True, curve_restarts=(1, 8), curve_steps=(0,)
+    )
+    a = long.attack(mechanism, env, types, gen(1))
+    b = short.attack(mechanism, env, types, gen(1))
+    assert torch.equal(a.utility, b.utility)
+    assert a.budget["gradient"] is False
+    # The curve is recorded at every checkpoint, equal to the starts' best.
+    for restarts in (1, 8):
+        for steps in (10, 500):
+            assert torch.equal(a.curve[(restarts, steps)], b.curve[(restarts, 0)])

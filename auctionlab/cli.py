@@ -19,6 +19,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TASKS: dict[str, tuple[str, str]] = {
     "train": ("auctionlab.tasks.train", "fit a learned mechanism (RegretNet, RochetNet...)"),
     "evaluate": ("auctionlab.tasks.evaluate", "stress-test a trained run or a classical mechanism"),
+    "reproduce": ("auctionlab.tasks.reproduce", "run an experiment's sweep into a table (--list)"),
+    "runs": ("auctionlab.tasks.runs", "list recent MLflow runs with their key metrics"),
 }
 #: Hydra flags after which no composition check is wanted (they print and exit).
 INFO_FLAGS = (
@@ -35,7 +37,7 @@ INFO_FLAGS = (
     "-p",
     "--package",
 )
-GROUPS = ("env", "mechanism", "attacker", "trainer", "scale", "tracking")
+GROUPS = ("env", "mechanism", "attacker", "trainer", "scale", "tracking", "experiment")
 
 
 def usage() -> str:
@@ -50,6 +52,8 @@ def usage() -> str:
         "  auctionlab train -m env=1x2,2x2 seed=0,1 scale=smoke",
         "  auctionlab evaluate run=outputs/runs/<date>/<time>_train",
         "  auctionlab evaluate mechanism=myerson_itemwise env=2x2",
+        "  auctionlab reproduce --list; auctionlab reproduce experiment=<name> scale=smoke",
+        "  auctionlab runs            (recent runs and their metrics)",
         "  auctionlab <task> --help      (the task's options; --cfg job prints its config)",
     ]
     return "\n".join(lines)
@@ -147,6 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     task, rest = argv[0], argv[1:]
     if task not in TASKS:
         fail(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
+    flags = getattr(importlib.import_module(TASKS[task][0]), "FLAGS", {})
+    for flag, action in flags.items():  # task-specific flags such as `reproduce --list`
+        if flag in rest:
+            print(action())
+            return
     try:
         if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
             precheck(task, rest)

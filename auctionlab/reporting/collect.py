@@ -1,0 +1,50 @@
+"""Metrics of finished jobs: from MLflow (preferred) or from their ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from auctionlab.tracking import with_retry
+
+
+def read_metrics_json(run_dir: Path) -> dict[str, float]:
+    """The numeric entries of ``<run_dir>/metrics.json`` (``{}`` when it is missing)."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
+
+
+def child_metrics(client, experiment_id: str, parent_run_id: str) -> dict[str, dict]:
+    """Latest metrics of every child run of ``parent_run_id``, keyed by their ``run_dir`` tag.
+
+    Args:
+        client: an ``MlflowClient`` on the store.
+        experiment_id: the experiment the children were logged to.
+        parent_run_id: the parent run (tag ``mlflow.parentRunId`` of the children).
+
+    Returns:
+        ``{resolved run dir: {"run_id", "status", "metrics"}}``.
+
+    """
+    runs = with_retry(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=10000,
+    )
+    found: dict[str, dict] = {}
+    for run in runs:
+        directory = run.data.tags.get("run_dir")
+        if directory is None:
+            continue
+        metrics = {k: v for k, v in run.data.metrics.items() if not math.isnan(v)}
+        found[str(Path(directory).resolve())] = {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "metrics": metrics,
+        }
+    return found

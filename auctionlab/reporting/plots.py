@@ -1,0 +1,139 @@
+"""Grouped bar plots of a table: a metric with error bars and reference marks, plus regret."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from auctionlab.errors import ConfigError
+
+#: Keys of an ``experiment.plot`` node.
+PLOT_KEYS = ("x", "hue", "y", "yerr", "reference", "regret", "budget", "title")
+
+
+def check_plot(plot: Mapping[str, Any], columns: list[str]) -> None:
+    """Raise ``ConfigError`` when the plot names keys or columns the table does not have."""
+    unknown = set(plot) - set(PLOT_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"experiment.plot: unknown keys {sorted(unknown)}; valid keys: {', '.join(PLOT_KEYS)}"
+        )
+    for key in ("x", "y"):
+        if not plot.get(key):
+            raise ConfigError(f"experiment.plot needs '{key}' (a table column)")
+    for key in ("x", "hue", "y", "yerr", "reference", "regret"):
+        value = plot.get(key)
+        if value and value not in columns:
+            raise ConfigError(
+                f"experiment.plot.{key}={value} is not a table column; columns: "
+                + ", ".join(columns)
+            )
+
+
+def _budget_label(table: pd.DataFrame, budget: Mapping[str, str]) -> str:
+    """``"4 restarts x 20 steps, 128 profiles"`` when every row shares one budget."""
+    parts = []
+    for word, column in (("restarts", "restarts"), ("steps", "steps"), ("profiles", "profiles")):
+        name = budget.get(column)
+        if not name or name not in table:
+            continue
+        values = {v for v in table[name].tolist() if not (isinstance(v, float) and math.isnan(v))}
+        if len(values) != 1:
+            return "attacker budget per row: see the table"
+        parts.append(f"{int(next(iter(values)))} {word}")
+    if not parts:
+        return ""
+    return "attacker: " + " x ".join(parts[:2]) + (f", {parts[2]}" if len(parts) > 2 else "")
+
+
+def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path:
+    """Bars of ``plot.y`` (± ``plot.yerr``) per ``plot.x``, one colour per ``plot.hue``.
+
+    ``plot.reference`` draws a red mark per bar (closed form or literature value);
+    ``plot.regret`` adds a second panel (log scale) titled with the attacker budget, whose
+    columns ``plot.budget`` names (``{restarts, steps, profiles}`` -> table columns).
+
+    Args:
+        table: the numeric table from :func:`~auctionlab.reporting.tables.build_table`.
+        plot: the ``experiment.plot`` node as a mapping.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    check_plot(plot, list(table.columns))
+    x_key, hue_key, y_key = plot["x"], plot.get("hue"), plot["y"]
+    xs = list(dict.fromkeys(table[x_key].astype(str)))
+    hues = list(dict.fromkeys(table[hue_key].astype(str))) if hue_key else [None]
+    panels = [("y", y_key)] + ([("regret", plot["regret"])] if plot.get("regret") else [])
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(min(12.0, max(5.0, 0.7 * len(xs) * len(hues) + 2)), 3.2 * len(panels)),
+    )
+    axes = [axes] if len(panels) == 1 else list(axes)
+    width = 0.8 / len(hues)
+    for ax, (kind, column) in zip(axes, panels, strict=True):
+        for h, hue in enumerate(hues):
+            rows = table if hue is None else table[table[hue_key].astype(str) == hue]
+            positions, heights, errors, marks = [], [], [], []
+            for _, row in rows.iterrows():
+                positions.append(xs.index(str(row[x_key])) + (h - (len(hues) - 1) / 2) * width)
+                heights.append(float(row[column]))
+                if kind == "y" and plot.get("yerr"):
+                    errors.append(float(row[plot["yerr"]]))
+                if kind == "y" and plot.get("reference"):
+                    marks.append(float(row[plot["reference"]]))
+            ax.bar(
+                positions,
+                heights,
+                width=width * 0.95,
+                yerr=errors or None,
+                capsize=3,
+                error_kw={"ecolor": "0.45", "elinewidth": 1},
+                label=hue,
+            )
+            if marks:
+                ax.scatter(
+                    positions,
+                    marks,
+                    marker="_",
+                    s=400 * width,
+                    linewidths=2.5,
+                    color="crimson",
+                    zorder=3,
+                    label=plot["reference"] if h == 0 else None,
+                )
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(column)
+        ax.grid(axis="y", alpha=0.3)
+        if kind == "regret":
+            values = [v for v in table[column].tolist() if v == v]
+            positive = [v for v in values if v > 0]
+            if positive:
+                ax.set_yscale("log")
+                ax.set_ylim(min(positive) / 3, max(positive) * 3)
+            elif values:
+                ax.set_ylim(0, 1)
+                ax.text(0.5, 0.5, f"{column} = 0 in every row", ha="center", transform=ax.transAxes)
+            ax.set_title(_budget_label(table, plot.get("budget") or {}), fontsize=9)
+        elif plot.get("title"):
+            ax.set_title(str(plot["title"]), fontsize=9)
+        if hue_key or (kind == "y" and plot.get("reference")):
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,219 @@
+"""``auctionlab reproduce`` (every experiment at scale=smoke) and ``auctionlab runs``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from auctionlab.reporting.tables import BUDGET
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def _one_line_error(code: int, stderr: str, *words: str) -> None:
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("auctionlab: error:"), stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_list_names_every_experiment_once(cli):
+    result = cli("reproduce", "--list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == EXPERIMENTS
+    for line in lines:
+        assert "TARGETS.md" in line and "scale=" in line and "points" in line
+
+
+def test_help_lists_reproduce_and_runs(cli):
+    result = cli("--help")
+    assert "reproduce" in result.stdout and "runs" in result.stdout
+    assert "experiment (" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["reproduce"], ["experiment=", *EXPERIMENTS]),
+        (["reproduce", "experiment=nope"], ["experiment=nope", *EXPERIMENTS]),
+        (["reproduce", "experiment=classical_revenue", "scale=nope"], ["scale=nope", "smoke"]),
+        (["reproduce", "experiment=classical_revenue", "experiment.pipeline=[fit]"], ["pipeline"]),
+        (
+            ["reproduce", "experiment=classical_revenue", "experiment.sweep=[{env: 2x9}]"],
+            ["env=2x9", "2x2"],
+        ),
+        (
+            ["reproduce", "experiment=learned_additive", "experiment.sweep=[{mechanism: vcg}]"],
+            ["nothing to train"],
+        ),
+        (
+            ["reproduce", "experiment=classical_revenue", "~experiment.table.columns.steps"],
+            ["regret_mean", "evaluate.attack_steps"],
+        ),
+        (["runs", "limit=0"], ["limit=0"]),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_any_job(args, words, capsys, list_runs):
+    # in-process: the pre-check exits before Hydra starts (the console script is covered by
+    # test_cli.py and by the subprocess case below)
+    from auctionlab.cli import main
+
+    before = len(list_runs())
+    capsys.readouterr()  # drop the store's first-use log lines
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    _one_line_error(exit_info.value.code, captured.err, *words)
+    assert not Path("outputs").exists()
+    assert len(list_runs()) == before
+
+
+def test_bad_experiment_from_the_console_script(cli, tmp_path):
+    cwd = tmp_path / "bad"
+    cwd.mkdir()
+    result = cli("reproduce", "experiment=nope", cwd=cwd)
+    _one_line_error(result.returncode, result.stderr, "experiment=nope", *EXPERIMENTS)
+    assert not (cwd / "outputs").exists()
+
+
+@pytest.fixture(scope="module", params=EXPERIMENTS)
+def reproduced(request, tmp_path_factory, run_console, list_runs):
+    """``auctionlab reproduce experiment=<name> scale=smoke`` in a fresh directory."""
+    name = request.param
+    cwd = tmp_path_factory.mktemp(name)
+    before = {r.info.run_id for r in list_runs()}
+    result = run_console(["reproduce", f"experiment={name}", "scale=smoke", "threads=1"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (out,) = (cwd / "outputs" / "runs").glob("*/*_reproduce")
+    new = [r for r in list_runs() if r.info.run_id not in before]
+    return name, out, new, result
+
+
+def test_reproduce_writes_table_and_plot(reproduced):
+    name, out, _, result = reproduced
+    for suffix in ("md", "csv", "tex", "png"):
+        path = out / f"{name}.{suffix}"
+        assert path.stat().st_size > 0, path
+        assert str(path) in result.stdout
+    cfg = OmegaConf.load(out / "config.yaml")
+    assert cfg.experiment.name == name and cfg.scale.name == "smoke"
+    table = pd.read_csv(out / f"{name}.csv")
+    index = list(cfg.experiment.table.index)
+    assert not table.duplicated(index).any()
+    assert len(table) == len(pd.read_csv(out / "points.csv")["point"].unique())
+    # every regret column stands next to the attacker budget that produced it
+    regrets = [c for c in table.columns if "regret" in c and not c.startswith("lit_")]
+    assert regrets
+    for column in ("restarts", "steps", "profiles"):
+        assert table[column].notna().all() and (table[column] > 0).all(), column
+    assert (table["steps"] == 20).all() and (table["profiles"] == 128).all()  # scale=smoke
+    assert table["revenue"].notna().all() and (table["revenue"] > 0).all()
+    markdown = (out / f"{name}.md").read_text()
+    assert "| restarts | steps | profiles |" in markdown
+    assert "\\begin{tabular}" in (out / f"{name}.tex").read_text()
+
+
+def test_reproduce_points_are_normal_jobs(reproduced):
+    name, out, _, _ = reproduced
+    cfg = OmegaConf.load(out / "config.yaml")
+    pipeline = list(cfg.experiment.pipeline)
+    with (out / "points.csv").open() as handle:
+        jobs = list(csv.DictReader(handle))
+    assert jobs and all(j["status"] == "FINISHED" for j in jobs)
+    assert [j["stage"] for j in jobs] == pipeline * (len(jobs) // len(pipeline))
+    for job in jobs:
+        directory = Path(job["run_dir"])
+        assert directory.is_relative_to(out / "points")
+        assert (directory / ".hydra" / "overrides.yaml").exists()
+        job_cfg = OmegaConf.load(directory / "config.yaml")
+        assert job_cfg.task == job["stage"] and job_cfg.scale.name == "smoke"
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert job["source"] == "mlflow" and job["mlflow_run_id"]
+        if job["stage"] == "evaluate":
+            assert {f"{b}" for b in BUDGET} <= set(metrics)
+
+
+def test_reproduce_mlflow_parent_and_children(reproduced, mlflow_client):
+    name, out, new, _ = reproduced
+    (parent,) = [r for r in new if r.data.tags.get("task") == "reproduce"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["experiment"] == name
+    children = [r for r in new if r is not parent]
+    assert children
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    with (out / "points.csv").open() as handle:
+        ids = {j["mlflow_run_id"] for j in csv.DictReader(handle)}
+    assert ids == {r.info.run_id for r in children}
+    artifacts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id)}
+    assert {f"{name}.{s}" for s in ("md", "csv", "tex", "png")} | {"points.csv"} <= artifacts
+    # the table's numbers are the children's MLflow metrics
+    table = pd.read_csv(out / f"{name}.csv")
+    evaluations = [r for r in children if r.data.tags["task"] == "evaluate"]
+    revenues = sorted(r.data.metrics["revenue"] for r in evaluations)
+    assert sorted(table["revenue"]) == pytest.approx(revenues)
+
+
+def test_runs_lists_the_children_with_their_budget(reproduced, compose, mlflow_uri, capsys):
+    from auctionlab.tasks import runs
+
+    name, _, new, _ = reproduced
+    (parent,) = [r for r in new if r.data.tags.get("task") == "reproduce"]
+    overrides = [f"parent={parent.info.run_id}", "limit=50", f"tracking.uri={mlflow_uri}"]
+    cfg = compose("runs", overrides)
+    rows = runs.run(cfg)
+    printed = capsys.readouterr().out
+    assert len(rows) == len(new) - 1
+    assert {r["run_id"] for r in rows} == {r.info.run_id for r in new if r is not parent}
+    for row in rows:
+        assert row["status"] == "FINISHED" and float(row["revenue"]) > 0
+        assert row["budget"] == {"evaluate": "4x20 @128", "train": "2x10 @64"}[row["task"]]
+        assert row["name"] in printed
+
+
+def test_runs_without_a_store_says_so(cli, tmp_path):
+    cwd = tmp_path / "empty"
+    cwd.mkdir()
+    result = cli("runs", f"tracking.uri=sqlite:///{cwd / 'none.db'}", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert "no MLflow store" in result.stdout
+    assert not (cwd / "none.db").exists() and not (cwd / "outputs").exists()
+
+
+def test_a_failed_job_is_reported_and_fails_the_task(compose, monkeypatch, mlflow_client):
+    # in-process with a job that raises: the table keeps the row with missing numbers,
+    # points.csv names the error, the parent and the child MLflow runs are FAILED
+    from auctionlab.tasks import evaluate, reproduce
+
+    real = evaluate.evaluate_mechanism
+
+    def broken(mechanism, env, *args, **kwargs):
+        if env.n_bidders == 5:
+            raise RuntimeError("injected failure")
+        return real(mechanism, env, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_mechanism", broken)
+    sweep = "experiment.sweep=[{mechanism: second_price, env: '3x1,5x1'}]"
+    cfg = compose("reproduce", ["experiment=myerson_single_item", "scale=smoke", sweep])
+    with pytest.raises(RuntimeError, match="1 of 2 jobs failed"):
+        reproduce.run(cfg)
+    (out,) = Path("outputs").glob("adhoc")
+    table = pd.read_csv(out / "myerson_single_item.csv")
+    assert list(table["env"]) == ["3x1", "5x1"]
+    assert table["revenue"].notna().tolist() == [True, False]
+    with (out / "points.csv").open() as handle:
+        jobs = list(csv.DictReader(handle))
+    assert [j["status"] for j in jobs] == ["FINISHED", "FAILED"]
+    assert "injected failure" in jobs[1]["error"]
+    child = mlflow_client.get_run(jobs[1]["mlflow_run_id"])
+    assert child.info.status == "FAILED"
+    parent = mlflow_client.get_run(child.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED" and parent.data.tags["task"] == "reproduce"

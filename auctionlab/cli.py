@@ -8,7 +8,9 @@ or MLflow run is left behind for it.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
+import math
 import re
 import sys
 from pathlib import Path
@@ -37,6 +39,8 @@ INFO_FLAGS = (
     "-p",
     "--package",
 )
+#: Sweeps up to this many points are composed and built point by point before Hydra starts.
+MAX_CHECKED_POINTS = 16
 GROUPS = ("env", "mechanism", "attacker", "trainer", "scale", "tracking", "experiment")
 
 
@@ -70,12 +74,28 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def _first_value(override) -> str:
-    """An override with any sweep replaced by its first value (for the pre-check)."""
-    if not override.is_sweep_override():
-        return override.input_line
-    first = next(iter(override.sweep_string_iterator()))
-    return f"{override.get_key_element()}={first}"
+def sweep_points(parsed: list, limit: int = MAX_CHECKED_POINTS) -> list[list[str]]:
+    """Override lists of the points a sweep will run (only the first when there are many).
+
+    Returns no point when a sweep cannot be expanded here (``glob``): Hydra then checks it.
+
+    Args:
+        parsed: Hydra's parsed overrides.
+        limit: most points to list; a larger sweep yields its first point only.
+    """
+    axes: list[list[str]] = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            axes.append([override.input_line])
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except Exception:  # noqa: BLE001 - e.g. glob(), which only Hydra's launcher can expand
+            return []
+        axes.append([f"{override.get_key_element()}={value}" for value in values])
+    if math.prod(len(axis) for axis in axes) > limit:
+        axes = [axis[:1] for axis in axes]
+    return [list(point) for point in itertools.product(*axes)]
 
 
 def precheck(task: str, args: list[str]) -> None:
@@ -93,24 +113,28 @@ def precheck(task: str, args: list[str]) -> None:
     for override in parsed:
         key = override.get_key_element().lstrip("~+")
         if key in GROUPS and override.value_type is not None:
-            values = (
-                list(override.sweep_string_iterator())
-                if override.is_sweep_override()
-                else [override.value()]
-            )
+            try:
+                values = (
+                    list(override.sweep_string_iterator())
+                    if override.is_sweep_override()
+                    else [override.value()]
+                )
+            except Exception:  # noqa: BLE001 - glob() sweeps: Hydra itself checks the options
+                continue
             for value in values:
                 if str(value) not in options(key):
                     fail(
                         f"{key}={value} is not an option; choose one of: {', '.join(options(key))}"
                     )
-    first = [_first_value(o) for o in parsed]
-    try:
-        cfg = _compose(task, first)
-        OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        fail(_explain(task, first, err))
     module = importlib.import_module(TASKS[task][0])
-    module.prepare(cfg)
+    # Every point of a small sweep is built here, so a bad combination fails before any job.
+    for point in sweep_points(parsed):
+        try:
+            cfg = _compose(task, point)
+            OmegaConf.resolve(cfg)
+        except (HydraException, OmegaConfBaseException, ValueError) as err:
+            fail(_explain(task, point, err))
+        module.prepare(cfg)
 
 
 def _compose(task: str, overrides: list[str]):

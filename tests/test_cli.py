@@ -65,6 +65,10 @@ BAD_INPUT = {
     "evaluate-env": (["evaluate", "env=foo"], ["env=foo", *_options("env")]),
     "sweep-value": (["train", "-m", "env=1x2,foo"], ["env=foo", *_options("env")]),
     "misspelled-key": (["train", "trainer.lrr=3"], ["trainer.lrr", "lr"]),
+    "sweep-later-point": (
+        ["train", "-m", "mechanism=regretnet,rochetnet", "env=2x2"],
+        ["rochetnet", "one bidder"],
+    ),
     "rochetnet-2x2": (["train", "mechanism=rochetnet", "env=2x2"], ["rochetnet", "one bidder"]),
     "device": (["train", "device=tpu"], ["device=tpu", "cpu"]),
     "nothing-to-train": (["train", "mechanism=vcg"], ["mechanism=vcg", "nothing to train"]),

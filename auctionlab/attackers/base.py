@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from auctionlab.types import Types
+from auctionlab.types import Outcome, Types
 
 
 def deviation_profiles(values: Tensor, misreports: Tensor) -> Tensor:
@@ -52,12 +52,30 @@ def deviation_utility(mechanism, env, types: Types, misreports: Tensor) -> Tenso
     R, B, n, m = misreports.shape
     profiles = deviation_profiles(values, misreports).reshape(n * R * B, n, m)
     outcome = mechanism(profiles, expand_public(types.public, n * R))
+    return own_utility(env, outcome, values, R)
+
+
+def own_utility(env, outcome: Outcome, values: Tensor, copies: int) -> Tensor:
+    """Each deviator's true utility in a stack of deviation profiles.
+
+    Args:
+        env: gives the utility function.
+        outcome: the mechanism's outcome on ``deviation_profiles(values, .)`` flattened:
+            allocation ``[n * copies * B, n, m]``, payment ``[n * copies * B, n]``.
+        values: ``[B, n, m]`` true values.
+        copies: ``R``, the number of misreports per bidder in the stack.
+
+    Returns:
+        ``[R, B, n]``: bidder ``k``'s utility in its own deviation profile.
+    """
+    B, n, m = values.shape
     index = torch.arange(n, device=values.device)
     # Only bidder k's part of profile k matters: gather it before the utility to save work.
-    allocation = outcome.allocation.view(n, R, B, n, m)[index, :, :, index]  # [n, R, B, m]
-    payment = outcome.payment.view(n, R, B, n)[index, :, :, index]  # [n, R, B]
+    allocation = outcome.allocation.view(n, copies, B, n, m)[index, :, :, index]  # [n, R, B, m]
+    payment = outcome.payment.view(n, copies, B, n)[index, :, :, index]  # [n, R, B]
     own_values = values.permute(1, 0, 2).unsqueeze(1)  # [n, 1, B, m]
-    utility = (allocation * own_values).sum(-1) - payment
+    own = Outcome(allocation.unsqueeze(-2), payment.unsqueeze(-1))  # one "bidder" each
+    utility = env.utility(own, own_values.unsqueeze(-2)).squeeze(-1)  # [n, R, B]
     return utility.permute(1, 2, 0)
 
 

@@ -206,8 +206,9 @@ class PGDAttacker:
                 )
             else:
                 direction = grad
-            if not bool(direction.any()):
-                # Zero step with zero momentum: every later iterate is this one again.
+            if t == 0 and not bool(direction.any()):
+                # Flat at every start (zero gradient, zero momentum): every later iterate is
+                # the start again. Checked once, so the loop has no per-step host sync.
                 self._fill_curve(curve_best, best_u, t)
                 break
             x = env.report_space.project(x.detach() + sizes[t] * scale * direction)

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import deviation_profiles, expand_public
+from auctionlab.attackers.base import deviation_profiles, expand_public, own_utility
 from auctionlab.errors import ConfigError
 from auctionlab.training.constraints import ConstraintHandler, Unconstrained
-from auctionlab.types import Types
+from auctionlab.types import Outcome, Types
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -128,13 +128,12 @@ class Trainer:
                 [values, deviation_profiles(values, misreports[None]).reshape(-1, n, m)]
             )
             outcome = self.mechanism(profiles, expand_public(types.public, n + 1))
-            true_values = torch.cat([values, values.repeat(n, 1, 1)])
-            utility = self.env.utility(outcome, true_values)  # [(n + 1) B, n]
-            truthful_utility = utility[:B]
-            # Bidder k's utility in deviation profile k: the diagonal of [n, B, n].
-            deviation_utility = torch.diagonal(utility[B:].view(n, B, n), dim1=0, dim2=2)
+            truthful = Outcome(outcome.allocation[:B], outcome.payment[:B])
+            truthful_utility = self.env.utility(truthful, values)  # [B, n]
+            deviating = Outcome(outcome.allocation[B:], outcome.payment[B:])
+            deviation_utility = own_utility(self.env, deviating, values, 1)[0]  # [B, n]
             regret = (deviation_utility - truthful_utility).clamp_min(0.0).mean(0)
-            payment = outcome.payment[:B]
+            payment = truthful.payment
         else:
             outcome = self.mechanism(values, types.public)
             payment = outcome.payment
@@ -204,6 +203,11 @@ class Trainer:
         bar.close()
         self.train_seconds += time.perf_counter() - started
         done = self.iteration - start_iteration
+        if self.constraint.needs_regret:  # the budget behind every train_regret above
+            budget = self.attacker.budget
+            last["train_attack_restarts"] = float(budget["restarts"])
+            last["train_attack_steps"] = float(budget["steps"])
+            last["train_attack_cached_starts"] = float(self.cache is not None)
         last["train_seconds"] = self.train_seconds
         last["seconds_per_iteration"] = self.train_seconds / max(1, done)
         return last

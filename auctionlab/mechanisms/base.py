@@ -46,6 +46,21 @@ class Mechanism(nn.Module):
         """Map ``[B, n, m]`` reports to an ``Outcome``."""
         raise TypeError(f"{type(self).__name__} must implement forward")
 
+    def auxiliary_loss(self, reports: Tensor, outcome: Outcome) -> Tensor | None:
+        """Extra training loss of this mechanism (a regulariser, a distillation term...).
+
+        The trainer adds it to the constraint's loss at every step.
+
+        Args:
+            reports: ``[B, n, m]`` truthful reports of the batch.
+            outcome: the mechanism's outcome on them (with gradients).
+
+        Returns:
+            A scalar tensor, or ``None`` (the default) for no extra term.
+
+        """
+        return None
+
 
 class ClassicalMechanism(Mechanism):
     """A fixed rule with nothing to train (VCG, Myerson, menus...)."""

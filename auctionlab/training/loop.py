@@ -133,13 +133,14 @@ class Trainer:
             deviating = Outcome(outcome.allocation[B:], outcome.payment[B:])
             deviation_utility = own_utility(self.env, deviating, values, 1)[0]  # [B, n]
             regret = (deviation_utility - truthful_utility).clamp_min(0.0).mean(0)
-            payment = truthful.payment
         else:
-            outcome = self.mechanism(values, types.public)
-            payment = outcome.payment
+            truthful = self.mechanism(values, types.public)
             regret = torch.zeros(n, device=self.device)
-        revenue = payment.sum(-1).mean()
+        revenue = truthful.payment.sum(-1).mean()
         loss = self.constraint.loss(revenue, regret)
+        auxiliary = self.mechanism.auxiliary_loss(values, truthful)
+        if auxiliary is not None:
+            loss = loss + auxiliary
         if not torch.isfinite(loss):
             raise NonFiniteError(
                 f"non-finite loss at iteration {self.iteration}: revenue={float(revenue)}, "
@@ -151,6 +152,8 @@ class Trainer:
         self.constraint.update(revenue.detach(), regret.detach(), self.iteration)
         self.iteration += 1
         metrics = {"revenue": revenue.item(), "loss": loss.item()}
+        if auxiliary is not None:
+            metrics["auxiliary_loss"] = auxiliary.item()
         if self.constraint.needs_regret:  # no regret number without the attacker behind it
             metrics["regret"] = regret.detach().mean().item()
         return metrics

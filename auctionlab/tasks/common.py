@@ -29,6 +29,10 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         **kwargs: extra constructor arguments (e.g. ``env=`` for mechanisms).
 
     """
+    from auctionlab.schema import check_component
+
+    if isinstance(node, DictConfig):
+        check_component(OmegaConf.to_container(node, resolve=True), what)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -122,9 +126,11 @@ def integer(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
 
 
 def setup_runtime(cfg: DictConfig) -> torch.device:
-    """Seed, threads and device from the task config."""
+    """Validate the whole config (types, ranges, targets); then seed, threads and device."""
+    from auctionlab.schema import validate
     from auctionlab.utils import resolve_device, seed_everything
 
+    validate(cfg)
     seed_everything(integer(cfg, "seed"))
     if cfg.get("threads") is not None:
         torch.set_num_threads(integer(cfg, "threads", 1))

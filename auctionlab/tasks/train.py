@@ -44,7 +44,7 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
             "nothing to train; stress-test it with `auctionlab evaluate mechanism=...`"
         )
     attacker = build(cfg.attacker, "attacker")
-    constraint = build(cfg.trainer.constraint, "trainer")
+    constraint = build(cfg.trainer.constraint, "trainer.constraint")
     num_samples = cfg.train.num_samples
     trainer = Trainer(
         mechanism,

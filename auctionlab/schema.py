@@ -1,0 +1,431 @@
+"""Structured schemas for every config group: types and ranges checked before any work starts.
+
+Two kinds of nodes make up a task config:
+
+* **sections** (``train``, ``validation``, ``attack_budget``, ``scale``, ``tracking``,
+  ``trainer`` and the top-level runtime keys) have explicit dataclass schemas below;
+* **components** (``env``, ``env.distribution``, ``mechanism``, ``attacker``,
+  ``trainer.constraint``, ``validation.attacker``...) carry a ``_target_``; their schema is the
+  dataclass derived from the target class's constructor signature, so a new mechanism is still
+  one module + one yaml. Their value ranges are checked by the constructors themselves
+  (``ConfigError`` naming the option), which :func:`validate` does not duplicate.
+
+Both are checked with OmegaConf's structured-config merge, whose errors are turned into one
+line naming the option, the value and what is allowed. ``_target_`` may only name classes in
+``auctionlab`` or ``torch``: a config file (e.g. a run directory's ``config.yaml`` handed to
+``evaluate run=...``) can never make the tool import and call arbitrary code.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import functools
+import importlib
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from auctionlab.errors import ConfigError
+
+#: Module prefixes a ``_target_`` may name.
+ALLOWED_TARGETS = ("auctionlab.", "torch.")
+#: Constructor arguments supplied by the code at build time, never by the config.
+INJECTED = {"env", "self"}
+OPTIMIZERS = ("adam", "sgd")
+FALLBACKS = ("none", "local")
+PROGRESS = ("auto", True, False)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _positive(path: str, value: float | None, strict: bool = True) -> None:
+    if value is None:
+        return
+    ok = math.isfinite(value) and (value > 0 if strict else value >= 0)
+    _require(ok, f"{path}={value} must be {'> 0' if strict else '>= 0'} and finite")
+
+
+def _at_least(path: str, value: int | None, minimum: int) -> None:
+    if value is not None:
+        _require(value >= minimum, f"{path}={value} must be >= {minimum}")
+
+
+# -- sections ---------------------------------------------------------------------------------
+@dataclass
+class TrainSection:
+    """``train``: the loop's budget (filled from ``scale.train``)."""
+
+    iterations: int = 1
+    batch_size: int = 1
+    num_samples: Optional[int] = None  # noqa: UP045 - OmegaConf 2.3 needs typing.Optional
+    cache_misreports: bool = True
+    log_every: int = 100
+    checkpoint_every: int = 0
+    detect_anomaly: bool = False
+
+    def check(self, path: str) -> None:
+        """Ranges."""
+        _at_least(f"{path}.iterations", self.iterations, 1)
+        _at_least(f"{path}.batch_size", self.batch_size, 1)
+        _at_least(f"{path}.num_samples", self.num_samples, self.batch_size)
+        _at_least(f"{path}.log_every", self.log_every, 1)
+        _at_least(f"{path}.checkpoint_every", self.checkpoint_every, 0)
+
+
+@dataclass
+class AttackBudget:
+    """``attack_budget``: what every ``attacker`` option reads its budget from."""
+
+    restarts: int = 1
+    steps: int = 0
+    step_size: float = 0.1
+    final_step_size: Optional[float] = None  # noqa: UP045
+    include_truthful: bool = False
+
+    def check(self, path: str) -> None:
+        """Ranges."""
+        _at_least(f"{path}.restarts", self.restarts, 1)
+        _at_least(f"{path}.steps", self.steps, 0)
+        _positive(f"{path}.step_size", self.step_size)
+        _positive(f"{path}.final_step_size", self.final_step_size)
+
+
+@dataclass
+class ScaleTrain:
+    """``scale.train``."""
+
+    iterations: int = 1
+    batch_size: int = 1
+    num_samples: Optional[int] = None  # noqa: UP045
+    log_every: int = 1
+    checkpoint_every: int = 0
+
+
+@dataclass
+class ScaleValidation:
+    """``scale.validation``: the end-of-training check's budget."""
+
+    profiles: int = 1
+    restarts: int = 1
+    steps: int = 0
+
+
+@dataclass
+class ScaleEvaluation:
+    """``scale.evaluation``: the stress test's budget."""
+
+    profiles: int = 1
+    restarts: int = 1
+    steps: int = 0
+    chunk_size: Optional[int] = None  # noqa: UP045
+
+
+@dataclass
+class ScaleSection:
+    """``scale``: smoke / cpu / paper budgets (extra keys such as ``certify`` are allowed)."""
+
+    name: str = ""
+    train: ScaleTrain = field(default_factory=ScaleTrain)
+    validation: ScaleValidation = field(default_factory=ScaleValidation)
+    evaluation: ScaleEvaluation = field(default_factory=ScaleEvaluation)
+
+    def check(self, path: str) -> None:
+        """Ranges."""
+        for name in ("iterations", "batch_size", "log_every"):
+            _at_least(f"{path}.train.{name}", getattr(self.train, name), 1)
+        _at_least(f"{path}.train.num_samples", self.train.num_samples, self.train.batch_size)
+        _at_least(f"{path}.train.checkpoint_every", self.train.checkpoint_every, 0)
+        for part in ("validation", "evaluation"):
+            node = getattr(self, part)
+            _at_least(f"{path}.{part}.profiles", node.profiles, 1)
+            _at_least(f"{path}.{part}.restarts", node.restarts, 1)
+            _at_least(f"{path}.{part}.steps", node.steps, 0)
+        _at_least(f"{path}.evaluation.chunk_size", self.evaluation.chunk_size, 1)
+
+
+@dataclass
+class TrackingSection:
+    """``tracking``: the MLflow store, and what to do when it cannot be reached."""
+
+    enabled: bool = True
+    uri: Optional[str] = None  # noqa: UP045
+    experiment: str = "auctionlab"
+    fallback: str = "none"
+    parent_run_id: Optional[str] = None  # noqa: UP045
+
+    def check(self, path: str) -> None:
+        """Allowed values."""
+        _require(
+            self.fallback in FALLBACKS,
+            f"{path}.fallback={self.fallback} is not valid; choose one of {', '.join(FALLBACKS)}",
+        )
+        _require(bool(self.experiment), f"{path}.experiment must be a non-empty name")
+
+
+@dataclass
+class TrainerSection:
+    """``trainer``: optimiser settings; ``constraint`` is a component."""
+
+    name: str = ""
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    constraint: Any = None
+
+    def check(self, path: str) -> None:
+        """Allowed values."""
+        _require(
+            self.optimizer in OPTIMIZERS,
+            f"{path}.optimizer={self.optimizer} is not valid; choose one of "
+            + ", ".join(OPTIMIZERS),
+        )
+        _positive(f"{path}.lr", self.lr)
+
+
+@dataclass
+class ValidationSection:
+    """``validation``: the end-of-training check; ``attacker`` is a component."""
+
+    profiles: int = 1
+    seed: int = 0
+    attacker: Any = None
+
+    def check(self, path: str) -> None:
+        """Ranges."""
+        _at_least(f"{path}.profiles", self.profiles, 1)
+
+
+@dataclass
+class Runtime:
+    """Top-level keys shared by the tasks (each task has the ones it needs)."""
+
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None  # noqa: UP045
+    progress: Any = "auto"
+    profiles: Optional[int] = None  # noqa: UP045
+    profile_seed: Optional[int] = None  # noqa: UP045
+    resume: Optional[str] = None  # noqa: UP045
+    run: Optional[str] = None  # noqa: UP045
+
+    def check(self, path: str) -> None:
+        """Ranges and allowed values (the device itself is checked by ``resolve_device``)."""
+        _at_least("threads", self.threads, 1)
+        _at_least("profiles", self.profiles, 1)
+        _require(
+            self.progress in PROGRESS,
+            f"progress={self.progress} is not valid; choose one of auto, true, false",
+        )
+
+
+#: In this order, so an error is reported where the value is set (``scale`` feeds ``train``).
+SECTIONS: dict[str, type] = {
+    "scale": ScaleSection,
+    "attack_budget": AttackBudget,
+    "train": TrainSection,
+    "tracking": TrackingSection,
+    "trainer": TrainerSection,
+    "validation": ValidationSection,
+}
+#: Keys inside sections that hold components (checked as such, not by the section).
+COMPONENT_KEYS = {"trainer": ("constraint",), "validation": ("attacker",)}
+#: Top-level component nodes.
+COMPONENTS = ("env", "mechanism", "attacker", "certifier")
+
+
+# -- the checks ---------------------------------------------------------------------------------
+def _describe(kind: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if kind in names:
+        return names[kind]
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Union:
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(_describe(a) for a in inner) + " or null"
+    if origin in (list, collections.abc.Sequence):
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    return getattr(kind, "__name__", str(kind))
+
+
+def _merge_error(
+    path: str, schema: type, data: dict, err: OmegaConfBaseException, hints: dict | None
+) -> ConfigError:
+    key = str(getattr(err, "full_key", "") or getattr(err, "key", "") or "")
+    key = key.split(".")[-1].split("[")[0] if key else ""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    if key and key not in fields:
+        return ConfigError(
+            f"{path}.{key}: no such option; valid keys: {', '.join(sorted(fields))}"
+        )
+    if key:
+        kind = (hints or typing.get_type_hints(schema)).get(key, Any)
+        value = data.get(key)
+        return ConfigError(f"{path}.{key}={value!r} has the wrong type: must be {_describe(kind)}")
+    return ConfigError(f"{path}: {str(err).splitlines()[0]}")
+
+
+def _structured(path: str, schema: type, data: dict, hints: dict | None = None) -> Any:
+    """``data`` merged onto ``schema`` and turned into the dataclass (types converted).
+
+    Args:
+        path: the node's dotted name, for messages.
+        schema: the dataclass.
+        data: the node as plain data.
+        hints: type hints to describe in messages (default: the schema's own).
+
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), data)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise _merge_error(path, schema, data, err, hints) from None
+
+
+def check_target(target: str, path: str) -> type:
+    """The class named by ``_target_``, if it lives in ``auctionlab`` or ``torch``.
+
+    Raises:
+        ConfigError: another module, or no such class.
+
+    """
+    if not isinstance(target, str) or not target.startswith(ALLOWED_TARGETS):
+        raise ConfigError(
+            f"{path}._target_={target}: only classes in "
+            + " or ".join(p.rstrip(".") for p in ALLOWED_TARGETS)
+            + " may be instantiated"
+        )
+    module_name, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"{path}._target_={target}: no such class") from None
+    if not inspect.isclass(obj):
+        raise ConfigError(f"{path}._target_={target}: not a class")
+    return obj
+
+
+def _omegaconf_type(kind: Any) -> Any:
+    """A constructor annotation as a type OmegaConf 2.3 can check (``Any`` when it cannot)."""
+    if kind in (int, float, bool, str):
+        return kind
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            converted = _omegaconf_type(inner[0])
+            return Any if converted is Any else Optional[converted]  # noqa: UP045
+        return Any
+    if origin in (list, tuple, collections.abc.Sequence) and args:
+        if args[0] in (int, float, bool, str) and (origin is not tuple or args[1:] in ((), (...,))):
+            return list[args[0]]
+    return Any
+
+
+@functools.cache
+def component_schema(cls: type) -> tuple[type, frozenset[str]]:
+    """A dataclass schema from ``cls.__init__``'s signature, and its required keys.
+
+    Every field is optional in the schema (``None`` default) so only the keys a config sets
+    are checked; required ones are reported separately.
+    """
+    signature = inspect.signature(cls.__init__)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: check names only
+        hints = {}
+    fields, required = [], set()
+    for name, parameter in signature.parameters.items():
+        if name in INJECTED or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if parameter.default is parameter.empty:
+            required.add(name)
+        kind = _omegaconf_type(hints.get(name, Any))
+        if kind is not Any and typing.get_origin(kind) is not Union:
+            kind = Optional[kind]  # noqa: UP045 - null-ness is checked against the hint below
+        fields.append((name, kind, field(default=None)))
+    schema = dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+    return schema, frozenset(required)
+
+
+def _accepts_none(cls: type, name: str) -> bool:
+    parameter = inspect.signature(cls.__init__).parameters[name]
+    if parameter.default is None:
+        return True
+    try:
+        kind = typing.get_type_hints(cls.__init__).get(name, Any)
+    except Exception:  # noqa: BLE001
+        return True
+    return kind is Any or type(None) in typing.get_args(kind)
+
+
+def check_component(node: Any, path: str) -> None:
+    """Check a ``_target_`` node (and nested ones): allowed class, known keys, value types."""
+    if not isinstance(node, dict) or "_target_" not in node:
+        return
+    cls = check_target(node["_target_"], path)
+    signature = inspect.signature(cls.__init__)
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    schema, required = component_schema(cls)
+    data = {k: v for k, v in node.items() if not k.startswith("_")}
+    nested = {k: v for k, v in data.items() if isinstance(v, dict) and "_target_" in v}
+    for key, child in nested.items():
+        check_component(child, f"{path}.{key}")
+    known = {f.name for f in dataclasses.fields(schema)}
+    unknown = sorted(set(data) - known)
+    if unknown and not takes_any:
+        raise ConfigError(
+            f"{path}.{unknown[0]}: {cls.__name__} has no option '{unknown[0]}'; valid keys: "
+            + ", ".join(sorted(known))
+        )
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{path}.{missing[0]} is required by {cls.__name__} and not set")
+    for key, value in data.items():
+        if value is None and key in known and not _accepts_none(cls, key):
+            raise ConfigError(f"{path}.{key}=null: {cls.__name__} needs a value")
+    checked = {k: v for k, v in data.items() if k in known and k not in nested}
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001
+        hints = None
+    _structured(path, schema, checked, hints)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check a composed task config before any work; raises ``ConfigError`` in one line.
+
+    Args:
+        cfg: the task's composed config (interpolations are resolved here, on a copy).
+
+    """
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config: {' '.join(str(err).split())}") from None
+    runtime_keys = {f.name for f in dataclasses.fields(Runtime)}
+    runtime = {k: v for k, v in data.items() if k in runtime_keys}
+    _structured("config", Runtime, runtime).check("")
+    for key, schema in SECTIONS.items():
+        node = data.get(key)
+        if not isinstance(node, dict):
+            continue
+        plain = {k: v for k, v in node.items() if k not in COMPONENT_KEYS.get(key, ())}
+        if key == "scale":  # tasks may add their own budgets (``scale.certify``...)
+            plain = {k: v for k, v in plain.items() if k in {"name", *SCALE_PARTS}}
+        _structured(key, schema, plain).check(key)
+        for component in COMPONENT_KEYS.get(key, ()):
+            check_component(node.get(component), f"{key}.{component}")
+    for key in COMPONENTS:
+        check_component(data.get(key), key)
+
+
+SCALE_PARTS = ("train", "validation", "evaluation")

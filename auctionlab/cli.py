@@ -23,6 +23,10 @@ TASKS: dict[str, tuple[str, str]] = {
     "evaluate": ("auctionlab.tasks.evaluate", "stress-test a trained run or a classical mechanism"),
     "reproduce": ("auctionlab.tasks.reproduce", "run an experiment's sweep into a table (--list)"),
     "runs": ("auctionlab.tasks.runs", "list recent MLflow runs with their key metrics"),
+    "certify": (
+        "auctionlab.tasks.certify",
+        "exact per-profile regret certificates (certifier=mip)",
+    ),
 }
 #: Hydra flags after which no composition check is wanted (they print and exit).
 INFO_FLAGS = (
@@ -41,7 +45,16 @@ INFO_FLAGS = (
 )
 #: Sweeps up to this many points are composed and built point by point before Hydra starts.
 MAX_CHECKED_POINTS = 16
-GROUPS = ("env", "mechanism", "attacker", "trainer", "scale", "tracking", "experiment")
+GROUPS = (
+    "env",
+    "mechanism",
+    "attacker",
+    "trainer",
+    "scale",
+    "tracking",
+    "experiment",
+    "certifier",
+)
 
 
 def usage() -> str:

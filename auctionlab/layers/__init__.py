@@ -2,5 +2,12 @@
 
 from auctionlab.layers.feasibility import additive_allocation, unit_demand_allocation
 from auctionlab.layers.mlp import mlp
+from auctionlab.layers.sparsemax import sparsemax, sparsemax_allocation
 
-__all__ = ["additive_allocation", "mlp", "unit_demand_allocation"]
+__all__ = [
+    "additive_allocation",
+    "mlp",
+    "sparsemax",
+    "sparsemax_allocation",
+    "unit_demand_allocation",
+]

@@ -4,6 +4,7 @@ from auctionlab.mechanisms.base import ClassicalMechanism, Mechanism
 from auctionlab.mechanisms.classical import VCG, FirstPrice, ManelliVincent, Pavlov, SecondPrice
 from auctionlab.mechanisms.myerson import BundledMyerson, Myerson, MyersonItemwise
 from auctionlab.mechanisms.regretnet import RegretNet
+from auctionlab.mechanisms.regretnet_sparsemax import RegretNetSparsemax
 from auctionlab.mechanisms.rochetnet import RochetNet
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "MyersonItemwise",
     "Pavlov",
     "RegretNet",
+    "RegretNetSparsemax",
     "RochetNet",
     "SecondPrice",
 ]

@@ -1,0 +1,1 @@
+"""Certifiers: exact MIP regret certificates per profile (seed 004)."""

@@ -1,0 +1,5 @@
+"""Exact solvers: IBP / LP bounds and the MIP encoding of certifiable networks (seed 004)."""
+
+from auctionlab.solvers.bounds import interval_bounds, lp_tighten, relu_stability_loss
+
+__all__ = ["interval_bounds", "lp_tighten", "relu_stability_loss"]

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from auctionlab.errors import ConfigError
+from auctionlab.errors import ConfigError, RunError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TASKS: dict[str, tuple[str, str]] = {
@@ -148,6 +148,35 @@ def precheck(task: str, args: list[str]) -> None:
         except (HydraException, OmegaConfBaseException, ValueError) as err:
             fail(_explain(task, point, err))
         module.prepare(cfg)
+        from auctionlab.tracking import check_tracking
+
+        check_tracking(cfg.get("tracking"))
+
+
+def resume_overrides(args: list[str]) -> list[str]:
+    """``train resume=DIR [more]``: DIR's own overrides, then ``more``; outputs go to DIR.
+
+    The resumed run composes the same config as the run it continues (its
+    ``.hydra/overrides.yaml``), with any override given now taking precedence (e.g. a larger
+    ``train.iterations``), and writes into the same run directory.
+    """
+    plain = [a for a in args if not a.startswith("-")]
+    given = [a for a in plain if a.split("=", 1)[0].lstrip("+~") == "resume"]
+    if not given or given[-1].split("=", 1)[1] in ("", "null"):
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        fail("resume=... continues one run; it cannot be combined with -m")
+    directory = Path(given[-1].split("=", 1)[1]).expanduser()
+    recorded = directory / ".hydra" / "overrides.yaml"
+    if not recorded.exists():
+        fail(f"resume={directory}: not a train run directory (no .hydra/overrides.yaml)")
+    from omegaconf import OmegaConf
+
+    key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    now = {key(a) for a in plain}
+    before = [str(o) for o in OmegaConf.load(recorded) if key(str(o)) not in now | {"resume"}]
+    extra = [] if "hydra.run.dir" in now else [f"hydra.run.dir={directory}"]
+    return [*before, *args, *extra]
 
 
 def _compose(task: str, overrides: list[str]):
@@ -193,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
         if flag in rest:
             print(action())
             return
+    if task == "train":
+        rest = resume_overrides(rest)
     try:
         if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
             precheck(task, rest)
@@ -210,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
             return module.run(cfg)
         except ConfigError as err:
             fail(str(err))
+        except RunError as err:  # started, then failed or was interrupted: status 1
+            print(f"auctionlab: run failed: {err}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     sys.argv = [f"auctionlab {task}", *rest]
     hydra.main(config_path=str(CONF_DIR), config_name=task, version_base="1.3")(task_function)()

@@ -2,4 +2,23 @@
 
 
 class ConfigError(ValueError):
-    """A configuration value or combination that cannot work; the message names the option."""
+    """A configuration value or combination that cannot work; the message names the option.
+
+    Raised before any work starts; the CLI exits with status 2.
+    """
+
+
+class RunError(RuntimeError):
+    """A started run that cannot produce a trustworthy result.
+
+    The message says why and what was kept (e.g. the last good checkpoint). The task's MLflow
+    run is marked FAILED with the reason; the CLI prints one line and exits with status 1.
+    """
+
+
+class NonFiniteError(RunError):
+    """NaN or inf in a loss, utility, multiplier, parameter or solver output."""
+
+
+class InterruptedRunError(RunError):
+    """The user interrupted the run (Ctrl-C) and it stopped cleanly (MLflow status KILLED)."""

@@ -263,9 +263,7 @@ def _merge_error(
     key = key.split(".")[-1].split("[")[0] if key else ""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     if key and key not in fields:
-        return ConfigError(
-            f"{path}.{key}: no such option; valid keys: {', '.join(sorted(fields))}"
-        )
+        return ConfigError(f"{path}.{key}: no such option; valid keys: {', '.join(sorted(fields))}")
     if key:
         kind = (hints or typing.get_type_hints(schema)).get(key, Any)
         value = data.get(key)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -106,28 +107,37 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_store(tracking: DictConfig | Mapping[str, Any]):
-    """Connect to the store of ``tracking`` and make sure its experiment exists.
+def probe(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast when an ``http(s)://`` tracking server does not answer a TCP connection.
 
-    A local sqlite database is created (schema migrations) under a file lock, so concurrent
-    jobs on one machine never race on it; the experiment is created once.
-
-    Args:
-        tracking: the ``tracking`` config node (``uri``, ``experiment``).
-
-    Returns:
-        ``(client, uri, experiment_id)``.
+    MLflow's own client retries an unreachable server for minutes before giving up; this
+    check takes at most ``timeout`` seconds. Other URIs are left to the store itself.
 
     Raises:
-        ConfigError: the store cannot be reached or created.
+        ConfigError: the server cannot be reached.
 
     """
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"tracking.uri={uri}: MLflow server unreachable ({err.strerror or err}); start it, "
+            "choose another tracking.uri, or set tracking.fallback=local"
+        ) from None
+
+
+def _connect(uri: str, name: str):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    uri = resolve_uri(tracking.get("uri"))
-    name = str(tracking.get("experiment", "auctionlab"))
+    probe(uri)
     try:
         with _store_lock(uri):
             client = MlflowClient(tracking_uri=uri)  # a new sqlite store is migrated here
@@ -150,6 +160,50 @@ def open_store(tracking: DictConfig | Mapping[str, Any]):
         raise ConfigError(
             f"tracking.uri={uri}: cannot reach the MLflow store ({first[0] if first else err})"
         ) from err
+
+
+def open_store(tracking: DictConfig | Mapping[str, Any]):
+    """Connect to the store of ``tracking`` and make sure its experiment exists.
+
+    A local sqlite database is created (schema migrations) under a file lock, so concurrent
+    jobs on one machine never race on it; the experiment is created once. When the store
+    cannot be reached and ``tracking.fallback`` is ``local``, a warning is logged and the
+    local default store (``outputs/mlflow.db``) is used instead.
+
+    Args:
+        tracking: the ``tracking`` config node (``uri``, ``experiment``, ``fallback``).
+
+    Returns:
+        ``(client, uri, experiment_id)``.
+
+    Raises:
+        ConfigError: the store cannot be reached or created (and no fallback applies).
+
+    """
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = resolve_uri(tracking.get("uri"))
+    name = str(tracking.get("experiment", "auctionlab"))
+    try:
+        return _connect(uri, name)
+    except ConfigError as err:
+        local = f"sqlite:///{DEFAULT_DB.resolve()}"
+        if str(tracking.get("fallback", "none")) != "local" or uri == local:
+            raise
+        log.warning("%s; tracking.fallback=local: logging to %s instead", err, local)
+        DEFAULT_DB.resolve().parent.mkdir(parents=True, exist_ok=True)
+        return _connect(local, name)
+
+
+def check_tracking(tracking: DictConfig | Mapping[str, Any] | None) -> None:
+    """Before a task starts: an unreachable server is an error unless ``fallback=local``."""
+    if tracking is None or not tracking.get("enabled", True):
+        return
+    uri = resolve_uri(tracking.get("uri"), create=False)
+    try:
+        probe(uri)
+    except ConfigError:
+        if str(tracking.get("fallback", "none")) != "local":
+            raise
 
 
 class PrepareStore(Callback):
@@ -175,24 +229,43 @@ class Tracker:
     """Context manager around one MLflow run; a no-op when ``tracking.enabled`` is false.
 
     ``tracking.parent_run_id`` (optional, set by ``auctionlab reproduce``) makes the run a
-    child of that run (tag ``mlflow.parentRunId``).
+    child of that run (tag ``mlflow.parentRunId``). ``resume_run_id`` reopens an existing run
+    (``train resume=<dir>``) instead of creating one: its status goes back to RUNNING and new
+    metrics continue its history.
+
+    Logging never kills a run that is doing its work: once the store has started, a logging
+    error (after the retries for a locked sqlite store) is reported as a warning, further
+    logging is skipped, and the run's files are still written. ``logging_error`` says what
+    went wrong.
+
+    On exit the run is FINISHED, KILLED (``InterruptedRunError``) or FAILED with the reason in
+    the tag ``failure``.
 
     Args:
         cfg: the whole task config (logged as flattened params).
-        tracking: the ``tracking`` config node (``enabled``, ``uri``, ``experiment``).
+        tracking: the ``tracking`` config node (``enabled``, ``uri``, ``experiment``...).
         run_name: the MLflow run name.
         tags: extra tags (task, Hydra choices, run directory).
+        resume_run_id: an existing run to continue.
 
     """
 
     def __init__(
-        self, cfg: DictConfig, tracking: DictConfig, run_name: str, tags: Mapping[str, str]
+        self,
+        cfg: DictConfig,
+        tracking: DictConfig,
+        run_name: str,
+        tags: Mapping[str, str],
+        resume_run_id: str | None = None,
     ):
         self.enabled = bool(tracking.get("enabled", True))
         self.cfg, self.tracking, self.run_name, self.tags = cfg, tracking, run_name, dict(tags)
+        self.resume_run_id = resume_run_id
         self.run_id: str | None = None
         self.uri: str | None = None
         self.client = None
+        self.logging_error: str | None = None
+        self.lost_logging: str | None = None  # after exit: the logging error, if any
 
     def __enter__(self) -> Tracker:
         if not self.enabled:
@@ -201,6 +274,18 @@ class Tracker:
         from mlflow.tracking.context.registry import resolve_tags
 
         self.client, self.uri, experiment_id = open_store(self.tracking)
+        if self.resume_run_id:
+            try:
+                with_retry(self.client.get_run, self.resume_run_id)
+            except Exception as err:  # noqa: BLE001
+                raise ConfigError(
+                    f"resume: MLflow run {self.resume_run_id} is not in {self.uri} ({err})"
+                ) from None
+            self.run_id = self.resume_run_id
+            with_retry(self.client.update_run, self.run_id, status="RUNNING")
+            for key, value in self.tags.items():
+                with_retry(self.client.set_tag, self.run_id, key, str(value))
+            return self
         tags = dict(self.tags)
         parent = self.tracking.get("parent_run_id")
         if parent:
@@ -215,9 +300,29 @@ class Tracker:
             with_retry(self.client.log_batch, self.run_id, params=params[lo : lo + 100])
         return self
 
+    @property
+    def active(self) -> bool:
+        """Whether calls still reach the store."""
+        return self.enabled and self.run_id is not None and self.logging_error is None
+
+    def _safely(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if not self.active:
+            return
+        try:
+            with_retry(fn, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the run's own files are what matters
+            first = str(err).strip().splitlines()
+            self.logging_error = f"{what}: {type(err).__name__}: {first[0] if first else ''}"
+            log.warning(
+                "MLflow logging failed (%s); the run goes on and its files are kept, but "
+                "nothing more is logged to run %s",
+                self.logging_error,
+                self.run_id,
+            )
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log numeric metrics (non-numbers are skipped)."""
-        if not self.enabled:
+        if not self.active:
             return
         from mlflow.entities import Metric
 
@@ -228,27 +333,38 @@ class Tracker:
             if isinstance(v, int | float)
         ]
         for lo in range(0, len(numeric), 1000):
-            with_retry(self.client.log_batch, self.run_id, metrics=numeric[lo : lo + 1000])
+            self._safely(
+                "log_metrics", self.client.log_batch, self.run_id, metrics=numeric[lo : lo + 1000]
+            )
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Add tags to the run."""
-        if not self.enabled:
+        if not self.active:
             return
         for key, value in tags.items():
-            with_retry(self.client.set_tag, self.run_id, key, str(value))
+            self._safely("set_tag", self.client.set_tag, self.run_id, key, str(value)[:5000])
 
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         """Attach files to the run."""
-        if not self.enabled:
+        if not self.active:
             return
         for path in paths:
             if Path(path).exists():
-                with_retry(self.client.log_artifact, self.run_id, str(path))
+                self._safely("log_artifact", self.client.log_artifact, self.run_id, str(path))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.enabled or self.run_id is None:
             return
+        from auctionlab.errors import InterruptedRunError
+
         if exc is not None:
             self.set_tags({"failure": f"{exc_type.__name__}: {exc}"[:4000]})
-        status = "FAILED" if exc is not None else "FINISHED"
-        with_retry(self.client.set_terminated, self.run_id, status)
+        if isinstance(exc, InterruptedRunError | KeyboardInterrupt):
+            status = "KILLED"
+        else:
+            status = "FAILED" if exc is not None else "FINISHED"
+        error, self.logging_error = self.logging_error, None
+        self.lost_logging = error
+        if error is not None:  # one last try: the status and the reason matter most
+            self.set_tags({"logging_error": f"{error}; later metrics are missing"})
+        self._safely("set_terminated", self.client.set_terminated, self.run_id, status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -84,23 +85,68 @@ def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     return path
 
 
-def save_checkpoint(state: dict, path: Path) -> Path:
-    """``torch.save`` atomically; ``state`` holds only tensors and plain data."""
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_path(checkpoint: Path) -> Path:
+    """Where a checkpoint's recorded hash lives (``sha256sum -c`` format)."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + ".sha256")
+
+
+def save_checkpoint(state: dict, path: Path) -> str:
+    """``torch.save`` atomically and record the file's SHA-256 next to it.
+
+    ``state`` holds only tensors and plain data. The file is written to a temp name, hashed,
+    then renamed; ``<name>.sha256`` (``sha256sum -c`` format) follows it.
+
+    Returns:
+        The hex SHA-256 of the checkpoint.
+
+    """
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
+    digest = sha256_file(tmp)
+    record = hash_path(path)
+    record_tmp = record.with_suffix(".sha256.tmp")
+    record_tmp.write_text(f"{digest}  {path.name}\n")
     os.replace(tmp, path)
-    return path
+    os.replace(record_tmp, record)
+    return digest
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
-    """Load a checkpoint with ``weights_only=True`` (no pickled code runs)."""
+    """Load a checkpoint after checking its recorded SHA-256, with ``weights_only=True``.
+
+    Raises:
+        ConfigError: no checkpoint, no recorded hash, a hash mismatch (truncated or altered
+            file) or content that is not plain tensors and data.
+
+    """
+    where = f"run={path.parent}"
     if not path.exists():
-        raise ConfigError(f"run={path.parent}: no checkpoint.pt there")
+        raise ConfigError(f"{where}: no {path.name} there")
+    record = hash_path(path)
+    if not record.exists():
+        raise ConfigError(f"{where}: {record.name} is missing, so {path.name} cannot be verified")
+    expected = record.read_text().split()[0] if record.read_text().split() else ""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ConfigError(
+            f"{where}: {path.name} does not match its recorded SHA-256 (truncated or altered: "
+            f"{actual[:12]}... != {expected[:12]}...); refusing to load it"
+        )
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        first = str(err).strip().splitlines()
         raise ConfigError(
-            f"run={path.parent}: checkpoint.pt cannot be loaded safely ({err})"
+            f"{where}: {path.name} cannot be loaded safely ({first[0] if first else err})"
         ) from err
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from auctionlab.errors import ConfigError
+from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.evaluation import evaluate_mechanism, write_curve
 from auctionlab.tasks.common import (
     build,
     build_env_and_mechanism,
     choices,
+    hash_path,
     integer,
     load_checkpoint,
     log,
@@ -23,7 +26,7 @@ from auctionlab.tasks.common import (
     setup_runtime,
     write_json,
 )
-from auctionlab.tracking import Tracker
+from auctionlab.tracking import Tracker, resolve_uri
 from auctionlab.training import Trainer
 from auctionlab.utils import make_generator
 
@@ -61,6 +64,7 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
         device=device,
         seed=integer(cfg, "seed"),
         progress=progress_enabled(cfg),
+        detect_anomaly=bool(cfg.train.get("detect_anomaly", False)),
     )
     if cfg.get("resume"):
         state = load_checkpoint(Path(str(cfg.resume)) / "checkpoint.pt", device)
@@ -76,8 +80,29 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
     return trainer, validation_attacker, device, picked
 
 
+def _previous_run_id(cfg: DictConfig, out: Path) -> str | None:
+    """The MLflow run a resumed training continues (when it logs to the same store)."""
+    if not cfg.get("resume"):
+        return None
+    record = Path(str(cfg.resume)) / "tracking.json"
+    if not record.exists() or not bool(cfg.tracking.get("enabled", True)):
+        return None
+    previous = json.loads(record.read_text())
+    if previous.get("uri") != resolve_uri(cfg.tracking.get("uri"), create=False):
+        log.warning("resume: the first part was logged to %s; starting a new MLflow run", previous)
+        return None
+    return previous.get("run_id")
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Train ``cfg.mechanism`` on ``cfg.env``; returns the metrics written to metrics.json."""
+    """Train ``cfg.mechanism`` on ``cfg.env``; returns the metrics written to metrics.json.
+
+    Raises:
+        NonFiniteError: NaN or inf during training or validation. The last good checkpoint
+            is kept, ``failure.json`` says why, and the MLflow run is FAILED.
+        InterruptedRunError: Ctrl-C; a checkpoint of the last full step is saved first.
+
+    """
     trainer, validation_attacker, device, picked = prepare(cfg)
     env, mechanism, show = trainer.env, trainer.mechanism, trainer.progress
     out = run_dir()
@@ -85,27 +110,48 @@ def run(cfg: DictConfig) -> dict[str, float]:
     tags = {"task": "train", "run_dir": str(out.resolve()), "device": str(device)}
     if cfg.get("resume"):
         tags["resumed_from"] = str(Path(str(cfg.resume)).resolve())
+        tags["resumed_at_iteration"] = str(trainer.iteration)
     tags.update({f"choice.{k}": v for k, v in picked.items()})
     name = f"train {picked.get('mechanism', '')} {picked.get('env', env.name)} seed={cfg.seed}"
-    with Tracker(cfg, cfg.tracking, name, tags) as tracker:
+    resume_run_id = _previous_run_id(cfg, out)
+    with Tracker(cfg, cfg.tracking, name, tags, resume_run_id=resume_run_id) as tracker:
+        for stale in ("metrics.json", "failure.json"):  # from the part before a resume
+            (out / stale).unlink(missing_ok=True)
         save_config(cfg, out)
         write_json(out / "choices.json", picked)
+        if tracker.run_id is not None:
+            write_json(out / "tracking.json", {"uri": tracker.uri, "run_id": tracker.run_id})
         every = int(cfg.train.checkpoint_every)
+        # A resumed run starts from a checkpoint that is known to be good.
+        saved = {"iteration": trainer.iteration if cfg.get("resume") else None}
 
         def on_log(metrics: dict[str, float], step: int) -> None:
             tracker.log_metrics(metrics, step)
             if every and step % every == 0:
+                trainer.check_parameters()
                 save_checkpoint(trainer.state_dict(), checkpoint)
+                saved["iteration"] = step
 
         log.info(
-            "training %s on %s for %d iterations (%s)",
+            "training %s on %s for %d iterations (%s)%s",
             type(mechanism).__name__,
             env.name,
             trainer.iterations,
             device,
+            f", resuming at iteration {trainer.iteration}" if trainer.iteration else "",
         )
-        summary = trainer.fit(on_log)
-        save_checkpoint(trainer.state_dict(), checkpoint)
+        try:
+            summary = trainer.fit(on_log)
+            trainer.check_parameters()
+        except InterruptedRunError as err:
+            save_checkpoint(trainer.state_dict(), checkpoint)
+            raise InterruptedRunError(
+                f"{err}; checkpoint saved to {checkpoint}; continue with: "
+                f"auctionlab train resume={out}"
+            ) from None
+        except NonFiniteError as err:
+            raise _failed(out, checkpoint, saved["iteration"], str(err)) from None
+        digest = save_checkpoint(trainer.state_dict(), checkpoint)
 
         val_types = env.sample(
             int(cfg.validation.profiles), make_generator(int(cfg.validation.seed), device)
@@ -119,12 +165,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
             make_generator(int(cfg.validation.seed) + 1, device),
             prefix="val_",
         )
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:
+            raise _failed(out, checkpoint, trainer.iteration, f"non-finite validation {bad}")
         metrics.update(summary)
         metrics["iterations"] = float(trainer.iteration)
+        # Files first: a logging error after hours of training must not lose the results.
         write_json(out / "metrics.json", metrics)
         files = write_curve(curve, out, f"{env.name} {picked.get('mechanism', '')}: validation")
+        tracker.set_tags({"checkpoint_sha256": digest})
         tracker.log_metrics(metrics, trainer.iteration)
-        tracker.log_artifacts([out / "config.yaml", out / "metrics.json", checkpoint, *files])
+        tracker.log_artifacts(
+            [out / "config.yaml", out / "metrics.json", checkpoint, hash_path(checkpoint), *files]
+        )
+    if tracker.logging_error:
+        log.warning(
+            "MLflow logging failed midway (%s); results are in %s", tracker.logging_error, out
+        )
     log.info(
         "done: revenue %.4f, regret %.2e (validation attacker: %d restarts x %d steps, %d profiles)"
         " -> %s",
@@ -136,3 +193,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
         out,
     )
     return metrics
+
+
+def _failed(out: Path, checkpoint: Path, kept: int | None, reason: str) -> NonFiniteError:
+    """Write ``failure.json`` (never ``metrics.json``) and the error the run ends with."""
+    if kept is None:
+        checkpoint.unlink(missing_ok=True)
+        hash_path(checkpoint).unlink(missing_ok=True)
+        where = "no checkpoint had been written yet"
+    else:
+        where = f"last good checkpoint kept: {checkpoint} (iteration {kept})"
+    write_json(
+        out / "failure.json",
+        {"status": "failed", "reason": reason, "last_good_checkpoint_iteration": kept},
+    )
+    return NonFiniteError(f"{reason}; {where}; to locate it, rerun with train.detect_anomaly=true")

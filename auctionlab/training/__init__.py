@@ -1,12 +1,13 @@
 """Training: one loop, pluggable constraint handlers."""
 
+from auctionlab.errors import NonFiniteError
 from auctionlab.training.constraints import (
     AugmentedLagrangian,
     ConstraintHandler,
     RegretBudget,
     Unconstrained,
 )
-from auctionlab.training.loop import NonFiniteError, Trainer
+from auctionlab.training.loop import Trainer
 
 __all__ = [
     "AugmentedLagrangian",

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from auctionlab.attackers.base import deviation_profiles, expand_public, own_utility
-from auctionlab.errors import ConfigError
+from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.training.constraints import ConstraintHandler, Unconstrained
 from auctionlab.types import Outcome, Types
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced NaN or inf; the message says where."""
 
 
 class Trainer:
@@ -44,6 +43,8 @@ class Trainer:
         device: where everything lives.
         seed: seeds the data and the restarts.
         progress: show a progress bar.
+        detect_anomaly: run every step under ``torch.autograd.detect_anomaly`` (slow; names
+            the operation that first produced NaN in the backward pass).
 
     """
 
@@ -63,6 +64,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         seed: int = 0,
         progress: bool = True,
+        detect_anomaly: bool = False,
     ) -> None:
         if iterations < 1 or batch_size < 1:
             raise ConfigError(
@@ -82,6 +84,8 @@ class Trainer:
         self.iterations, self.batch_size, self.num_samples = iterations, batch_size, num_samples
         self.cache_misreports = cache_misreports and num_samples is not None
         self.log_every, self.progress = max(1, log_every), progress
+        self.detect_anomaly = detect_anomaly
+        self.stop_requested = False
         self.optimizer = OPTIMIZERS[optimizer](self.mechanism.parameters(), lr=lr)
         self.constraint.setup(env.n_bidders, iterations, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -110,7 +114,25 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
-        """One primal-dual iteration; returns the batch's revenue, regret and loss."""
+        """One primal-dual iteration; returns the batch's revenue, regret and loss.
+
+        Raises:
+            NonFiniteError: NaN or inf in the loss or the constraint's multipliers; nothing of
+                the failing step is applied to the multipliers.
+
+        """
+        if not self.detect_anomaly:
+            return self._step()
+        try:
+            with torch.autograd.detect_anomaly(check_nan=True):
+                return self._step()
+        except RuntimeError as err:  # autograd names the backward op that produced NaN
+            if "nan" not in str(err).lower():
+                raise
+            first = str(err).strip().splitlines()[0]
+            raise NonFiniteError(f"iteration {self.iteration}: {first}") from err
+
+    def _step(self) -> dict[str, float]:
         types, index = self._batch()
         values = types.values
         B, n, m = values.shape
@@ -143,13 +165,19 @@ class Trainer:
             loss = loss + auxiliary
         if not torch.isfinite(loss):
             raise NonFiniteError(
-                f"non-finite loss at iteration {self.iteration}: revenue={float(revenue)}, "
-                f"regret={regret.tolist()}"
+                f"non-finite loss at iteration {self.iteration}: revenue={float(revenue):.4g}, "
+                f"regret={[round(r, 6) for r in regret.tolist()]}"
+                + (f", auxiliary={float(auxiliary):.4g}" if auxiliary is not None else "")
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.constraint.update(revenue.detach(), regret.detach(), self.iteration)
+        multipliers = self.constraint.metrics()
+        if any(not math.isfinite(v) for v in multipliers.values()):
+            raise NonFiniteError(
+                f"non-finite constraint multipliers at iteration {self.iteration}: {multipliers}"
+            )
         self.iteration += 1
         metrics = {"revenue": revenue.item(), "loss": loss.item()}
         if auxiliary is not None:
@@ -158,16 +186,56 @@ class Trainer:
             metrics["regret"] = regret.detach().mean().item()
         return metrics
 
+    def check_parameters(self) -> None:
+        """Raise ``NonFiniteError`` when any weight is NaN or inf (checked before checkpoints)."""
+        for name, parameter in self.mechanism.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                raise NonFiniteError(
+                    f"non-finite weights in {name} after iteration {self.iteration}"
+                )
+
     # -- the loop ---------------------------------------------------------------------------
     def fit(
         self, on_log: Callable[[dict[str, float], int], None] | None = None
     ) -> dict[str, float]:
         """Run until ``iterations``; call ``on_log(metrics, step)`` every ``log_every`` steps.
 
+        A first Ctrl-C (SIGINT) finishes the current step and raises ``InterruptedRunError``
+        with the trainer in a consistent state (the caller saves a checkpoint); a second one
+        stops at once.
+
         Returns:
             The last window's means plus ``train_seconds`` and ``seconds_per_iteration``.
 
+        Raises:
+            NonFiniteError: NaN or inf in the loss, multipliers or logged metrics.
+            InterruptedRunError: Ctrl-C.
+
         """
+        with self._interruptible():
+            return self._fit(on_log)
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """SIGINT sets ``stop_requested`` instead of raising mid-step (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum, frame) -> None:
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: now
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _fit(
+        self, on_log: Callable[[dict[str, float], int], None] | None = None
+    ) -> dict[str, float]:
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -203,6 +271,10 @@ class Trainer:
                     on_log(last, self.iteration)
                 sums, count = {}, 0
             bar.update(1)
+            if self.stop_requested:
+                bar.close()
+                self.train_seconds += time.perf_counter() - started
+                raise InterruptedRunError(f"interrupted at iteration {self.iteration}")
         bar.close()
         self.train_seconds += time.perf_counter() - started
         done = self.iteration - start_iteration

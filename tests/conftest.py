@@ -92,6 +92,24 @@ def run_cli(
 
 
 @pytest.fixture(scope="session")
+def spawn_console(mlflow_uri) -> Callable[..., subprocess.Popen]:
+    """``spawn_console(args, cwd)``: the console script started in the background (to signal)."""
+    exe = Path(sys.executable).with_name("auctionlab")
+
+    def spawn(args: list[str], cwd: Path) -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(exe), *args],
+            cwd=cwd,
+            env=_cli_env(mlflow_uri),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return spawn
+
+
+@pytest.fixture(scope="session")
 def run_console(mlflow_uri) -> Callable[..., subprocess.CompletedProcess]:
     """``run_console(args, cwd)``: the console script with the session's MLflow store."""
     return lambda args, cwd: run_cli(list(args), cwd, mlflow_uri)

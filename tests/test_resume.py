@@ -1,0 +1,153 @@
+"""Long runs survive: kill -9 then resume, Ctrl-C, NaN — through the real console script."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+#: A tiny but real training run: ~1-2 ms per iteration on one thread.
+TINY = [
+    "scale=smoke",
+    "env=1x2",
+    "mechanism.hidden=[16,16]",
+    "attack_budget.steps=3",
+    "train.iterations=1500",
+    "train.log_every=20",
+    "train.checkpoint_every=20",
+    "threads=1",
+]
+#: Timing metrics, the only ones allowed to differ between runs.
+TIMING = {"train_seconds", "seconds_per_iteration"}
+
+
+def _only_run_dir(cwd: Path) -> Path:
+    (run,) = [p for p in cwd.glob("outputs/runs/*/*") if p.is_dir()]
+    return run
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    start = time.monotonic()
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() - start < timeout, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _metrics(run: Path) -> dict[str, float]:
+    data = json.loads((run / "metrics.json").read_text())
+    return {k: v for k, v in data.items() if k not in TIMING}
+
+
+def _run(cwd: Path, mlflow_uri: str):
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    run_id = json.loads((_only_run_dir(cwd) / "tracking.json").read_text())["run_id"]
+    return client, client.get_run(run_id)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, run_console) -> dict[str, float]:
+    cwd = tmp_path_factory.mktemp("whole")
+    result = run_console(["train", *TINY], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _metrics(_only_run_dir(cwd))
+
+
+def test_kill_then_resume_equals_uninterrupted(
+    uninterrupted, tmp_path, mlflow_uri, run_console, spawn_console
+):
+    cwd = tmp_path / "killed"
+    cwd.mkdir()
+    process = spawn_console(["train", *TINY], cwd)
+    _wait_for(cwd / "outputs", process)
+    first = None
+    while first is None:  # the first checkpoint lands at a log boundary
+        runs = list(cwd.glob("outputs/runs/*/*/checkpoint.sha256"))
+        first = runs[0] if runs else None
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run = _only_run_dir(cwd)
+    assert not (run / "metrics.json").exists()
+
+    result = run_console(["train", f"resume={run}"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _only_run_dir(cwd) == run  # same directory, no new one
+    assert _metrics(run) == uninterrupted
+    client, mlflow_run = _run(cwd, mlflow_uri)
+    assert mlflow_run.info.status == "FINISHED"
+    assert int(mlflow_run.data.tags["resumed_at_iteration"]) > 0
+    steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train_revenue")]
+    assert min(steps) == 20 and max(steps) == 1500  # one history across both parts
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_finishes(
+    uninterrupted, tmp_path, mlflow_uri, run_console, spawn_console
+):
+    cwd = tmp_path / "interrupted"
+    cwd.mkdir()
+    process = spawn_console(["train", *TINY], cwd)
+    _wait_for(cwd / "outputs", process)
+    while not list(cwd.glob("outputs/runs/*/*/checkpoint.sha256")):
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("auctionlab: run failed: interrupted at iteration"), last
+    assert "resume=" in last
+    run = _only_run_dir(cwd)
+    client, mlflow_run = _run(cwd, mlflow_uri)
+    assert mlflow_run.info.status == "KILLED"
+    assert not (run / "metrics.json").exists()
+
+    resumed = run_console(["train", f"resume={run}"], cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = _metrics(run)
+    # Interrupted between log points, the windows around the interruption differ; what the
+    # run ends with (weights -> validation) must not.
+    for key, value in uninterrupted.items():
+        if key.startswith(("val_", "iterations")):
+            assert metrics[key] == value, key
+    assert client.get_run(mlflow_run.info.run_id).info.status == "FINISHED"
+
+
+def test_nan_stops_keeps_last_good_checkpoint_and_fails_mlflow_run(cli, tmp_path, mlflow_uri):
+    cwd = tmp_path / "nan"
+    cwd.mkdir()
+    # rho doubles past the float range at iteration 15: the loss becomes inf.
+    result = cli(
+        "train",
+        "scale=smoke",
+        "env=1x2",
+        "trainer=lagrangian",
+        "trainer.constraint.rho_increment=1e308",
+        "trainer.constraint.rho_every=15",
+        cwd=cwd,
+    )
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "non-finite loss at iteration 15" in last and "iteration 10" in last, last
+    assert "train.detect_anomaly=true" in last
+    run = _only_run_dir(cwd)
+    assert not (run / "metrics.json").exists()
+    failure = json.loads((run / "failure.json").read_text())
+    assert failure["last_good_checkpoint_iteration"] == 10
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 10
+    _, mlflow_run = _run(cwd, mlflow_uri)
+    assert mlflow_run.info.status == "FAILED"
+    assert "non-finite loss" in mlflow_run.data.tags["failure"]
+
+
+def test_detect_anomaly_switch_runs(cli, tmp_path):
+    result = cli("train", "scale=smoke", "env=1x2", "train.detect_anomaly=true", "tracking=none")
+    assert result.returncode == 0, result.stderr[-2000:]

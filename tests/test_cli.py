@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,38 @@ BAD_INPUT = {
         ["mechanism=regretnet", "run="],
     ),
     "evaluate-missing-run": (["evaluate", "run=does/not/exist"], ["run=does/not/exist"]),
+    # Structured schemas: wrong types, out-of-range values, unknown keys, unsafe targets.
+    "wrong-type": (["train", "env.n_bidders=two"], ["env.n_bidders='two'", "integer"]),
+    "n-below-one": (["train", "env.n_bidders=0"], ["n_bidders=0", ">= 1"]),
+    "lower-above-upper": (["train", "env.distribution.low=2"], ["low=2", "high=1", "low < high"]),
+    "negative-budget": (
+        ["train", "trainer.constraint.budget_start=-0.1"],
+        ["budget", "start=-0.1", "> 0"],
+    ),
+    "fraction-outside-unit": (
+        ["train", "trainer.constraint.anneal_fraction=1.5"],
+        ["anneal_fraction=1.5", "(0, 1]"],
+    ),
+    "negative-lr": (["train", "trainer.lr=-1"], ["trainer.lr=-1", "> 0"]),
+    "zero-restarts": (["evaluate", "attack_budget.restarts=0"], ["restarts=0", ">= 1"]),
+    "zero-threads": (["train", "threads=0"], ["threads=0", ">= 1"]),
+    "bad-progress": (["train", "progress=sometimes"], ["progress=sometimes", "auto"]),
+    "list-type": (["train", "mechanism.hidden=[a,b]"], ["mechanism.hidden", "list of integers"]),
+    "added-unknown-key": (["train", "+mechanism.depth=3"], ["mechanism.depth", "hidden"]),
+    "unsafe-target": (
+        ["train", "mechanism._target_=os.system"],
+        ["mechanism._target_=os.system", "auctionlab or torch"],
+    ),
+    "bad-fallback": (["train", "tracking.fallback=maybe"], ["tracking.fallback=maybe", "local"]),
+    "unreachable-mlflow": (
+        ["train", "tracking.uri=http://127.0.0.1:9"],
+        ["tracking.uri=http://127.0.0.1:9", "unreachable", "tracking.fallback=local"],
+    ),
+    "resume-missing": (["train", "resume=does/not/exist"], ["resume=does/not/exist"]),
+    "resume-in-sweep": (
+        ["train", "-m", "resume=a", "seed=0,1"],
+        ["resume=", "-m"],
+    ),
 }
 
 
@@ -168,6 +202,38 @@ def test_evaluate_trained_run(smoke_evaluate):
 def test_evaluate_trained_run_tags_the_evaluated_choices(smoke_evaluate):
     _, new = smoke_evaluate
     assert new[0].data.tags["choice.mechanism"] == "regretnet"
+
+
+def test_checkpoint_hash_recorded_and_tracked(smoke_train, smoke_evaluate):
+    cwd, (train_run,) = smoke_train
+    out = _run_dirs(cwd)[0]
+    digest = hashlib.sha256((out / "checkpoint.pt").read_bytes()).hexdigest()
+    assert (out / "checkpoint.sha256").read_text().split() == [digest, "checkpoint.pt"]
+    assert train_run.data.tags["checkpoint_sha256"] == digest
+    assert smoke_evaluate[1][0].data.tags["checkpoint_sha256"] == digest
+
+
+@pytest.mark.parametrize("damage", ["flipped-byte", "truncated", "hash-missing"])
+def test_damaged_checkpoint_refused(damage, smoke_train, cli, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(_run_dirs(smoke_train[0])[0], copy)
+    checkpoint = copy / "checkpoint.pt"
+    data = bytearray(checkpoint.read_bytes())
+    if damage == "flipped-byte":
+        data[len(data) // 2] ^= 0xFF
+        checkpoint.write_bytes(bytes(data))
+    elif damage == "truncated":
+        checkpoint.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        (copy / "checkpoint.sha256").unlink()
+    cwd = tmp_path / "eval"
+    cwd.mkdir()
+    result = cli("evaluate", f"run={copy}", "scale=smoke", cwd=cwd)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    expected = "cannot be verified" if damage == "hash-missing" else "does not match its recorded"
+    assert expected in line and f"run={copy}" in line, line
+    assert not (cwd / "outputs").exists()
 
 
 def test_hydra_run_dir_respected_and_tracking_none(smoke_train, cli, tmp_path, list_runs):

@@ -20,6 +20,7 @@ from auctionlab.tasks.common import (
     run_dir,
     save_config,
     setup_runtime,
+    sha256_file,
     write_json,
 )
 from auctionlab.tracking import Tracker
@@ -85,6 +86,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "evaluated": str(cfg.run or mechanism_name),
     }
     tags.update({f"choice.{k}": v for k, v in picked.items()})
+    if cfg.run:  # exactly which weights these numbers belong to (verified when loaded)
+        tags["checkpoint_sha256"] = sha256_file(Path(str(cfg.run)) / "checkpoint.pt")
     with Tracker(cfg, cfg.tracking, f"evaluate {label} {env.name}", tags) as tracker:
         save_config(cfg, out)
         types = env.sample(int(cfg.profiles), make_generator(int(cfg.profile_seed), device))

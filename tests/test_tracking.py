@@ -24,7 +24,7 @@ def test_unreachable_server_falls_back_to_local_store(cli, tmp_path):
     assert "unreachable" in said and "tracking.fallback=local: logging to" in said
     local = f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=local)
-    (experiment,) = client.search_experiments()
+    experiment = client.get_experiment_by_name("auctionlab")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert "val_revenue" in run.data.metrics

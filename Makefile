@@ -14,8 +14,9 @@ setup:  ## create .venv and install auctionlab with dev tools (CPU torch pinned)
 test:  ## default suite (minutes, CPU)
 	$(BIN)/pytest -q
 
-test-slow:  ## learned-mechanism checks that take long (RochetNet 1x2, RegretNet 2x2 at scale=cpu)
+test-slow:  ## long checks (learned mechanisms at scale=cpu) and the fuzz tests with many examples
 	$(BIN)/pytest -q -m slow -p no:cacheprovider
+	HYPOTHESIS_PROFILE=slow $(BIN)/pytest -q tests/mechanisms/test_fuzz.py
 
 bench:  ## performance benchmarks, JSON into outputs/bench/
 	$(BIN)/python scripts/bench_train.py --env 2x2 --batch 512 --misreport-steps 50 --threads 2 --out outputs/bench/train_2x2.json

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -17,6 +18,12 @@ CONF = REPO / "conf"
 GROUPS = ("env", "mechanism", "attacker", "trainer", "scale", "tracking")
 
 torch.set_num_threads(1)
+
+# Fuzz budgets: the default suite keeps property tests short; `make test-slow` runs the same
+# properties with many more examples (HYPOTHESIS_PROFILE=slow).
+settings.register_profile("default", max_examples=10, deadline=None)
+settings.register_profile("slow", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def options(group: str) -> list[str]:

@@ -22,6 +22,10 @@ class Mechanism(nn.Module):
     demands: tuple[str, ...] = ("additive", "unit")
     #: Config name, used in error messages.
     config_name: str = "mechanism"
+    #: A truthful bidder's utility is never negative, whatever the weights (fuzz-tested).
+    ir_by_design: bool = False
+    #: Permutations the rule commutes with when the prior is symmetric: "bidders", "items".
+    symmetric_in: tuple[str, ...] = ()
 
     def __init__(self, env) -> None:
         super().__init__()

@@ -85,6 +85,8 @@ class VCG(ClassicalMechanism):
         max_assignments: largest number of unit-demand assignments to enumerate.
     """
 
+    ir_by_design = True
+    symmetric_in = ("bidders", "items")
     config_name = "vcg"
     dsic_by_design = True
 
@@ -160,6 +162,8 @@ class FirstPrice(ClassicalMechanism):
         env: the auction environment (additive, or unit-demand with one item).
     """
 
+    ir_by_design = True
+    symmetric_in = ("bidders", "items")
     config_name = "first_price"
 
     def check_env(self, env) -> None:  # noqa: D102
@@ -185,6 +189,8 @@ class MenuMechanism(ClassicalMechanism):
         prices: ``[K]`` menu prices.
     """
 
+    ir_by_design = True
+    symmetric_in = ("items",)
     dsic_by_design = True
     demand_needed = "additive"
     needs_items = 2

@@ -276,6 +276,8 @@ class Myerson(ClassicalMechanism):
         grid_points: size ``K`` of each bidder's virtual-value table.
     """
 
+    ir_by_design = True
+    symmetric_in = ("bidders",)
     config_name = "myerson"
     dsic_by_design = True
 
@@ -317,6 +319,7 @@ class MyersonItemwise(Myerson):
     2x5 2.0833, 3x10 5.3125, 5x10 6.7188.
     """
 
+    symmetric_in = ("bidders", "items")
     config_name = "myerson_itemwise"
 
     def check_env(self, env) -> None:  # noqa: D102
@@ -341,6 +344,8 @@ class BundledMyerson(ClassicalMechanism):
         grid_points: size ``K`` of each bidder's bundle virtual-value table.
     """
 
+    ir_by_design = True
+    symmetric_in = ("bidders", "items")
     config_name = "bundled_myerson"
     dsic_by_design = True
 

@@ -28,6 +28,7 @@ class RegretNet(Mechanism):
 
     """
 
+    ir_by_design = True
     config_name = "regretnet"
 
     def __init__(

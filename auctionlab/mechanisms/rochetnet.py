@@ -24,6 +24,7 @@ class RochetNet(Mechanism):
 
     """
 
+    ir_by_design = True
     config_name = "rochetnet"
     dsic_by_design = True
 

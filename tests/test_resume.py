@@ -146,6 +146,8 @@ def test_nan_stops_keeps_last_good_checkpoint_and_fails_mlflow_run(cli, tmp_path
     _, mlflow_run = _run(cwd, mlflow_uri)
     assert mlflow_run.info.status == "FAILED"
     assert "non-finite loss" in mlflow_run.data.tags["failure"]
+    refused = cli("evaluate", f"run={run}", "scale=smoke", cwd=cwd)
+    assert refused.returncode == 2 and "that training failed" in refused.stderr, refused.stderr
 
 
 def test_detect_anomaly_switch_runs(cli, tmp_path):

@@ -33,6 +33,15 @@ def load_trained(run: str, device):
     config = directory / "config.yaml"
     if not config.exists():
         raise ConfigError(f"run={run}: not a train run directory (no config.yaml)")
+    failure = directory / "failure.json"
+    if failure.exists():
+        reason = json.loads(failure.read_text()).get("reason", "see failure.json")
+        raise ConfigError(f"run={run}: that training failed ({reason}); its weights are no result")
+    if not (directory / "metrics.json").exists():
+        raise ConfigError(
+            f"run={run}: training has not finished (no metrics.json); finish it with "
+            f"`auctionlab train resume={run}`"
+        )
     train_cfg = OmegaConf.load(config)
     env, mechanism = build_env_and_mechanism(train_cfg)
     state = load_checkpoint(directory / "checkpoint.pt", device)

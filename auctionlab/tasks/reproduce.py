@@ -56,6 +56,7 @@ from auctionlab.reporting import (
     write_table,
 )
 from auctionlab.reporting.plots import check_plot
+from auctionlab.schema import validate
 from auctionlab.tasks.common import build_env_and_mechanism, choices, log, run_dir, save_config
 from auctionlab.tracking import Tracker, flatten
 
@@ -240,6 +241,7 @@ def prepare(cfg: DictConfig) -> Plan:
     unknown options, misspelled keys and impossible pairs such as RochetNet with 2 bidders);
     nothing is trained or evaluated and nothing is written.
     """
+    validate(cfg)
     names = experiment_names()
     node = cfg.get("experiment")
     if node is None:

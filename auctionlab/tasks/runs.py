@@ -16,6 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from auctionlab.errors import ConfigError
+from auctionlab.schema import validate
 from auctionlab.tasks.common import integer
 from auctionlab.tracking import resolve_uri, with_retry
 
@@ -26,6 +27,7 @@ COLUMNS = ["started", "status", "task", "env", "mechanism", "revenue", "regret",
 
 def prepare(cfg: DictConfig) -> tuple[str, str | None]:
     """Check the options; returns the store URI and the search filter."""
+    validate(cfg)
     if not bool(cfg.tracking.get("enabled", True)):
         raise ConfigError("tracking.enabled=false: runs lists MLflow runs; use tracking=mlflow")
     integer(cfg, "limit", 1)

@@ -81,11 +81,11 @@ BAD_INPUT = {
     "evaluate-missing-run": (["evaluate", "run=does/not/exist"], ["run=does/not/exist"]),
     # Structured schemas: wrong types, out-of-range values, unknown keys, unsafe targets.
     "wrong-type": (["train", "env.n_bidders=two"], ["env.n_bidders='two'", "integer"]),
-    "n-below-one": (["train", "env.n_bidders=0"], ["n_bidders=0", ">= 1"]),
+    "n-below-one": (["train", "env.n_bidders=0"], ["env.n_bidders=0", ">= 1"]),
     "lower-above-upper": (["train", "env.distribution.low=2"], ["low=2", "high=1", "low < high"]),
     "negative-budget": (
         ["train", "trainer.constraint.budget_start=-0.1"],
-        ["budget", "start=-0.1", "> 0"],
+        ["trainer.constraint.budget_start=-0.1", "> 0"],
     ),
     "fraction-outside-unit": (
         ["train", "trainer.constraint.anneal_fraction=1.5"],

@@ -36,10 +36,9 @@ class AuctionEnv:
         distribution: ValueDistribution,
         demand: str = "additive",
     ) -> None:
-        if n_bidders < 1 or n_items < 1:
-            raise ConfigError(
-                f"env {name}: n_bidders={n_bidders} and n_items={n_items} must be >= 1"
-            )
+        for key, count in (("n_bidders", n_bidders), ("n_items", n_items)):
+            if count < 1:
+                raise ConfigError(f"env.{key}={count} must be >= 1 (env {name})")
         if demand not in DEMANDS:
             raise ConfigError(
                 f"env.demand={demand} is not valid; choose one of {', '.join(DEMANDS)}"

@@ -24,12 +24,12 @@ def _grid(bound: Bound, n: int, m: int, name: str) -> Tensor:
     """Broadcast a scalar, per-item list or per-bidder-per-item list to ``[n, m]``."""
     t = torch.as_tensor(bound, dtype=torch.float32)
     if t.dim() == 1 and t.numel() not in (1, m):
-        raise ConfigError(f"distribution.{name} has {t.numel()} entries; the env has {m} items")
+        raise ConfigError(f"env.distribution.{name} has {t.numel()} entries; the env has {m} items")
     try:
         return torch.broadcast_to(t, (n, m)).clone()
     except RuntimeError as err:
         raise ConfigError(
-            f"distribution.{name}={bound} does not fit {n} bidders x {m} items"
+            f"env.distribution.{name}={bound} does not fit {n} bidders x {m} items"
         ) from err
 
 
@@ -74,7 +74,7 @@ class Uniform(ValueDistribution):
         self.high = _grid(self._high, n, m, "high")
         if bool((self.low >= self.high).any()):
             raise ConfigError(
-                f"distribution: need low < high, got low={self._low} high={self._high}"
+                f"env.distribution: need low < high, got low={self._low} high={self._high}"
             )
 
     def sample(self, batch: int, generator: torch.Generator) -> Tensor:  # noqa: D102
@@ -98,7 +98,7 @@ class Exponential(ValueDistribution):
 
     def __init__(self, scale: float = 1.0) -> None:
         if scale <= 0:
-            raise ConfigError(f"distribution.scale={scale} must be > 0")
+            raise ConfigError(f"env.distribution.scale={scale} must be > 0")
         self.scale = float(scale)
 
     def bind(self, n: int, m: int) -> None:  # noqa: D102
@@ -129,15 +129,17 @@ class UniformMixture(ValueDistribution):
 
     def __init__(self, weights: Sequence[float], lows: Sequence[float], highs: Sequence[float]):
         if not (len(weights) == len(lows) == len(highs)) or len(weights) == 0:
-            raise ConfigError("distribution: weights, lows and highs need the same non-zero length")
+            raise ConfigError(
+                "env.distribution: weights, lows and highs need the same non-zero length"
+            )
         w = torch.as_tensor(weights, dtype=torch.float64)
         if bool((w <= 0).any()):
-            raise ConfigError(f"distribution.weights={list(weights)} must be positive")
+            raise ConfigError(f"env.distribution.weights={list(weights)} must be positive")
         self.weights = (w / w.sum()).float()
         self.lows = torch.as_tensor(lows, dtype=torch.float32)
         self.highs = torch.as_tensor(highs, dtype=torch.float32)
         if bool((self.lows >= self.highs).any()):
-            raise ConfigError("distribution: every component needs low < high")
+            raise ConfigError("env.distribution: every component needs low < high")
 
     def bind(self, n: int, m: int) -> None:  # noqa: D102
         super().bind(n, m)
@@ -175,13 +177,13 @@ class Triangle(ValueDistribution):
 
     def __init__(self, c: float = 0.5) -> None:
         if c <= 0:
-            raise ConfigError(f"distribution.c={c} must be > 0")
+            raise ConfigError(f"env.distribution.c={c} must be > 0")
         self.c = float(c)
         self.vertices = torch.tensor([[0.0, 1.0], [0.0, 2.0], [self.c, 1.0]])
 
     def bind(self, n: int, m: int) -> None:  # noqa: D102
         if (n, m) != (1, 2):
-            raise ConfigError(f"distribution Triangle needs 1 bidder x 2 items, got {n}x{m}")
+            raise ConfigError(f"env.distribution: Triangle needs 1 bidder x 2 items, got {n}x{m}")
         super().bind(n, m)
         self.low = torch.tensor([[0.0, 1.0]])
         self.high = torch.tensor([[self.c, 2.0]])

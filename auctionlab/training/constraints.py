@@ -146,12 +146,14 @@ class RegretBudget(ConstraintHandler):
         gamma_init: float = 1.0,
     ) -> None:
         if not (budget_start > 0 and budget_end > 0):
-            raise ConfigError(
-                "trainer.constraint: budgets must be > 0, "
-                f"got start={budget_start} end={budget_end}"
+            key, value = (
+                ("budget_start", budget_start) if budget_start <= 0 else ("budget_end", budget_end)
             )
+            raise ConfigError(f"trainer.constraint.{key}={value} must be > 0")
         if not 0 < anneal_fraction <= 1:
-            raise ConfigError(f"trainer.constraint.anneal_fraction={anneal_fraction} not in (0, 1]")
+            raise ConfigError(
+                f"trainer.constraint.anneal_fraction={anneal_fraction} must be in (0, 1]"
+            )
         if dual_lr <= 0 or gamma_init < 0:
             raise ConfigError("trainer.constraint: need dual_lr > 0 and gamma_init >= 0")
         self.budget_start, self.budget_end = float(budget_start), float(budget_end)

@@ -66,7 +66,7 @@ class RegretNetSparsemax(Mechanism):
     def __init__(
         self,
         env,
-        hidden: Sequence[int] = (100, 100),
+        hidden: Sequence[int] = (64, 64),
         payment: str = "free",
         payment_clip: str = "nonneg",
         normalize_inputs: bool = True,

@@ -16,7 +16,13 @@ def _quantile(x: torch.Tensor, q: float) -> float:
 
 
 def evaluate_mechanism(
-    mechanism, env, attacker, types: Types, generator: torch.Generator, prefix: str = ""
+    mechanism,
+    env,
+    attacker,
+    types: Types,
+    generator: torch.Generator,
+    prefix: str = "",
+    local_attacker=None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Measure a mechanism on fixed profiles.
 
@@ -27,6 +33,8 @@ def evaluate_mechanism(
         types: ``B`` held-out profiles.
         generator: randomness of the attacker's restarts.
         prefix: prepended to every metric key (``val_`` during training).
+        local_attacker: the local search behind the LIC metrics (seed 003 §3.1); default one
+            Adam step of 0.1 of the report range from the truth.
 
     Returns:
         Flat numeric metrics, and the regret-vs-budget curve as rows
@@ -64,6 +72,7 @@ def evaluate_mechanism(
         "attack_step_size": float(budget["step_size"]),
         "attack_gradient": float(bool(budget.get("gradient", True))),
     }
+    metrics.update(_local_metrics(mechanism, env, types, generator, local_attacker))
     for i in range(n):
         metrics[f"regret_mean_bidder{i}"] = float(regret[:, i].mean())
         metrics[f"regret_max_bidder{i}"] = float(regret[:, i].max())
@@ -113,3 +122,26 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
     return [csv_path, png_path]
+
+
+def _local_metrics(mechanism, env, types: Types, generator, local_attacker) -> dict[str, float]:
+    """Both LIC conditions of seed 003 §3.1 at the misreport a local search finds.
+
+    ``local_regret_*``: condition 1 (the truth beats a nearby report, for the true type);
+    ``lic_reverse_violation_*``: condition 2 (the nearby type prefers its own outcome to the
+    truth's). Reported with the local search's budget (``local_attack_*``); they are no
+    substitute for the global regret above.
+    """
+    from auctionlab.attackers import LocalAttacker, reverse_lic_violation
+
+    local = local_attacker or LocalAttacker(steps=1, step_size=0.1)
+    result = local.attack(mechanism, env, types, generator)
+    reverse = reverse_lic_violation(mechanism, env, types, result.misreports)
+    return {
+        "local_regret_mean": float(result.gain.mean()),
+        "local_regret_max": float(result.gain.max()),
+        "lic_reverse_violation_mean": float(reverse.mean()),
+        "lic_reverse_violation_max": float(reverse.max()),
+        "local_attack_steps": float(local.steps),
+        "local_attack_step_size": float(local.step_size),
+    }

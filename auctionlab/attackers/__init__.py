@@ -1,13 +1,16 @@
 """Attackers: misreport search for all bidders at once."""
 
 from auctionlab.attackers.base import AttackResult, deviation_profiles, deviation_utility
+from auctionlab.attackers.local import LocalAttacker, reverse_lic_violation
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.attackers.random import RandomAttacker
 
 __all__ = [
     "AttackResult",
+    "LocalAttacker",
     "PGDAttacker",
     "RandomAttacker",
     "deviation_profiles",
     "deviation_utility",
+    "reverse_lic_violation",
 ]

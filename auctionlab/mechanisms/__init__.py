@@ -2,7 +2,9 @@
 
 from auctionlab.mechanisms.base import ClassicalMechanism, Mechanism
 from auctionlab.mechanisms.classical import VCG, FirstPrice, ManelliVincent, Pavlov, SecondPrice
+from auctionlab.mechanisms.equivariant import EquivariantNet
 from auctionlab.mechanisms.myerson import BundledMyerson, Myerson, MyersonItemwise
+from auctionlab.mechanisms.regretformer import RegretFormer
 from auctionlab.mechanisms.regretnet import RegretNet
 from auctionlab.mechanisms.regretnet_sparsemax import RegretNetSparsemax
 from auctionlab.mechanisms.rochetnet import RochetNet
@@ -11,12 +13,14 @@ __all__ = [
     "VCG",
     "BundledMyerson",
     "ClassicalMechanism",
+    "EquivariantNet",
     "FirstPrice",
     "ManelliVincent",
     "Mechanism",
     "Myerson",
     "MyersonItemwise",
     "Pavlov",
+    "RegretFormer",
     "RegretNet",
     "RegretNetSparsemax",
     "RochetNet",

@@ -78,6 +78,11 @@ def prepare(cfg: DictConfig):
         mechanism_name = picked.get("mechanism", mechanism.config_name)
         label = mechanism_name
     attacker = build(cfg.attacker, "attacker")
+    if getattr(attacker, "name", "") == "local":
+        raise ConfigError(
+            "attacker=local searches only next to the truth (a training device): stress tests "
+            "need attacker=pgd or random; evaluate reports the local LIC metrics anyway"
+        )
     attacker.progress = progress_enabled(cfg)
     integer(cfg, "profiles", 1)
     integer(cfg, "profile_seed")

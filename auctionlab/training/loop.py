@@ -82,7 +82,10 @@ class Trainer:
             constraint = Unconstrained()  # nothing to constrain; skip the attacker's cost
         self.constraint = constraint
         self.iterations, self.batch_size, self.num_samples = iterations, batch_size, num_samples
-        self.cache_misreports = cache_misreports and num_samples is not None
+        # Attackers that always start from the truth (local regret) need no cache.
+        self.cache_misreports = (
+            cache_misreports and num_samples is not None and getattr(attacker, "uses_init", True)
+        )
         self.log_every, self.progress = max(1, log_every), progress
         self.detect_anomaly = detect_anomaly
         self.stop_requested = False

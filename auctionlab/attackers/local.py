@@ -1,0 +1,94 @@
+"""Local regret (seed 003 §3.3): a few gradient steps started at the true valuation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from auctionlab.attackers.base import own_utility
+from auctionlab.attackers.pgd import PGDAttacker
+from auctionlab.types import Outcome, Types
+
+
+class LocalAttacker(PGDAttacker):
+    """Gradient ascent from the truthful report only: the "local regret" of seed 003.
+
+    One start (the true valuation), ``steps`` projected Adam steps (the paper: one), the best
+    iterate kept. What it finds is a lower bound on global regret; the evaluation attacker
+    (``pgd`` with many restarts) must be used for the regret a mechanism is reported with.
+    Cached misreports are ignored (``uses_init``), so the trainer keeps no cache.
+
+    Args:
+        steps: gradient steps from the truth (1 in the paper).
+        step_size: step size, as a fraction of each coordinate's report range (the size of
+            the neighbourhood searched).
+        optimizer: ``adam`` (one Adam step moves every coordinate by ``step_size``) or ``sgd``.
+        chunk_size: profiles per batch when attacking many profiles.
+        curve_restarts: accepted for config compatibility; there is one start.
+        curve_steps: step counts at which the regret-vs-budget curve is recorded.
+        progress: show a progress bar over chunks.
+
+    """
+
+    name = "local"
+    uses_init = False
+
+    def __init__(
+        self,
+        steps: int = 1,
+        step_size: float = 0.1,
+        optimizer: str = "adam",
+        chunk_size: int | None = None,
+        curve_restarts: Sequence[int] = (1,),
+        curve_steps: Sequence[int] = (),
+        progress: bool = False,
+    ) -> None:
+        super().__init__(
+            restarts=1,
+            steps=steps,
+            step_size=step_size,
+            optimizer=optimizer,
+            include_truthful=True,
+            chunk_size=chunk_size,
+            curve_restarts=(1,),
+            curve_steps=curve_steps,
+            progress=progress,
+        )
+
+    def starts(self, env, types: Types, generator: torch.Generator, init: Tensor | None) -> Tensor:
+        """``[1, B, n, m]``: the truthful report (``init`` is ignored)."""
+        return types.values.unsqueeze(0).clone()
+
+
+def reverse_lic_violation(mechanism, env, types: Types, misreports: Tensor) -> Tensor:
+    """Condition 2 of LIC (seed 003 §3.1): does the type ``b_i`` prefer its own outcome?
+
+    For each bidder ``i`` with misreport ``b_i`` (others truthful), the violation is
+    ``max(0, u(b_i; outcome(v)) - u(b_i; outcome(b_i, v_-i)))``: how much a bidder whose true
+    type were ``b_i`` would gain by reporting ``v_i`` instead.
+
+    Args:
+        mechanism: the mechanism.
+        env: gives the utility function.
+        types: true types, values ``[B, n, m]``.
+        misreports: ``[B, n, m]`` one nearby report per bidder (e.g. a local attack's).
+
+    Returns:
+        ``[B, n]`` violations (0 where the reverse condition holds).
+
+    """
+    from auctionlab.attackers.base import deviation_profiles, expand_public
+
+    values = types.values
+    B, n, m = values.shape
+    with torch.no_grad():
+        truthful = mechanism(values, types.public)
+        profiles = deviation_profiles(values, misreports.unsqueeze(0)).reshape(n * B, n, m)
+        deviating = mechanism(profiles, expand_public(types.public, n))
+        # Utility of type b_i at its own outcome (profile i) ...
+        own = own_utility(env, deviating, misreports, 1)[0]  # [B, n]
+        # ... and at the truthful profile's outcome for bidder i.
+        at_truth = env.utility(Outcome(truthful.allocation, truthful.payment), misreports)
+    return (at_truth - own).clamp_min(0.0)

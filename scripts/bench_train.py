@@ -2,6 +2,11 @@
 
 Example:
     python scripts/bench_train.py --env 2x2 --batch 512 --misreport-steps 50 --threads 2
+    python scripts/bench_train.py --batch 128 --misreport-steps 25 --local --no-reference
+
+``--local`` also times RegretNet-Local (seed 003: one gradient step from the truth) at the
+same batch, interleaved with the standard iterations so machine noise hits both alike, and
+reports the ratio of their medians.
 
 Also times a minimal hand-written loop (same nets, same work, no framework) on the same
 machine for reference, unless ``--no-reference``.
@@ -21,9 +26,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from auctionlab.attackers import PGDAttacker
+from auctionlab.attackers import LocalAttacker, PGDAttacker
 from auctionlab.mechanisms.regretnet import RegretNet
-from auctionlab.training import AugmentedLagrangian, Trainer
+from auctionlab.training import AugmentedLagrangian, RegretBudget, Trainer
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -85,6 +90,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument(
+        "--local", action="store_true", help="also time local regret (1 step from the truth)"
+    )
     parser.add_argument("--out", default="-", help="JSON file (default: stdout)")
     args = parser.parse_args()
 
@@ -93,20 +101,30 @@ def main() -> None:
     device = torch.device(args.device)
     env = instantiate(OmegaConf.load(CONF / "env" / f"{args.env}.yaml"))
     hidden = [int(h) for h in args.hidden.split(",")]
-    mechanism = RegretNet(env, hidden=hidden, activation=args.activation)
-    attacker = PGDAttacker(restarts=1, steps=args.misreport_steps, step_size=0.1)
-    trainer = Trainer(
-        mechanism,
-        env,
-        attacker,
-        AugmentedLagrangian(),
-        iterations=10**9,
-        batch_size=args.batch,
-        num_samples=args.batch * 20,
-        device=device,
-        progress=False,
-    )
-    times = time_iterations(trainer.step, args.iterations, args.warmup)
+
+    def make_trainer(attacker) -> Trainer:
+        torch.manual_seed(0)
+        return Trainer(
+            RegretNet(env, hidden=hidden, activation=args.activation),
+            env,
+            attacker,
+            RegretBudget() if args.local else AugmentedLagrangian(),
+            iterations=10**9,
+            batch_size=args.batch,
+            num_samples=args.batch * 20,
+            device=device,
+            progress=False,
+        )
+
+    trainer = make_trainer(PGDAttacker(restarts=1, steps=args.misreport_steps, step_size=0.1))
+    if args.local:
+        local = make_trainer(LocalAttacker(steps=1, step_size=0.1))
+        times, local_times = [], []
+        for _ in range(4):  # interleaved blocks
+            times += time_iterations(trainer.step, args.iterations // 4, args.warmup)
+            local_times += time_iterations(local.step, args.iterations // 4, args.warmup)
+    else:
+        times = time_iterations(trainer.step, args.iterations, args.warmup)
     result = {
         "benchmark": "train_iteration",
         "env": args.env,
@@ -120,11 +138,16 @@ def main() -> None:
         "seconds_per_iteration_median": statistics.median(times),
         "seconds_per_iteration_min": min(times),
         "seconds_per_iteration_max": max(times),
+        "constraint": "regret_budget" if args.local else "lagrangian",
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "processor": platform.processor(),
     }
+    if args.local:
+        result["local_steps"] = 1
+        result["local_seconds_per_iteration_median"] = statistics.median(local_times)
+        result["local_over_standard"] = statistics.median(local_times) / statistics.median(times)
     if not args.no_reference:
         reference = RegretNet(env, hidden=hidden, activation=args.activation).to(device)
         values = env.sample(args.batch, torch.Generator(device=device).manual_seed(0)).values

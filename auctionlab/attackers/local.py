@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import own_utility
+from auctionlab.attackers.base import AttackResult, deviation_utility, own_utility
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.types import Outcome, Types
 
@@ -60,6 +60,35 @@ class LocalAttacker(PGDAttacker):
     def starts(self, env, types: Types, generator: torch.Generator, init: Tensor | None) -> Tensor:
         """``[1, B, n, m]``: the truthful report (``init`` is ignored)."""
         return types.values.unsqueeze(0).clone()
+
+    def _attack_chunk(self, mechanism, env, types, generator, init, truthful) -> AttackResult:
+        if truthful:  # evaluation: best iterate, truthful utility, curve
+            return super()._attack_chunk(mechanism, env, types, generator, init, truthful)
+        # Training: the trainer evaluates the misreport itself (and floors regret at 0), so
+        # the last iterate is returned without the extra forward pass that picks the best one.
+        x = types.values.unsqueeze(0).detach()
+        scale = env.report_space.width(x.device)
+        sizes = self.step_sizes()
+        m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
+        for t in range(self.steps):
+            with torch.enable_grad():
+                x.requires_grad_(True)
+                u = deviation_utility(mechanism, env, types, x)
+                if not u.requires_grad:
+                    break
+                (grad,) = torch.autograd.grad(u.sum(), x, allow_unused=True)
+            if grad is None:
+                break
+            direction = grad
+            if self.optimizer == "adam":  # the same update as PGDAttacker's
+                m1 = 0.9 * m1 + 0.1 * grad
+                m2 = 0.999 * m2 + 0.001 * grad * grad
+                direction = (m1 / (1 - 0.9 ** (t + 1))) / (
+                    (m2 / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8
+                )
+            x = env.report_space.project(x.detach() + sizes[t] * scale * direction)
+        x = x.detach()
+        return AttackResult(x[0], torch.full(x.shape[1:3], torch.nan), None, dict(self.budget))
 
 
 def reverse_lic_violation(mechanism, env, types: Types, misreports: Tensor) -> Tensor:

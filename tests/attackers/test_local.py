@@ -80,3 +80,14 @@ def test_trainer_keeps_no_cache_for_local_attacks():
     assert trainer.cache is None
     trainer.fit()
     assert trainer.iteration == 3
+
+
+def test_training_path_returns_the_step_the_evaluation_path_takes():
+    env, mechanism = _pair("regretnet")
+    types = env.sample(128, torch.Generator().manual_seed(5))
+    attacker = LocalAttacker(steps=1, step_size=0.1)
+    fast = attacker.attack(mechanism, env, types, torch.Generator(), truthful=False).misreports
+    full = attacker.attack(mechanism, env, types, torch.Generator())
+    moved = full.gain > 0  # where the step beat the truth, the best iterate is the step
+    assert bool(moved.any())
+    torch.testing.assert_close(fast[moved], full.misreports[moved])

@@ -36,8 +36,10 @@ class RegretNetSparsemax(Mechanism):
       bilinear (nonconvex) program: it needs the SCIP backend.
     * ``free`` (§3.2 "Individual rationality penalty"): ``p_i = q_i`` during training, with the
       IR penalty ``ir_penalty * sum_i irv_i^2`` of eq. (8), ``irv_i = max(p_i - a_i . b_i, 0)``,
-      and optionally distilled from a softmax RegretNet ``teacher``. After training
-      (``mechanism.eval()``) payments are clipped (``payment_clip``): ``nonneg``
+      and optionally distilled from a softmax RegretNet ``teacher``. The multipliers ``mu_i``
+      start at ``ir_penalty`` and grow by dual ascent, ``mu_i += ir_lr * mean(irv_i)`` per
+      step (a fixed ``mu`` would leave ``irv ~ 1 / (2 mu)``: revenue pulls with slope one).
+      After training (``mechanism.eval()``) payments are clipped (``payment_clip``): ``nonneg``
       ``max(q_i, 0)`` (a mixed-integer *linear* program), ``ir`` ``min(max(q_i, 0), a_i . b_i)``
       (bilinear again) or ``none``.
 
@@ -53,7 +55,8 @@ class RegretNetSparsemax(Mechanism):
         payment: ``fractional`` or ``free``.
         payment_clip: clipping of free payments after training: ``nonneg``, ``ir``, ``none``.
         normalize_inputs: rescale reports to ``[0, 1]`` with the report space's box.
-        ir_penalty: weight ``mu`` of eq. (8) (free payment only).
+        ir_penalty: initial multiplier ``mu`` of eq. (8) (free payment only).
+        ir_lr: dual step of the IR multipliers (0 keeps them fixed).
         distill_weight: weight of the MSE between this network's and the teacher's outcome.
         teacher: a finished ``train`` run directory of a softmax RegretNet on the same env.
         relu_stability: weight of the ReLU-stability regulariser (0 disables it).
@@ -70,7 +73,8 @@ class RegretNetSparsemax(Mechanism):
         payment: str = "free",
         payment_clip: str = "nonneg",
         normalize_inputs: bool = True,
-        ir_penalty: float = 1.0,
+        ir_penalty: float = 10.0,
+        ir_lr: float = 1.0,
         distill_weight: float = 0.0,
         teacher: str | None = None,
         relu_stability: float = 0.0,
@@ -89,6 +93,7 @@ class RegretNetSparsemax(Mechanism):
             raise ConfigError("mechanism.hidden must list at least one layer width")
         for key, value in (
             ("ir_penalty", ir_penalty),
+            ("ir_lr", ir_lr),
             ("distill_weight", distill_weight),
             ("relu_stability", relu_stability),
         ):
@@ -105,7 +110,8 @@ class RegretNetSparsemax(Mechanism):
         n, m = self.n_bidders, self.n_items
         self.payment_mode, self.payment_clip = payment, payment_clip
         self.ir_penalty, self.distill_weight = float(ir_penalty), float(distill_weight)
-        self.relu_stability = float(relu_stability)
+        self.relu_stability, self.ir_lr = float(relu_stability), float(ir_lr)
+        self.register_buffer("ir_multiplier", torch.full((n,), float(ir_penalty)))
         self.teacher_dir = None if not teacher else str(teacher)
         self._teacher: list[nn.Module] = []  # not a submodule: never in the checkpoint
         layers: list[nn.Module] = []
@@ -221,7 +227,10 @@ class RegretNetSparsemax(Mechanism):
         terms = []
         if self.payment_mode == "free" and self.ir_penalty > 0:
             irv = (outcome.payment - (outcome.allocation * reports).sum(-1)).clamp_min(0.0)
-            terms.append(self.ir_penalty * irv.pow(2).sum(-1).mean())
+            terms.append((self.ir_multiplier.clone() * irv.pow(2)).sum(-1).mean())
+            if self.training and self.ir_lr > 0:
+                with torch.no_grad():
+                    self.ir_multiplier += self.ir_lr * irv.mean(0)
         if self.distill_weight > 0:
             teacher = self.teacher(reports.device)
             with torch.no_grad():

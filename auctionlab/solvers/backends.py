@@ -26,7 +26,7 @@ import numpy as np
 from auctionlab.errors import ConfigError
 from auctionlab.solvers.mip_encoding import BidderEncoding, InstanceBounds, NetworkSpec
 
-BACKENDS = ("highs", "pyomo", "scip")
+BACKENDS = ("auto", "highs", "pyomo", "scip")
 STATUSES = ("optimal", "unknown", "infeasible", "unbounded", "error", "numerical")
 NAN = float("nan")
 
@@ -66,8 +66,17 @@ def scip_available() -> bool:
     return importlib.util.find_spec("pyscipopt") is not None
 
 
+def resolve_backend(backend: str, spec: NetworkSpec) -> str:
+    """``auto`` -> ``highs`` for a linear program, ``scip`` for a bilinear one."""
+    if backend != "auto":
+        return backend
+    return "scip" if spec.bilinear else "highs"
+
+
 def check_backend(backend: str, spec: NetworkSpec | None = None) -> None:
     """Raise ``ConfigError`` when ``backend`` cannot solve ``spec``'s program here."""
+    if backend == "auto" and spec is not None:
+        backend = resolve_backend(backend, spec)
     if backend not in BACKENDS:
         raise ConfigError(
             f"certifier.backend={backend} is not valid; choose one of {', '.join(BACKENDS)}"
@@ -90,6 +99,7 @@ def make_backend(
     name: str, spec: NetworkSpec, time_limit: float, mip_gap: float, threads: int = 1
 ) -> HighsBackend | PyomoBackend:
     """The backend ``name`` for ``spec`` (checked with ``check_backend``)."""
+    name = resolve_backend(name, spec)
     check_backend(name, spec)
     if name == "highs":
         return HighsBackend(spec, time_limit, mip_gap, threads)

@@ -27,7 +27,7 @@ from auctionlab.certify.report import (
     write_rows_csv,
 )
 from auctionlab.errors import ConfigError
-from auctionlab.solvers.backends import check_backend
+from auctionlab.solvers.backends import check_backend, resolve_backend
 from auctionlab.solvers.mip_encoding import NetworkSpec
 from auctionlab.tasks.common import (
     build,
@@ -77,8 +77,8 @@ def prepare(cfg: DictConfig) -> dict:
             f"certifier=mip needs a ReLU / sparsemax network (mechanism=regretnet_sparsemax); "
             f"run={cfg.run} trained mechanism={picked_run.get('mechanism')}"
         ) from None
-    backend = str(cfg.certifier.backend)
-    check_backend(backend, spec)
+    check_backend(str(cfg.certifier.backend), spec)
+    backend = resolve_backend(str(cfg.certifier.backend), spec)
     bounds = str(cfg.certifier.bounds)
     if bounds not in ("ibp", "lp"):
         raise ConfigError(f"certifier.bounds={bounds} is not valid; choose one of ibp, lp")
@@ -298,12 +298,12 @@ def _metrics(instances, rows, revenue, budget, n_profiles, cfg) -> dict[str, flo
         "revenue": revenue[0],
         "revenue_std": revenue[1],
         "revenue_profiles": float(cfg.certifier.revenue_profiles),
-        "certified_regret_mean": c_mean,
-        "certified_regret_std": c_std,
-        "certified_regret_max": max([r["certified_regret"] for r in done], default=math.nan),
-        "empirical_regret_mean": e_mean,
-        "empirical_regret_std": e_std,
-        "empirical_regret_mean_all": e_all,
+        "regret_certified_mean": c_mean,
+        "regret_certified_std": c_std,
+        "regret_certified_max": max([r["certified_regret"] for r in done], default=math.nan),
+        "regret_empirical_mean": e_mean,
+        "regret_empirical_std": e_std,
+        "regret_empirical_mean_all": e_all,
         "ratio": e_mean / c_mean if c_mean and math.isfinite(c_mean) else math.nan,
         "solve_seconds_mean": t_mean,
         "solve_seconds_std": t_std,
@@ -313,7 +313,7 @@ def _metrics(instances, rows, revenue, budget, n_profiles, cfg) -> dict[str, flo
             [r["encoding_error"] for r in done if math.isfinite(r["encoding_error"])],
             default=math.nan,
         ),
-        "certified_below_pgd": float(
+        "regret_certified_below_pgd": float(
             sum(r["certified_regret"] < r["pgd_regret"] - 1e-6 for r in done)
         ),
         "profiles": float(n_profiles),
@@ -327,8 +327,8 @@ def _metrics(instances, rows, revenue, budget, n_profiles, cfg) -> dict[str, flo
     }
     for row in rows:
         b = row["bidder"]
-        metrics[f"certified_regret_mean_b{b}"] = row["certified_regret_mean"]
-        metrics[f"empirical_regret_mean_b{b}"] = row["empirical_regret_mean"]
+        metrics[f"regret_certified_mean_b{b}"] = row["certified_regret_mean"]
+        metrics[f"regret_empirical_mean_b{b}"] = row["empirical_regret_mean"]
         metrics[f"solve_seconds_mean_b{b}"] = row["solve_s_mean"]
     return metrics
 

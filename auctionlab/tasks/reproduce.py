@@ -7,7 +7,9 @@ An experiment (``conf/experiment/<name>.yaml``, package ``_global_``) sets its d
       name: classical_revenue
       title: ...                 # the table's heading
       reproduces: ...            # the seed / table / figure it reproduces (one line)
-      pipeline: [evaluate]       # or [train, evaluate]: stages run for every point
+      pipeline: [evaluate]       # stages run for every point, in the order of STAGES:
+                                 # [evaluate], [train], [train, evaluate], [train, certify],
+                                 # [teacher, train, certify]...
       sweep:                     # Hydra basic-sweeper syntax; points = union of the
         - mechanism: vcg,myerson_itemwise   # cartesian product of each block
           env: 2x2,2x3
@@ -18,8 +20,12 @@ An experiment (``conf/experiment/<name>.yaml``, package ``_global_``) sets its d
 Each stage of each point is a normal job run in-process through Hydra's ``run_job``: its own
 run directory ``<this run>/points/<NN>_<labels>/<stage>/`` (resolved ``config.yaml``,
 ``metrics.json``, ``.hydra/``, ``<stage>.log``) and its own MLflow run, a child of this run (tag
-``mlflow.parentRunId``). The point's sweep overrides go to its first stage; a later stage gets
-``run=<previous stage's dir>``. The ``scale`` (with any ``scale.*`` override), ``device``,
+``mlflow.parentRunId``). The point's sweep overrides go to its ``train`` stage (its first stage
+when it has none); ``evaluate`` and ``certify`` after a ``train`` get ``run=<train dir>``. A
+``teacher`` stage is a ``train`` job (``overrides.teacher`` plus the point's ``env*`` and
+``seed``) whose directory is passed to the point's ``train`` as ``mechanism.teacher=<dir>``
+(distillation, seed 004 §3.2); identical teachers are trained once per reproduce run.
+The ``scale`` (with any ``scale.*`` override), ``device``,
 ``threads``, ``progress`` and the tracking store of this run are passed to every job.
 
 Metrics are read back from MLflow (from ``metrics.json`` when tracking is off); the table
@@ -60,8 +66,14 @@ from auctionlab.schema import validate
 from auctionlab.tasks.common import build_env_and_mechanism, choices, log, run_dir, save_config
 from auctionlab.tracking import Tracker, flatten
 
-#: Stages a pipeline may hold, in this order.
-STAGES = ("train", "evaluate")
+#: Stages a pipeline may hold, in this order (``teacher`` is a ``train`` job, see above).
+STAGES = ("teacher", "train", "evaluate", "certify")
+#: Point overrides a ``teacher`` stage inherits (with their sub-keys: ``env.n_bidders``...).
+TEACHER_KEYS = ("env", "seed")
+
+
+def _teacher_override(override: str) -> bool:
+    return override.partition("=")[0].lstrip("+~").split(".")[0] in TEACHER_KEYS
 EXPERIMENT_KEYS = ("name", "title", "reproduces", "pipeline", "sweep", "overrides", "table", "plot")
 
 
@@ -257,10 +269,15 @@ def prepare(cfg: DictConfig) -> Plan:
             + ", ".join(EXPERIMENT_KEYS)
         )
     pipeline = [str(s) for s in spec.get("pipeline") or []]
-    if pipeline not in (["train"], ["evaluate"], ["train", "evaluate"]):
+    in_order = [s for s in STAGES if s in pipeline] == pipeline and len(set(pipeline)) == len(
+        pipeline
+    )
+    needs_train = ("teacher" in pipeline or "certify" in pipeline) and "train" not in pipeline
+    if not pipeline or not in_order or needs_train:
         raise ConfigError(
-            f"experiment {name}: pipeline={pipeline} must be [evaluate], [train] or "
-            "[train, evaluate]"
+            f"experiment {name}: pipeline={pipeline} must list stages in the order "
+            f"{', '.join(STAGES)} ([evaluate], [train], [train, evaluate], [train, certify]...); "
+            "teacher and certify need train"
         )
     stage_overrides = {
         s: [str(o) for o in (spec.get("overrides") or {}).get(s, [])] for s in STAGES
@@ -279,16 +296,25 @@ def prepare(cfg: DictConfig) -> Plan:
     check_plot(plot, columns)
 
     scale = str(cfg.scale.name)
-    first = pipeline[0]
+    first = primary_stage(pipeline)
     points = []
     for number, overrides in enumerate(expand_sweep(spec.get("sweep"))):
         _check_groups(name, overrides)
         composed = _compose_point(
             name, first, [f"scale={scale}", *stage_overrides[first], *overrides], hydra=True
         )
-        env, mechanism = build_env_and_mechanism(composed)
+        if "teacher" in pipeline:
+            # The student needs its teacher's directory, which exists only once trained: check
+            # the teacher job here; the student's config was composed (keys, options) above.
+            keep = [o for o in overrides if _teacher_override(o)]
+            teacher = _compose_point(
+                name, "train", [f"scale={scale}", *stage_overrides["teacher"], *keep]
+            )
+            build_env_and_mechanism(teacher)
+        else:
+            env, mechanism = build_env_and_mechanism(composed)
         wanted = first == "train"
-        if mechanism.learnable != wanted:
+        if "teacher" not in pipeline and mechanism.learnable != wanted:
             what = "a fixed rule with nothing to train" if wanted else "learned: train it first"
             raise ConfigError(
                 f"experiment {name}: point {' '.join(overrides)}: mechanism is {what}"
@@ -302,9 +328,11 @@ def prepare(cfg: DictConfig) -> Plan:
             key, _, value = override.partition("=")
             labels[key.lstrip("+~")] = value.strip("'\"")
         points.append(Point(number, overrides, labels))
-    for stage in pipeline[1:]:
+    for stage in pipeline:
+        if stage == first:
+            continue
         _check_groups(name, stage_overrides[stage])
-        _compose_point(name, stage, [f"scale={scale}", *stage_overrides[stage]])
+        _compose_point(name, task_of(stage), [f"scale={scale}", *stage_overrides[stage]])
     return Plan(
         name=name,
         title=str(spec.get("title") or name),
@@ -318,12 +346,36 @@ def prepare(cfg: DictConfig) -> Plan:
     )
 
 
+def primary_stage(pipeline: list[str]) -> str:
+    """The stage that receives a point's sweep overrides: ``train`` if any, else the first."""
+    return "train" if "train" in pipeline else pipeline[0]
+
+
+def task_of(stage: str) -> str:
+    """The task a stage runs (a ``teacher`` is a ``train`` job)."""
+    return "train" if stage == "teacher" else stage
+
+
+def stage_arguments(
+    stage: str, point: Point, pipeline: list[str], done: dict[str, Path]
+) -> list[str]:
+    """The point-specific overrides of ``stage``, given the directories of its earlier stages."""
+    if stage == "teacher":
+        return [o for o in point.overrides if _teacher_override(o)]
+    if stage == primary_stage(pipeline):
+        own = list(point.overrides)
+        if "teacher" in done:
+            own.append(f"mechanism.teacher={_value(str(done['teacher']))}")
+        return own
+    return [f"run={_value(str(done['train']))}"]
+
+
 # -- running the points ----------------------------------------------------------------------------
 def run_stage(stage: str, overrides: list[str], directory: Path) -> BaseException | None:
     """Run one job of ``stage`` in-process, as Hydra would run it, in ``directory``.
 
     Args:
-        stage: ``train`` or ``evaluate``.
+        stage: a task (``train``, ``evaluate``, ``certify``).
         overrides: its Hydra overrides.
         directory: its run directory (``hydra.run.dir``).
 
@@ -439,14 +491,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
         base = _base_overrides(cfg, tracker)
         jobs: list[dict[str, Any]] = []
         failed = 0
+        teachers: dict[tuple[str, ...], Path] = {}
         for point in plan.points:
-            previous: Path | None = None
+            done: dict[str, Path] = {}
             for stage in plan.pipeline:
                 directory = out / "points" / point.slug / stage
-                own = point.overrides if previous is None else [f"run={_value(str(previous))}"]
+                own = stage_arguments(stage, point, plan.pipeline, done)
                 overrides = [*base, *plan.stage_overrides[stage], *own]
+                if stage == "teacher" and tuple(overrides) in teachers:
+                    done[stage] = teachers[tuple(overrides)]  # trained once per reproduce run
+                    continue
                 log.info("[%d/%d] %s %s", point.number + 1, len(plan.points), stage, " ".join(own))
-                error = run_stage(stage, overrides, directory)
+                error = run_stage(task_of(stage), overrides, directory)
                 jobs.append(
                     {
                         "point": point.number,
@@ -462,7 +518,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                     if not cfg.keep_going:
                         raise RuntimeError(f"{stage} {' '.join(own)} failed: {error}") from error
                     break
-                previous = directory
+                done[stage] = directory
+                if stage == "teacher":
+                    teachers[tuple(overrides)] = directory
         records, jobs = _collect(plan, jobs, tracker)
         table = build_table(records, plan.table)
         notes = _notes(plan, cfg, out)

@@ -43,6 +43,8 @@ INFO_FLAGS = (
     "-p",
     "--package",
 )
+#: Trainer a problem family trains with when the command names none.
+FAMILY_TRAINERS = {"allocation": "primal_dual"}
 #: Sweeps up to this many points are composed and built point by point before Hydra starts.
 MAX_CHECKED_POINTS = 16
 GROUPS = (
@@ -77,8 +79,74 @@ def usage() -> str:
 
 
 def options(group: str) -> list[str]:
-    """Available options of a config group (yaml names)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """Available options of a config group (yaml names; ``family/name`` for nested ones)."""
+    root = CONF_DIR / group
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def _target_family(path: Path) -> str | None:
+    """The ``family`` class attribute of a yaml's ``_target_`` (``None`` if it has none)."""
+    from omegaconf import OmegaConf
+
+    target = OmegaConf.load(path).get("_target_") if path.exists() else None
+    if not target:
+        return None
+    module, _, name = str(target).rpartition(".")
+    try:
+        return getattr(getattr(importlib.import_module(module), name), "family", None)
+    except (ImportError, AttributeError):
+        return None  # a bad target is reported by the schema check, with its own message
+
+
+def resolve_family_env(task: str, args: list[str]) -> list[str]:
+    """Resolve ``env=X`` inside the chosen mechanism's problem family.
+
+    ``mechanism=rpfnet env=2x2`` means 2 agents x 2 resources without money: when the
+    mechanism's class declares a ``family`` other than the env's and ``conf/env/<family>/X.yaml``
+    exists, the override becomes ``env=<family>/X`` (so the run's config records what ran).
+    An env option absent from the command line is the task's default. For ``train`` without a
+    ``trainer=``, the family's trainer (``FAMILY_TRAINERS``) is added the same way. Exits in
+    one line when the family has no such env.
+    """
+    plain = [a for a in args if not a.startswith("-")]
+    key = lambda a: a.split("=", 1)[0].lstrip("+~")  # noqa: E731
+    mechanisms = [a.split("=", 1)[1] for a in plain if key(a) == "mechanism" and "=" in a]
+    if len(mechanisms) != 1 or "," in mechanisms[0]:
+        return args  # default mechanism (auction) or a sweep: nothing to resolve here
+    mechanism = mechanisms[0]
+    family = _target_family(CONF_DIR / "mechanism" / f"{mechanism}.yaml")
+    if family is None or family == "auction":
+        return args
+    envs = [a for a in plain if key(a) == "env" and "=" in a]
+    if envs:
+        given = envs[-1].split("=", 1)[1]
+    else:
+        from omegaconf import OmegaConf
+
+        primary = CONF_DIR / f"{task}.yaml"
+        defaults = OmegaConf.load(primary).get("defaults", []) if primary.exists() else []
+        given = next((d["env"] for d in defaults if isinstance(d, dict) and "env" in d), None)
+        if given is None:
+            return args
+    resolved = []
+    for option in given.split(","):
+        if _target_family(CONF_DIR / "env" / f"{option}.yaml") == family:
+            resolved.append(option)
+        elif (CONF_DIR / "env" / family / f"{option}.yaml").exists():
+            resolved.append(f"{family}/{option}")
+        else:
+            valid = [o for o in options("env") if o.startswith(f"{family}/")]
+            fail(
+                f"env={option} has no '{family}' version for mechanism={mechanism} "
+                f"('{family}' problems); choose one of: {', '.join(valid)}"
+            )
+    new = f"env={','.join(resolved)}"
+    args = [*args, new] if not envs else [new if a == envs[-1] else a for a in args]
+    # The family's own trainer when none is named (allocation: seed 002's Algorithm 1).
+    trainer = FAMILY_TRAINERS.get(family)
+    if task == "train" and trainer and not any(key(a) == "trainer" for a in plain):
+        args = [*args, f"trainer={trainer}"]
+    return args
 
 
 def fail(message: str) -> None:
@@ -224,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             return
     if task == "train":
         rest = resume_overrides(rest)
+    rest = resolve_family_env(task, rest)
     try:
         if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
             precheck(task, rest)

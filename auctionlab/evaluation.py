@@ -48,7 +48,11 @@ def evaluate_mechanism(
         outcome = mechanism(values, types.public)
         utility = env.utility(outcome, values)
     revenue = outcome.payment.sum(-1)
-    welfare = (outcome.allocation * values).sum((-1, -2))
+    # Families define their own welfare (allocation: sum of capped-linear utilities).
+    welfare_of = getattr(env, "welfare", None)
+    welfare = (
+        welfare_of(outcome, values) if welfare_of else (outcome.allocation * values).sum((-1, -2))
+    )
     ir_violation = (-utility).clamp_min(0.0)
     result = attacker.attack(mechanism, env, types, generator)
     regret = result.gain  # [B, n]
@@ -72,6 +76,12 @@ def evaluate_mechanism(
         "attack_step_size": float(budget["step_size"]),
         "attack_gradient": float(bool(budget.get("gradient", True))),
     }
+    outcome_metrics = getattr(env, "outcome_metrics", None)  # e.g. NSW, log-NSW, efficiency
+    for key, per_profile_value in (
+        outcome_metrics(outcome, types) if outcome_metrics else {}
+    ).items():
+        metrics[key] = float(per_profile_value.mean())
+        metrics[f"{key}_se"] = float(per_profile_value.std() / math.sqrt(B)) if B > 1 else 0.0
     metrics.update(_local_metrics(mechanism, env, types, generator, local_attacker))
     for i in range(n):
         metrics[f"regret_mean_bidder{i}"] = float(regret[:, i].mean())

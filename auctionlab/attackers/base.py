@@ -71,7 +71,8 @@ def own_utility(env, outcome: Outcome, values: Tensor, copies: int) -> Tensor:
     B, n, m = values.shape
     index = torch.arange(n, device=values.device)
     # Only bidder k's part of profile k matters: gather it before the utility to save work.
-    allocation = outcome.allocation.view(n, copies, B, n, m)[index, :, :, index]  # [n, R, B, m]
+    # The allocation may be narrower than the reports (allocation envs report values+demands).
+    allocation = outcome.allocation.view(n, copies, B, n, -1)[index, :, :, index]  # [n, R, B, .]
     payment = outcome.payment.view(n, copies, B, n)[index, :, :, index]  # [n, R, B]
     own_values = values.permute(1, 0, 2).unsqueeze(1)  # [n, 1, B, m]
     own = Outcome(allocation.unsqueeze(-2), payment.unsqueeze(-1))  # one "bidder" each

@@ -190,3 +190,50 @@ class Unconstrained(ConstraintHandler):
 
     name = "unconstrained"
     needs_regret = False
+
+
+class PrimalDual(ConstraintHandler):
+    """Primal-dual descent-ascent of seed 002, Algorithm 1: one multiplier per agent.
+
+    Loss ``-objective + sum_i gamma_i expl_i``; after each primal step
+    ``gamma_i <- max(0, gamma_i + dual_lr * (expl_i - epsilon))``. The objective is whatever
+    the env trains on (log-NSW for allocation envs, revenue for auctions).
+
+    Args:
+        epsilon: exploitability (regret) level each agent's constraint allows.
+        dual_lr: dual step size ``beta``.
+        gamma_init: initial multipliers.
+
+    """
+
+    name = "primal_dual"
+
+    def __init__(
+        self, epsilon: float = 1e-4, dual_lr: float = 1.0, gamma_init: float = 1.0
+    ) -> None:
+        if not (math.isfinite(epsilon) and epsilon >= 0):
+            raise ConfigError(f"trainer.constraint.epsilon={epsilon} must be >= 0 and finite")
+        if not (math.isfinite(dual_lr) and dual_lr > 0):
+            raise ConfigError(f"trainer.constraint.dual_lr={dual_lr} must be > 0 and finite")
+        if not (math.isfinite(gamma_init) and gamma_init >= 0):
+            raise ConfigError(f"trainer.constraint.gamma_init={gamma_init} must be >= 0")
+        self.epsilon, self.dual_lr, self.gamma_init = float(epsilon), float(dual_lr), gamma_init
+
+    def setup(self, n_bidders: int, iterations: int, device: torch.device) -> None:  # noqa: D102
+        super().setup(n_bidders, iterations, device)
+        self.gammas = torch.full((n_bidders,), float(self.gamma_init), device=device)
+
+    def loss(self, revenue: Tensor, regret: Tensor) -> Tensor:  # noqa: D102
+        return -revenue + (self.gammas * regret).sum()
+
+    def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:  # noqa: D102
+        self.gammas = (self.gammas + self.dual_lr * (regret - self.epsilon)).clamp_min(0.0)
+
+    def metrics(self) -> dict[str, float]:  # noqa: D102
+        return {"gamma_mean": float(self.gammas.mean()), "gamma_max": float(self.gammas.max())}
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return {"gammas": self.gammas}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: D102
+        self.gammas = state["gammas"].to(self.device).clone()

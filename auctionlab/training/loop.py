@@ -98,14 +98,20 @@ class Trainer:
         self.cache: Tensor | None = None
         self._order: Tensor | None = None
         if num_samples is not None:
-            self.dataset = env.sample(num_samples, self.generator)
+            self.dataset = self._sample(num_samples)
             if self.cache_misreports:
                 self.cache = env.report_space.draw(num_samples, self.generator).to(self.device)
 
     # -- data ---------------------------------------------------------------------------
+    def _sample(self, batch: int) -> Types:
+        # An env may train on another distribution than it tests on (seed 002's perturbed or
+        # adversarial training data): ``sample_training``; otherwise its own ``sample``.
+        sampler = getattr(self.env, "sample_training", self.env.sample)
+        return sampler(batch, self.generator)
+
     def _batch(self) -> tuple[Types, Tensor | None]:
         if self.dataset is None:
-            return self.env.sample(self.batch_size, self.generator), None
+            return self._sample(self.batch_size), None
         per_epoch = self.num_samples // self.batch_size
         k = self.iteration % per_epoch
         if k == 0 or self._order is None:
@@ -162,7 +168,10 @@ class Trainer:
             truthful = self.mechanism(values, types.public)
             regret = torch.zeros(n, device=self.device)
         revenue = truthful.payment.sum(-1).mean()
-        loss = self.constraint.loss(revenue, regret)
+        # The objective is revenue unless the env defines its own (allocation: log-NSW).
+        objective_of = getattr(self.env, "objective", None)
+        objective = objective_of(truthful, types) if objective_of else revenue
+        loss = self.constraint.loss(objective, regret)
         auxiliary = self.mechanism.auxiliary_loss(values, truthful)
         if auxiliary is not None:
             loss = loss + auxiliary
@@ -175,7 +184,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.constraint.update(revenue.detach(), regret.detach(), self.iteration)
+        self.constraint.update(objective.detach(), regret.detach(), self.iteration)
         multipliers = self.constraint.metrics()
         if any(not math.isfinite(v) for v in multipliers.values()):
             raise NonFiniteError(
@@ -183,6 +192,8 @@ class Trainer:
             )
         self.iteration += 1
         metrics = {"revenue": revenue.item(), "loss": loss.item()}
+        if objective_of:
+            metrics[getattr(self.env, "objective_name", "objective")] = objective.item()
         if auxiliary is not None:
             metrics["auxiliary_loss"] = auxiliary.item()
         if self.constraint.needs_regret:  # no regret number without the attacker behind it

@@ -1,0 +1,143 @@
+"""Learned payment-free allocation: RPF-Net (seed 002 §3), ExS-Net (Zeng et al. 2024), softmax net.
+
+All three share the trunk (an MLP on the normalised reports and budgets) and differ in the
+output activation, which is what seed 002 compares:
+
+* ``RPFNet``: the trunk outputs ``z [n, m]``, fed into the regularised PF program (9); the
+  allocation is its solution (feasible by construction), differentiated through the KKT
+  system (``auctionlab.solvers.pf``).
+* ``ExSNet``: softmax over ``n + 1`` agents per resource, the extra (synthetic) agent's share is
+  withheld; ``a_im = min(x_im, b_m * share_im)``.
+* ``SoftmaxNet``: the same without the synthetic agent (nothing withheld on purpose).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from auctionlab.errors import ConfigError
+from auctionlab.layers import mlp
+from auctionlab.mechanisms.pf import AllocationMechanism
+from auctionlab.types import Outcome
+
+
+class _AllocationNet(AllocationMechanism):
+    """Trunk shared by the learned allocation mechanisms.
+
+    Args:
+        env: an ``AllocationEnv``.
+        hidden: hidden layer widths.
+        activation: ``tanh``, ``relu``, ``elu`` or ``gelu``.
+        out_per_resource: outputs per resource (agents, plus one for a synthetic agent).
+        tol: KKT tolerance of PF solves (RPF-Net).
+        max_iter: interior-point iteration cap (RPF-Net).
+
+    """
+
+    learnable = True
+    symmetric_in = ()
+
+    def __init__(
+        self,
+        env,
+        hidden: Sequence[int],
+        activation: str,
+        out_per_resource: int,
+        tol: float = 1e-7,
+        max_iter: int = 200,
+    ) -> None:
+        super().__init__(env, tol=tol, max_iter=max_iter)
+        if not hidden or any(int(h) < 1 for h in hidden):
+            raise ConfigError(
+                f"mechanism.hidden={list(hidden)} must be a non-empty list of widths >= 1"
+            )
+        n, m = self.n_bidders, self.n_items
+        self.trunk = mlp(2 * n * m + m, hidden, out_per_resource * m, activation)
+        low, high = env.report_space.low, env.report_space.high
+        self.register_buffer("input_shift", low.flatten().clone())
+        self.register_buffer("input_scale", (1.0 / (high - low)).flatten().clone())
+        self.out_per_resource = out_per_resource
+
+    def features(self, reports: Tensor, budgets: Tensor) -> Tensor:
+        """``[B, out_per_resource, m]`` trunk output on normalised reports and budgets."""
+        B = reports.shape[0]
+        x = (reports.reshape(B, -1) - self.input_shift) * self.input_scale
+        b = budgets / self.default_budget
+        return self.trunk(torch.cat([x, b], -1)).view(B, self.out_per_resource, self.n_items)
+
+
+class RPFNet(_AllocationNet):
+    """RPF-Net: ``a = argmin -sum_i w_i log(v_i^T a_i) + <a, z_omega(v, x, b)>`` (program 9).
+
+    Args:
+        env: an ``AllocationEnv``.
+        hidden: hidden layer widths of ``z_omega``.
+        activation: trunk activation.
+        z_scale: multiplies the trunk output (``z`` starts near 0, i.e. near PF).
+        tol: KKT tolerance of the program.
+        max_iter: interior-point iteration cap.
+
+    """
+
+    config_name = "rpfnet"
+
+    def __init__(
+        self,
+        env,
+        hidden: Sequence[int] = (100, 100, 100),
+        activation: str = "tanh",
+        z_scale: float = 1.0,
+        tol: float = 1e-7,
+        max_iter: int = 200,
+    ) -> None:
+        super().__init__(env, hidden, activation, env.n_bidders, tol=tol, max_iter=max_iter)
+        if z_scale <= 0:
+            raise ConfigError(f"mechanism.z_scale={z_scale} must be > 0")
+        self.z_scale = float(z_scale)
+
+    def regulariser(self, reports: Tensor, budgets: Tensor) -> Tensor:
+        """``[B, n, m]`` the linear term ``z_omega`` of program (9)."""
+        return self.z_scale * self.features(reports, budgets)
+
+    def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
+        """``[B, n, 2m]`` reports -> allocation solving program (9)."""
+        values, demands, budgets, weights = self.inputs(reports, public)
+        z = self.regulariser(reports, budgets)
+        return self.outcome(self.pf(values, demands, budgets, weights, z))
+
+
+class ExSNet(_AllocationNet):
+    """ExS-Net (Zeng et al. 2024): softmax over agents plus a synthetic agent that withholds.
+
+    Args:
+        env: an ``AllocationEnv``.
+        hidden: hidden layer widths.
+        activation: trunk activation.
+
+    """
+
+    config_name = "exsnet"
+    synthetic_agent = True
+
+    def __init__(
+        self, env, hidden: Sequence[int] = (100, 100, 100), activation: str = "tanh"
+    ) -> None:
+        extra = 1 if self.synthetic_agent else 0
+        super().__init__(env, hidden, activation, env.n_bidders + extra)
+
+    def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
+        """``[B, n, 2m]`` reports -> ``min(x, b * softmax share)``."""
+        values, demands, budgets, weights = self.inputs(reports, public)
+        share = torch.softmax(self.features(reports, budgets), dim=1)[:, : self.n_bidders]
+        allocation = torch.minimum(demands.clamp_min(0.0), budgets.unsqueeze(1) * share)
+        return self.outcome(allocation)
+
+
+class SoftmaxNet(ExSNet):
+    """Plain softmax network (seed 002 §6 baseline): ExS-Net without the synthetic agent."""
+
+    config_name = "softmax_net"
+    synthetic_agent = False

@@ -124,7 +124,8 @@ def resolve_family_env(task: str, args: list[str]) -> list[str]:
         from omegaconf import OmegaConf
 
         primary = CONF_DIR / f"{task}.yaml"
-        defaults = OmegaConf.load(primary).get("defaults", []) if primary.exists() else []
+        loaded = OmegaConf.to_container(OmegaConf.load(primary)) if primary.exists() else {}
+        defaults = loaded.get("defaults", [])
         given = next((d["env"] for d in defaults if isinstance(d, dict) and "env" in d), None)
         if given is None:
             return args

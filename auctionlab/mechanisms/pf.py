@@ -31,7 +31,9 @@ class AllocationMechanism(Mechanism):
     family = "allocation"
     demands = ("capped_linear",)
     learnable = False
-    symmetric_in = ("bidders", "items")
+    #: Agents only: permuting resources must move values and demands together, which the
+    #: generic fuzz permutation (one axis of the report tensor) cannot express.
+    symmetric_in = ("bidders",)
 
     def __init__(self, env, tol: float = 1e-7, max_iter: int = 200) -> None:
         super().__init__(env)

@@ -31,6 +31,7 @@ from auctionlab.types import Outcome
 #: Envs that cover every shape, demand and prior of the env group (a few share a class).
 ENVS = ["1x2", "1x2_asym", "1x2_unit", "1x2_triangle", "2x2", "2x2_unit", "2x3", "3x1_irregular"]
 ENVS = [e for e in ENVS if e in options("env")]
+ENVS += ["allocation/2x2"]  # payment-free family (seed 002); nested option of the env group
 TOL = 1e-5
 
 
@@ -72,6 +73,14 @@ def _reports(env, unit: torch.Tensor) -> torch.Tensor:
 
 def check_feasible(env, outcome: Outcome, reports: torch.Tensor) -> None:
     allocation, payment = outcome.allocation, outcome.payment
+    if env.family == "allocation":  # reports [B, n, 2m]: 0 <= a <= x, budgets, no payments
+        m = env.n_items
+        demands, budget = reports[..., m:].clamp_min(0), env.budget_per_agent * env.n_bidders
+        assert allocation.shape == demands.shape and bool((payment == 0).all())
+        assert torch.isfinite(allocation).all()
+        assert allocation.min() >= -TOL and (allocation <= demands + TOL).all()
+        assert (allocation.sum(-2) <= budget + TOL).all(), "a resource is over-allocated"
+        return
     assert allocation.shape == reports.shape and payment.shape == reports.shape[:2]
     assert torch.isfinite(allocation).all() and torch.isfinite(payment).all()
     assert allocation.min() >= -TOL and allocation.max() <= 1 + TOL
@@ -89,7 +98,8 @@ unit_cubes = st.integers(0, 2**31 - 1)
 def test_feasible_and_ir_on_random_reports(mechanism, env, seed, batch):
     environment, mech = built(mechanism, env)
     generator = torch.Generator().manual_seed(seed)
-    shape = (batch, environment.n_bidders, environment.n_items)
+    width = environment.report_space.low.shape[-1]  # 2m for allocation envs
+    shape = (batch, environment.n_bidders, width)
     reports = _reports(environment, torch.rand(shape, generator=generator))
     with torch.no_grad():
         outcome = mech(reports)
@@ -160,7 +170,7 @@ def test_some_mechanisms_promise_equivariance():
 def test_permutation_equivariance(mechanism, env, axis, seed):
     environment, mech = built(mechanism, env)
     generator = torch.Generator().manual_seed(seed)
-    shape = (8, environment.n_bidders, environment.n_items)
+    shape = (8, environment.n_bidders, environment.report_space.low.shape[-1])
     reports = _reports(environment, torch.rand(shape, generator=generator))
     size = shape[1] if axis == "bidders" else shape[2]
     perm = torch.randperm(size, generator=generator)

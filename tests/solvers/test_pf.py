@@ -1,0 +1,118 @@
+"""Batched PF / RPF solver (seed 002 programs 4 and 9) against a reference, and its gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from auctionlab.envs.allocation import AllocationEnv, split_reports
+from auctionlab.errors import NonFiniteError
+from auctionlab.solvers.pf import (
+    PFSolveError,
+    kkt_matrix,
+    pf_allocate,
+    solve_pf,
+    solve_transposed,
+)
+
+
+def _instances(n, m, count, seed, with_z):
+    env = AllocationEnv("t", n, m, empty_demand="keep")
+    types = env.sample(count, torch.Generator().manual_seed(seed))
+    v, x = split_reports(types.values.double())
+    b, w = types.public["budgets"].double(), types.public["weights"].double()
+    g = torch.Generator().manual_seed(seed + 1)
+    z = 0.3 * torch.randn(v.shape, generator=g, dtype=torch.float64) if with_z else None
+    return v, x, b, w, z
+
+
+def reference_objective(v, x, b, w, z) -> float:
+    """Program (9) with cvxpy + Clarabel (exponential-cone log), for tests only."""
+    cp = pytest.importorskip("cvxpy")
+    n, m = v.shape
+    a = cp.Variable((n, m))
+    present = [i for i in range(n) if (x[i] > 1e-5).any()]
+    objective = -sum(w[i] * cp.log(v[i] @ a[i]) for i in present) + cp.sum(cp.multiply(z, a))
+    fixed = x <= 1e-5  # the solver's convention: demands below 1e-5 are "nothing"
+    constraints = [a >= 0, a <= np.where(fixed, 0.0, x), cp.sum(a, axis=0) <= b]
+    problem = cp.Problem(cp.Minimize(objective), constraints)
+    problem.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    return float(problem.value)
+
+
+def check_against_reference(n, m, count, seed, with_z):
+    v, x, b, w, z = _instances(n, m, count, seed, with_z)
+    solution = solve_pf(v, x, b, w, z, tol=1e-7)
+    assert bool(solution.converged.all()) and float(solution.kkt_residual.max()) <= 1e-6
+    zz = np.zeros((n, m)) if z is None else z.numpy()
+    gaps = [
+        abs(
+            reference_objective(
+                v[k].numpy(), x[k].numpy(), b[k].numpy(), w[k].numpy(), zz if z is None else zz[k]
+            )
+            - float(solution.objective[k])
+        )
+        for k in range(count)
+    ]
+    assert max(gaps) <= 1e-6, max(gaps)
+
+
+@pytest.mark.parametrize(("n", "m", "with_z"), [(2, 2, False), (2, 2, True), (10, 3, False)])
+def test_matches_reference_solver(n, m, with_z):
+    check_against_reference(n, m, 40, seed=n + m, with_z=with_z)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("n", "m", "with_z"), [(2, 2, False), (2, 2, True), (10, 3, False), (10, 3, True)]
+)
+def test_matches_reference_solver_1000(n, m, with_z):
+    check_against_reference(n, m, 1000, seed=100 + n, with_z=with_z)
+
+
+def test_feasible_and_fig1_example():
+    # Seed 002 §2.1: v1 = (1, 1/2), v2 = (1, 1/4), x = 1, b = 1: agent 1 takes resource 2.
+    v = torch.tensor([[[1.0, 0.5], [1.0, 0.25]]], dtype=torch.float64)
+    a = pf_allocate(v, torch.ones_like(v), torch.ones(1, 2, dtype=torch.float64))
+    assert float(a[0, 0, 1]) == pytest.approx(1.0, abs=1e-6)
+    assert float(a[0, :, 0].sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gradcheck_where_kkt_matrix_is_invertible():
+    v, x, b, w, z = _instances(2, 2, 24, seed=3, with_z=True)
+    x = torch.where(x > 0, x, torch.full_like(x, 0.3))  # keep every variable in the program
+    solution = solve_pf(v, x, b, w, z)
+    _, singular = solve_transposed(
+        kkt_matrix(solution, v, x, b, z), torch.ones(24, 14, dtype=torch.float64)
+    )
+    checked = 0
+    for k in (~singular).nonzero().squeeze(-1).tolist()[:8]:
+        inputs = [t[k : k + 1].clone().requires_grad_() for t in (v, x, w, z)]
+
+        def solve(vv, xx, ww, zz, k=k):
+            return pf_allocate(vv, xx, b[k : k + 1], ww, zz, tol=1e-9)
+
+        assert torch.autograd.gradcheck(solve, inputs, eps=1e-6, atol=1e-4, rtol=1e-3)
+        checked += 1
+    assert checked >= 4
+
+
+def test_singular_kkt_matrix_gets_a_finite_minimal_norm_gradient():
+    # One agent, two resources with equal values: PF's solution set is a face (M singular).
+    v = torch.tensor([[[0.5, 0.5], [0.5, 0.5]]], dtype=torch.float64, requires_grad=True)
+    x = torch.full((1, 2, 2), 2.0, dtype=torch.float64)
+    b = torch.ones(1, 2, dtype=torch.float64)
+    a = pf_allocate(v, x, b)
+    a[0, 0, 0].backward()
+    assert torch.isfinite(v.grad).all()
+
+
+def test_failures_are_surfaced():
+    v, x, b, w, _ = _instances(2, 2, 4, seed=5, with_z=False)
+    with pytest.raises(PFSolveError, match="missed KKT tolerance"):
+        pf_allocate(v, x, b, w, max_iter=1)
+    bad = v.clone()
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError):
+        pf_allocate(bad, x, b, w)

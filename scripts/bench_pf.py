@@ -1,0 +1,151 @@
+"""Seed 002 Table 2 on this machine: PF solver throughput, training and inference times, JSON out.
+
+Example:
+    python scripts/bench_pf.py --env 10x3 --batch 128 --misreport-steps 5 --threads 2
+
+Reports, for the allocation env ``--env``:
+
+* ``pf_solves_per_second``: PF programs (4) solved per second at ``--solve-batch`` (1024 by
+  default), with the iteration count and the worst KKT residual of the timed batch;
+* ``train_seconds_per_iteration``: one training iteration (the one loop: PGD misreports with
+  ``--misreport-steps`` steps, truthful + deviation forward, backward, primal-dual update) for
+  ExS-Net, the plain softmax net and RPF-Net, and RPF-Net's ratio to ExS-Net (seed 002: 380.2);
+* ``inference_seconds``: one forward pass on ``--batch`` profiles for every mechanism, and the
+  ratios to ExS-Net (seed 002: PF 40.1, PA 310.0, RPF-Net 114.5).
+
+Medians over ``--iterations`` timed repetitions after ``--warmup`` untimed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from auctionlab.attackers import PGDAttacker
+from auctionlab.envs.allocation import AllocationEnv, split_reports
+from auctionlab.mechanisms import (
+    ExSNet,
+    PartialAllocation,
+    PFPAMixture,
+    ProportionalFairness,
+    RPFNet,
+    SoftmaxNet,
+)
+from auctionlab.solvers.pf import solve_pf
+from auctionlab.training import Trainer
+from auctionlab.training.constraints import PrimalDual
+
+
+def median_seconds(step, iterations: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="10x3", help="NxM, e.g. 2x2 or 10x3")
+    parser.add_argument("--batch", type=int, default=128, help="training / inference batch")
+    parser.add_argument("--solve-batch", type=int, default=1024)
+    parser.add_argument("--misreport-steps", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n, m = (int(s) for s in args.env.split("x"))
+    env = AllocationEnv(f"allocation/{args.env}", n, m)
+    generator = torch.Generator().manual_seed(0)
+
+    solve_types = env.sample(args.solve_batch, generator)
+    v, x = split_reports(solve_types.values)
+    b, w = solve_types.public["budgets"], solve_types.public["weights"]
+    last = {}
+
+    def solve():
+        last["solution"] = solve_pf(v, x, b, w)
+
+    solve_seconds = median_seconds(solve, args.iterations, args.warmup)
+    solution = last["solution"]
+
+    types = env.sample(args.batch, generator)
+    torch.manual_seed(0)
+    mechanisms = {
+        "exsnet": ExSNet(env),
+        "softmax_net": SoftmaxNet(env),
+        "rpfnet": RPFNet(env),
+        "pf": ProportionalFairness(env),
+        "pa": PartialAllocation(env),
+        "pf_pa_mixture": PFPAMixture(env),
+    }
+    inference = {}
+    for name, mechanism in mechanisms.items():
+        mechanism.eval()
+
+        def forward(mechanism=mechanism):
+            with torch.no_grad():
+                mechanism(types.values, types.public)
+
+        inference[name] = median_seconds(forward, args.iterations, args.warmup)
+    training = {}
+    for name in ("exsnet", "softmax_net", "rpfnet"):
+        attacker = PGDAttacker(restarts=1, steps=args.misreport_steps, step_size=0.1)
+        trainer = Trainer(
+            mechanisms[name],
+            env,
+            attacker,
+            PrimalDual(),
+            iterations=10**6,
+            batch_size=args.batch,
+            num_samples=args.batch * 10,
+            progress=False,
+        )
+        training[name] = median_seconds(trainer.step, args.iterations, args.warmup)
+    result = {
+        "env": env.name,
+        "batch": args.batch,
+        "solve_batch": args.solve_batch,
+        "misreport_steps": args.misreport_steps,
+        "threads": args.threads,
+        "pf_solves_per_second": args.solve_batch / solve_seconds,
+        "pf_solve_batch_seconds": solve_seconds,
+        "pf_iterations": solution.iterations,
+        "pf_max_kkt_residual": float(solution.kkt_residual.max()),
+        "pf_all_converged": bool(solution.converged.all()),
+        "train_seconds_per_iteration": training,
+        "train_ratio_to_exsnet": {k: t / training["exsnet"] for k, t in training.items()},
+        "inference_seconds": inference,
+        "inference_ratio_to_exsnet": {k: t / inference["exsnet"] for k, t in inference.items()},
+        "paper_ratios": {
+            "train_rpfnet": 380.2,
+            "infer_pf": 40.1,
+            "infer_pa": 310.0,
+            "infer_rpfnet": 114.5,
+        },
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "machine": platform.machine(),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -154,8 +154,8 @@ def solve_pf(
     mu, nu = freef / s1, freef / s2
     lam = bud_active.to(v.dtype) / s3
     count = (2 * freef.sum((-1, -2)) + bud_active.to(v.dtype).sum(-1)).clamp_min(1.0)
-    ones_nn = torch.ones(n, n, dtype=v.dtype, device=v.device)
-    eye = torch.eye(N, dtype=v.dtype, device=v.device)
+    eye_m = torch.eye(m, dtype=v.dtype, device=v.device)
+    index = torch.arange(n, device=v.device)
     done = torch.zeros(B, dtype=torch.bool, device=v.device)
     iterations = 0
 
@@ -183,24 +183,24 @@ def solve_pf(
         grad = torch.where(free, -wv * v / u + z, torch.zeros_like(a))
         # Newton system (H + G^T diag(y/s) G) da = -(grad f + G^T (tau / s)).
         scaled_v = (w.unsqueeze(-1).sqrt() * v / u) * freef  # [B, n, m]
-        hess = torch.zeros(B, n, m, n, m, dtype=v.dtype, device=v.device)
-        index = torch.arange(n, device=v.device)
-        hess[:, index, :, index, :] = (scaled_v.unsqueeze(-1) * scaled_v.unsqueeze(-2)).transpose(
+        # Budget coupling F D^T diag(lam / s3) D F (F masks fixed variables), built in one
+        # full-size product; then the agents' rank-1 log Hessians and the bound barriers are
+        # added in place (few passes over the [B, N, N] matrix: it dominates the cost).
+        coupling = (freef * (lam / s3 * bud_active).unsqueeze(1)).view(B, n, m, 1, 1)
+        K = (coupling * eye_m.view(1, 1, m, 1, m) * freef.view(B, 1, 1, n, m)).reshape(B, N, N)
+        K5 = K.view(B, n, m, n, m)
+        K5[:, index, :, index, :] += (scaled_v.unsqueeze(-1) * scaled_v.unsqueeze(-2)).transpose(
             0, 1
         )
-        budget_term = (lam / s3 * bud_active).view(B, 1, m, 1, 1) * torch.eye(
-            m, dtype=v.dtype, device=v.device
-        ).view(1, 1, m, 1, m)
-        hess = hess + ones_nn.view(1, n, 1, n, 1) * budget_term
-        diag = (mu / s1 + nu / s2) * freef + fixed
-        K = hess.reshape(B, N, N) * (freef.view(B, N, 1) * freef.view(B, 1, N))
-        K = K + torch.diag_embed(diag.view(B, N))
+        # Bound barriers on the diagonal; fixed variables get 1 (inert rows), plus a tiny
+        # shift that keeps Cholesky defined when a rank-deficient block is barely damped.
+        K.diagonal(dim1=-2, dim2=-1).add_(((mu / s1 + nu / s2) * freef + fixed).view(B, N) + 1e-14)
         tau3 = tau.view(B, 1, 1)
         barrier = (-tau3 / s1 + tau3 / s2) * freef + (tau.view(B, 1) / s3 * bud_active).unsqueeze(
             1
         ) * freef
         rhs = -(grad + barrier).view(B, N, 1)
-        chol, info = torch.linalg.cholesky_ex(K + 1e-14 * eye)
+        chol, info = torch.linalg.cholesky_ex(K)
         da = torch.cholesky_solve(rhs, chol).view(B, n, m) * freef
         da = torch.where((info == 0).view(B, 1, 1), da, torch.zeros_like(da))
         ds1, ds2 = da, -da

@@ -108,3 +108,52 @@ def test_not_certifiable_run_fails_before_any_work(trained, cli, tmp_path):
 def test_bilinear_run_needs_scip_backend(trained, cli):
     done = cli("certify", f"run={trained['sparsemax']}", "certifier.backend=cplex")
     assert done.returncode == 2 and "certifier.backend=cplex is not valid" in done.stderr
+
+
+def test_curry_experiments_are_valid_plans(compose):
+    from auctionlab.tasks import reproduce
+
+    plan = reproduce.prepare(compose("reproduce", ["experiment=curry_table1", "scale=smoke"]))
+    assert plan.pipeline == ["teacher", "train", "certify"] and len(plan.points) == 5
+    point = plan.points[0]
+    done = {"teacher": Path("/t")}
+    assert reproduce.stage_arguments("teacher", point, plan.pipeline, done) == ["env=1x2"]
+    assert "mechanism.teacher='/t'" in reproduce.stage_arguments(
+        "train", point, plan.pipeline, done
+    )
+    done["train"] = Path("/s")
+    assert reproduce.stage_arguments("certify", point, plan.pipeline, done) == ["run='/s'"]
+    plan2 = reproduce.prepare(compose("reproduce", ["experiment=curry_table2", "scale=smoke"]))
+    shapes = [p.labels["env.name"] for p in plan2.points]
+    assert shapes == ["2x3", "3x2", "3x3"]
+    teacher = reproduce.stage_arguments("teacher", plan2.points[1], plan2.pipeline, {})
+    assert "env.n_bidders=3" in teacher
+
+
+@pytest.mark.parametrize("pipeline", ["[certify,train]", "[teacher,certify]", "[train,train]"])
+def test_bad_pipelines_are_rejected(compose, pipeline):
+    from auctionlab.errors import ConfigError
+    from auctionlab.tasks import reproduce
+
+    cfg = compose(
+        "reproduce", ["experiment=curry_table1", "scale=smoke", f"experiment.pipeline={pipeline}"]
+    )
+    with pytest.raises(ConfigError, match="pipeline"):
+        reproduce.prepare(cfg)
+
+
+@pytest.mark.slow
+def test_curry_table1_smoke_end_to_end(cli, tmp_path):
+    out = tmp_path / "t1"
+    done = cli(
+        "reproduce",
+        "experiment=curry_table1",
+        "scale=smoke",
+        "certify_profiles=1",
+        "certify_time_limit=2",
+        "threads=1",
+        f"hydra.run.dir={out}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (out / "curry_table1.md").read_text()
+    assert "regret_certified" in text and "restarts" in text

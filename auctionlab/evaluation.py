@@ -152,6 +152,77 @@ def _local_metrics(mechanism, env, types: Types, generator, local_attacker) -> d
         "local_regret_max": float(result.gain.max()),
         "lic_reverse_violation_mean": float(reverse.mean()),
         "lic_reverse_violation_max": float(reverse.max()),
+        "local_attack_restarts": 1.0,
         "local_attack_steps": float(local.steps),
         "local_attack_step_size": float(local.step_size),
+        "local_profiles": float(types.batch_size),
     }
+
+
+def write_allocation_map(
+    mechanism, env, run_dir: Path, title: str, points: int = 101
+) -> list[Path]:
+    """The classic RegretNet figure for one bidder and two items: P(item j) over the value box.
+
+    Writes ``allocation_map.png`` (one heatmap per item) and ``allocation_map.csv`` (the grid);
+    other env shapes, or unbounded report spaces, get nothing.
+
+    Args:
+        mechanism: a mechanism for ``env`` (put in eval mode here).
+        env: a 1-bidder, 2-item environment.
+        run_dir: where the files go.
+        title: the figure's title.
+        points: grid points per axis.
+
+    Returns:
+        The files written.
+
+    """
+    space = env.report_space
+    if env.n_bidders != 1 or env.n_items != 2 or not space.bounded:
+        return []
+    low, high = space.low[0].tolist(), space.high[0].tolist()
+    first = torch.linspace(low[0], high[0], points)
+    second = torch.linspace(low[1], high[1], points)
+    grid = torch.stack(torch.meshgrid(first, second, indexing="ij"), -1).view(-1, 1, 2)
+    device = next((b.device for b in mechanism.buffers()), torch.device("cpu"))
+    mechanism.eval()
+    with torch.no_grad():
+        outcome = mechanism(grid.to(device))
+    allocation = outcome.allocation.view(points, points, 2).cpu()
+    csv_path = run_dir / "allocation_map.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["v1", "v2", "p_item1", "p_item2", "payment"])
+        for row, payment in zip(
+            torch.cat([grid.view(-1, 2), allocation.view(-1, 2)], -1).tolist(),
+            outcome.payment.view(-1).tolist(),
+            strict=True,
+        ):
+            writer.writerow([f"{x:.6g}" for x in [*row, payment]])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for item, ax in enumerate(axes):
+        image = ax.imshow(
+            allocation[..., item].T.numpy(),
+            origin="lower",
+            extent=(low[0], high[0], low[1], high[1]),
+            aspect="auto",
+            vmin=0.0,
+            vmax=1.0,
+            cmap="viridis",
+        )
+        ax.set_xlabel("$v_1$")
+        ax.set_ylabel("$v_2$")
+        ax.set_title(f"probability of allocating item {item + 1}", fontsize=9)
+        fig.colorbar(image, ax=ax)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    png_path = run_dir / "allocation_map.png"
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return [csv_path, png_path]

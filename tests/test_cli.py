@@ -266,6 +266,10 @@ def test_train_rochetnet_smoke(cli, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (out,) = _run_dirs(cwd)
     assert json.loads((out / "metrics.json").read_text())["val_regret_mean"] <= 1e-5
+    # One bidder, two items: the allocation-probability figure over the value square.
+    assert (out / "allocation_map.png").stat().st_size > 0
+    rows = (out / "allocation_map.csv").read_text().splitlines()
+    assert rows[0] == "v1,v2,p_item1,p_item2,payment" and len(rows) == 1 + 101 * 101
 
 
 def test_multirun_one_mlflow_run_per_job(cli, tmp_path, list_runs, smoke_train):

@@ -32,6 +32,9 @@ class TableSpec:
         index: row keys, taken from each point's labels (its Hydra choices and sweep keys).
         columns: output column -> ``"<stage>.<metric>"`` (e.g. ``evaluate.revenue``).
         reference: rows joined on ``index`` (e.g. closed-form targets, literature values).
+        relative: output column -> ``{column, key, to}``: ``column`` divided by its value in
+            the row where index key ``key`` equals ``to`` and the other index keys agree
+            (e.g. local training time over standard's, per setting).
         derived: output column -> pandas expression over the columns before it.
         order: the final column order (default: index, columns, reference, derived).
         formats: output column -> Python format spec (``".4f"``, ``".2e"``; ``"d"`` for ints).
@@ -42,6 +45,7 @@ class TableSpec:
     index: list[str]
     columns: dict[str, str]
     reference: list[dict[str, Any]] = field(default_factory=list)
+    relative: dict[str, dict[str, str]] = field(default_factory=dict)
     derived: dict[str, str] = field(default_factory=dict)
     order: list[str] | None = None
     formats: dict[str, str] = field(default_factory=dict)
@@ -62,6 +66,10 @@ class TableSpec:
             index=[str(k) for k in node["index"]],
             columns={str(k): str(v) for k, v in node["columns"].items()},
             reference=[dict(row) for row in node.get("reference") or []],
+            relative={
+                str(k): {str(a): str(b) for a, b in v.items()}
+                for k, v in (node.get("relative") or {}).items()
+            },
             derived={str(k): str(v) for k, v in (node.get("derived") or {}).items()},
             order=[str(k) for k in node["order"]] if node.get("order") else None,
             formats={str(k): str(v) for k, v in (node.get("formats") or {}).items()},
@@ -131,6 +139,8 @@ def build_table(records: Sequence[Mapping[str, Any]], spec: TableSpec) -> pd.Dat
             raise ConfigError(f"experiment.table.reference: rows lack the index keys {missing}")
         reference[spec.index] = reference[spec.index].astype(str)
         table = table.merge(reference, on=spec.index, how="left")
+    for name, rule in spec.relative.items():
+        table[name] = _relative(table, spec, name, rule)
     for name, expression in spec.derived.items():
         try:
             table[name] = table.eval(expression, engine="python")
@@ -147,6 +157,27 @@ def build_table(records: Sequence[Mapping[str, Any]], spec: TableSpec) -> pd.Dat
             order.insert(len(spec.index), "runs")
         table = table[order]
     return table
+
+
+def _relative(table: pd.DataFrame, spec: TableSpec, name: str, rule: dict[str, str]) -> pd.Series:
+    """``rule['column']`` over its value in the matching ``rule['key'] == rule['to']`` row."""
+    where = f"experiment.table.relative.{name}"
+    if set(rule) != {"column", "key", "to"}:
+        raise ConfigError(f"{where}: needs exactly the keys column, key, to; got {sorted(rule)}")
+    column, key, base = rule["column"], rule["key"], rule["to"]
+    if column not in table or key not in spec.index:
+        raise ConfigError(
+            f"{where}: column={column} must be a table column and key={key} an index key"
+        )
+    others = [k for k in spec.index if k != key]
+    reference = table.loc[table[key] == base, [*others, column]]
+    reference = reference.rename(columns={column: "__reference"})
+    if others:
+        joined = table[others].merge(reference, on=others, how="left")["__reference"]
+    else:
+        value = reference["__reference"].iloc[0] if len(reference) else math.nan
+        joined = pd.Series([value] * len(table))
+    return pd.Series(table[column].to_numpy() / joined.to_numpy(), index=table.index)
 
 
 def _format(value: Any, spec: str | None) -> str:

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
-from auctionlab.evaluation import evaluate_mechanism, write_curve
+from auctionlab.evaluation import evaluate_mechanism, write_allocation_map, write_curve
 from auctionlab.tasks.common import (
     build,
     build_env_and_mechanism,
@@ -172,7 +172,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics["iterations"] = float(trainer.iteration)
         # Files first: a logging error after hours of training must not lose the results.
         write_json(out / "metrics.json", metrics)
-        files = write_curve(curve, out, f"{env.name} {picked.get('mechanism', '')}: validation")
+        label = f"{env.name} {picked.get('mechanism', '')}"
+        files = write_curve(curve, out, f"{label}: validation")
+        files += write_allocation_map(mechanism, env, out, f"{label}: allocation")
         tracker.set_tags({"checkpoint_sha256": digest})
         tracker.log_metrics(metrics, trainer.iteration)
         tracker.log_artifacts(

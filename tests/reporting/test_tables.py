@@ -177,3 +177,24 @@ def test_every_experiment_table_keeps_regret_with_its_budget(name):
     order = spec.order or []
     for column in ("regret_mean", "restarts", "steps", "profiles"):
         assert column in order, column
+
+
+def test_relative_columns_divide_by_the_matching_base_row():
+    records = [
+        {"env": e, "attacker": a, "train.train_seconds": s}
+        for e, a, s in [("2x2", "pgd", 100.0), ("2x2", "local", 20.0), ("2x5", "pgd", 50.0)]
+    ]
+    spec = TableSpec.from_config(
+        {
+            "index": ["env", "attacker"],
+            "columns": {"seconds": "train.train_seconds"},
+            "relative": {"ratio": {"column": "seconds", "key": "attacker", "to": "pgd"}},
+        }
+    )
+    table = build_table(records, spec)
+    assert table["ratio"].tolist() == [1.0, 0.2, 1.0]
+    bad = TableSpec.from_config(
+        {**spec.__dict__, "relative": {"r": {"column": "nope", "key": "env", "to": "x"}}}
+    )
+    with pytest.raises(ConfigError, match="experiment.table.relative.r"):
+        build_table(records, bad)

@@ -33,7 +33,7 @@ def split_reports(reports: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class AllocationBox:
-    """The report box of an allocation env: values in ``[v_low, v_high]``, demands in ``[0, d_high]``.
+    """Report box of an allocation env: values in ``[v_low, v_high]``, demands in ``[0, d_high]``.
 
     Duck-types the part of ``ValueDistribution`` that ``ReportSpace`` uses (bounds,
     ``project``, ``independent``, ``sample``).

@@ -157,3 +157,40 @@ def test_curry_table1_smoke_end_to_end(cli, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     text = (out / "curry_table1.md").read_text()
     assert "regret_certified" in text and "restarts" in text
+
+
+def test_bilinear_without_scip_is_reported_unsupported(
+    tmp_path_factory, run_console, compose, monkeypatch
+):
+    from auctionlab.tasks import certify
+
+    root = tmp_path_factory.mktemp("fractional")
+    done = run_console(
+        [
+            "train",
+            "env=1x2",
+            "scale=smoke",
+            "threads=1",
+            "mechanism=regretnet_sparsemax",
+            "mechanism.hidden=[4]",
+            "mechanism.payment=fractional",
+            f"hydra.run.dir={root / 'r'}",
+        ],
+        root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    monkeypatch.setattr(certify, "scip_available", lambda: False)
+    cfg = compose(
+        "certify",
+        [f"run={root / 'r'}", "certifier.profiles=2", "scale=smoke", "tracking.enabled=false"],
+    )
+    metrics = certify.run(cfg)
+    assert metrics["failed"] == 2 and metrics["certified"] == 0
+    rows = load_instances(Path("outputs/adhoc/instances.csv"))
+    assert {r["status"] for r in rows} == {"unsupported"}
+    assert all(math.isnan(r["certified_regret"]) for r in rows)
+    explicit = compose("certify", [f"run={root / 'r'}", "certifier.backend=highs"])
+    from auctionlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="certifier.backend=scip"):
+        certify.prepare(explicit)

@@ -27,7 +27,7 @@ from auctionlab.errors import ConfigError
 from auctionlab.solvers.mip_encoding import BidderEncoding, InstanceBounds, NetworkSpec
 
 BACKENDS = ("auto", "highs", "pyomo", "scip")
-STATUSES = ("optimal", "unknown", "infeasible", "unbounded", "error", "numerical")
+STATUSES = ("optimal", "unknown", "infeasible", "unbounded", "error", "numerical", "unsupported")
 NAN = float("nan")
 
 

@@ -27,7 +27,12 @@ from auctionlab.certify.report import (
     write_rows_csv,
 )
 from auctionlab.errors import ConfigError
-from auctionlab.solvers.backends import check_backend, resolve_backend
+from auctionlab.solvers.backends import (
+    SolveResult,
+    check_backend,
+    resolve_backend,
+    scip_available,
+)
 from auctionlab.solvers.mip_encoding import NetworkSpec
 from auctionlab.tasks.common import (
     build,
@@ -77,8 +82,17 @@ def prepare(cfg: DictConfig) -> dict:
             f"certifier=mip needs a ReLU / sparsemax network (mechanism=regretnet_sparsemax); "
             f"run={cfg.run} trained mechanism={picked_run.get('mechanism')}"
         ) from None
-    check_backend(str(cfg.certifier.backend), spec)
     backend = resolve_backend(str(cfg.certifier.backend), spec)
+    if str(cfg.certifier.backend) == "auto" and backend == "scip" and not scip_available():
+        # Optional solver missing: the task still runs (PGD, revenue) and every instance is
+        # reported `unsupported`, never a number. An explicit backend fails here instead.
+        log.warning(
+            "this network's payment is bilinear and needs the SCIP backend, but pyscipopt is "
+            "not installed (pip install 'auctionlab[scip]'): no certificate will be computed"
+        )
+        backend = "unavailable"
+    else:
+        check_backend(str(cfg.certifier.backend), spec)
     bounds = str(cfg.certifier.bounds)
     if bounds not in ("ibp", "lp"):
         raise ConfigError(f"certifier.bounds={bounds} is not valid; choose one of ibp, lp")
@@ -151,15 +165,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
             settings.bounds,
             int(cfg.certifier.workers),
         )
-        results, unstable = solve_instances(
-            spec,
-            np_values[profiles_idx],
-            bidders,
-            settings,
-            starts=starts,
-            workers=int(cfg.certifier.workers),
-            progress=progress_enabled(cfg),
-        )
+        if settings.backend == "unavailable":
+            note = "bilinear program needs SCIP: pip install pyscipopt"
+            results = [SolveResult("unsupported", note) for _ in bidders]
+            unstable = [0] * len(bidders)
+        else:
+            results, unstable = solve_instances(
+                spec,
+                np_values[profiles_idx],
+                bidders,
+                settings,
+                starts=starts,
+                workers=int(cfg.certifier.workers),
+                progress=progress_enabled(cfg),
+            )
         instances = _records(
             cfg,
             mechanism,
@@ -293,7 +312,8 @@ def _metrics(instances, rows, revenue, budget, n_profiles, cfg) -> dict[str, flo
     c_mean, c_std = mean_std([r["certified_regret"] for r in done])
     e_mean, e_std = mean_std([r["pgd_regret"] for r in done])
     e_all, _ = mean_std([r["pgd_regret"] for r in instances])
-    t_mean, t_std = mean_std([r["seconds"] for r in instances])
+    seconds = [r["seconds"] for r in instances if math.isfinite(r["seconds"])]
+    t_mean, t_std = mean_std(seconds)
     metrics = {
         "revenue": revenue[0],
         "revenue_std": revenue[1],
@@ -307,8 +327,8 @@ def _metrics(instances, rows, revenue, budget, n_profiles, cfg) -> dict[str, flo
         "ratio": e_mean / c_mean if c_mean and math.isfinite(c_mean) else math.nan,
         "solve_seconds_mean": t_mean,
         "solve_seconds_std": t_std,
-        "solve_seconds_median": float(np.median([r["seconds"] for r in instances])),
-        "solve_seconds_max": float(max(r["seconds"] for r in instances)),
+        "solve_seconds_median": float(np.median(seconds)) if seconds else math.nan,
+        "solve_seconds_max": float(max(seconds)) if seconds else math.nan,
         "encoding_error_max": max(
             [r["encoding_error"] for r in done if math.isfinite(r["encoding_error"])],
             default=math.nan,
@@ -345,7 +365,8 @@ def _notes(cfg, settings: SolverSettings, attacker, metrics) -> list[str]:
         "the ratio of the means.",
         f"Unknown (limit reached, interval [incumbent, bound] only, no certificate): "
         f"{int(metrics['unknown'])}; failed (infeasible / unbounded / solver error / numerical "
-        f"mismatch): {int(metrics['failed'])}. See instances.csv.",
+        f"mismatch / unsupported: no solver for the program): {int(metrics['failed'])}. "
+        "See instances.csv.",
         f"Revenue: mean (std) of the payments over {int(metrics['revenue_profiles'])} held-out "
         "profiles (eval mode: clipped payments).",
         "Solve time: solver wall time per (profile, bidder), one thread per worker.",

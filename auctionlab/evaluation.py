@@ -138,15 +138,15 @@ def _local_metrics(mechanism, env, types: Types, generator, local_attacker) -> d
     """Both LIC conditions of seed 003 §3.1 at the misreport a local search finds.
 
     ``local_regret_*``: condition 1 (the truth beats a nearby report, for the true type);
-    ``lic_reverse_violation_*``: condition 2 (the nearby type prefers its own outcome to the
-    truth's). Reported with the local search's budget (``local_attack_*``); they are no
-    substitute for the global regret above.
+    ``lic_reverse_violation_*``: condition 2 (a nearby type prefers its own outcome to the
+    truth's), each maximised by its own local search from the truth with the same budget
+    (``local_attack_*``). They are no substitute for the global regret above.
     """
-    from auctionlab.attackers import LocalAttacker, reverse_lic_violation
+    from auctionlab.attackers import LocalAttacker, reverse_lic_search
 
     local = local_attacker or LocalAttacker(steps=1, step_size=0.1)
     result = local.attack(mechanism, env, types, generator)
-    reverse = reverse_lic_violation(mechanism, env, types, result.misreports)
+    reverse = reverse_lic_search(mechanism, env, types, local.steps, local.step_size)
     return {
         "local_regret_mean": float(result.gain.mean()),
         "local_regret_max": float(result.gain.max()),

@@ -1,7 +1,7 @@
 """Attackers: misreport search for all bidders at once."""
 
 from auctionlab.attackers.base import AttackResult, deviation_profiles, deviation_utility
-from auctionlab.attackers.local import LocalAttacker, reverse_lic_violation
+from auctionlab.attackers.local import LocalAttacker, reverse_lic_search, reverse_lic_violation
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.attackers.random import RandomAttacker
 
@@ -12,5 +12,6 @@ __all__ = [
     "RandomAttacker",
     "deviation_profiles",
     "deviation_utility",
+    "reverse_lic_search",
     "reverse_lic_violation",
 ]

@@ -121,3 +121,49 @@ def reverse_lic_violation(mechanism, env, types: Types, misreports: Tensor) -> T
         # ... and at the truthful profile's outcome for bidder i.
         at_truth = env.utility(Outcome(truthful.allocation, truthful.payment), misreports)
     return (at_truth - own).clamp_min(0.0)
+
+
+def reverse_lic_search(
+    mechanism, env, types: Types, steps: int = 1, step_size: float = 0.1
+) -> Tensor:
+    """The largest violation of LIC condition 2 a local search from the truth finds.
+
+    Searches nearby types ``b_i`` (others truthful) that would rather have the truthful
+    report's outcome than their own: maximises
+    ``u(b_i; outcome(v)) - u(b_i; outcome(b_i, v_-i))`` with ``steps`` signed-gradient steps of
+    ``step_size`` x the report range from ``b_i = v_i`` (where it is 0), all bidders at once.
+
+    Args:
+        mechanism: the mechanism.
+        env: gives the utility function and the report space.
+        types: true types, values ``[B, n, m]``.
+        steps: gradient steps from the truth.
+        step_size: step, as a fraction of each coordinate's report range.
+
+    Returns:
+        ``[B, n]`` the best violation found (0 where none was).
+
+    """
+    from auctionlab.attackers.base import deviation_profiles, expand_public
+
+    values = types.values
+    B, n, m = values.shape
+    with torch.no_grad():
+        truthful = mechanism(values, types.public)
+    scale = env.report_space.width(values.device)
+    x = values.detach().clone()
+    best = torch.zeros(B, n, device=values.device, dtype=values.dtype)
+    for t in range(steps + 1):
+        with torch.enable_grad():
+            x.requires_grad_(t < steps)
+            profiles = deviation_profiles(values, x.unsqueeze(0)).reshape(n * B, n, m)
+            deviating = mechanism(profiles, expand_public(types.public, n))
+            gap = env.utility(truthful, x) - own_utility(env, deviating, x, 1)[0]
+            grad = None
+            if t < steps and gap.requires_grad:
+                (grad,) = torch.autograd.grad(gap.sum(), x, allow_unused=True)
+        best = torch.maximum(best, gap.detach())
+        if grad is None:
+            break
+        x = env.report_space.project(x.detach() + step_size * scale * grad.sign())
+    return best.clamp_min(0.0)

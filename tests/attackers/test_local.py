@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from conftest import compose_cfg
 
-from auctionlab.attackers import LocalAttacker, PGDAttacker, reverse_lic_violation
+from auctionlab.attackers import (
+    LocalAttacker,
+    PGDAttacker,
+    reverse_lic_search,
+    reverse_lic_violation,
+)
 from auctionlab.evaluation import evaluate_mechanism
 from auctionlab.tasks.common import build, build_env_and_mechanism
 from auctionlab.training import RegretBudget, Trainer
@@ -91,3 +96,17 @@ def test_training_path_returns_the_step_the_evaluation_path_takes():
     moved = full.gain > 0  # where the step beat the truth, the best iterate is the step
     assert bool(moved.any())
     torch.testing.assert_close(fast[moved], full.misreports[moved])
+
+
+def test_reverse_search_finds_first_price_violations_and_none_for_vcg():
+    env, vcg = _pair("vcg")
+    types = env.sample(256, torch.Generator().manual_seed(6))
+    assert float(reverse_lic_search(vcg, env, types, steps=1, step_size=0.05).max()) <= 1e-6
+    _, first_price = _pair("first_price")
+    found = reverse_lic_search(first_price, env, types, steps=1, step_size=0.05)
+    # A slightly higher type would rather pay the truthful (lower) first-price bid.
+    assert float(found.mean()) > 0.0
+    nearby = env.report_space.project(types.values + 0.05 * torch.randn(256, 2, 2))
+    assert float(found.mean()) >= float(
+        reverse_lic_violation(first_price, env, types, nearby).mean()
+    )

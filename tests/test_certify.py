@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -142,21 +143,23 @@ def test_bad_pipelines_are_rejected(compose, pipeline):
         reproduce.prepare(cfg)
 
 
-@pytest.mark.slow
 def test_curry_table1_smoke_end_to_end(cli, tmp_path):
     out = tmp_path / "t1"
     done = cli(
         "reproduce",
         "experiment=curry_table1",
         "scale=smoke",
-        "certify_profiles=1",
-        "certify_time_limit=2",
         "threads=1",
         f"hydra.run.dir={out}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     text = (out / "curry_table1.md").read_text()
     assert "regret_certified" in text and "restarts" in text
+    with (out / "points.csv").open() as handle:
+        jobs = list(csv.DictReader(handle))
+    assert {j["stage"] for j in jobs} == {"teacher", "train", "certify"}
+    assert all(j["status"] == "FINISHED" for j in jobs)
+    assert sum(j["stage"] == "teacher" for j in jobs) == 2  # one per env, reused
 
 
 def test_bilinear_without_scip_is_reported_unsupported(

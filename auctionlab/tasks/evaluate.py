@@ -49,7 +49,8 @@ def load_trained(run: str, device):
     picked_path = directory / "choices.json"
     picked = json.loads(picked_path.read_text()) if picked_path.exists() else {}
     picked.setdefault("mechanism", type(mechanism).__name__.lower())
-    return env, mechanism.to(device), picked
+    # Deployed form: e.g. regretnet_sparsemax clips its free payments only in eval mode.
+    return env, mechanism.to(device).eval(), picked
 
 
 def prepare(cfg: DictConfig):

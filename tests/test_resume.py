@@ -51,6 +51,16 @@ def _run(cwd: Path, mlflow_uri: str):
     return client, client.get_run(run_id)
 
 
+def _started_and_checkpointed(spawn_console, cwd: Path) -> subprocess.Popen:
+    """A TINY training run in the background, once its first checkpoint is on disk."""
+    process = spawn_console(["train", *TINY], cwd)
+    _wait_for(cwd / "outputs", process)
+    while not list(cwd.glob("outputs/runs/*/*/checkpoint.sha256")):
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    return process
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, run_console) -> dict[str, float]:
     cwd = tmp_path_factory.mktemp("whole")
@@ -64,14 +74,7 @@ def test_kill_then_resume_equals_uninterrupted(
 ):
     cwd = tmp_path / "killed"
     cwd.mkdir()
-    process = spawn_console(["train", *TINY], cwd)
-    _wait_for(cwd / "outputs", process)
-    first = None
-    while first is None:  # the first checkpoint lands at a log boundary
-        runs = list(cwd.glob("outputs/runs/*/*/checkpoint.sha256"))
-        first = runs[0] if runs else None
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.02)
+    process = _started_and_checkpointed(spawn_console, cwd)
     process.send_signal(signal.SIGKILL)
     process.wait()
     run = _only_run_dir(cwd)
@@ -93,11 +96,7 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(
 ):
     cwd = tmp_path / "interrupted"
     cwd.mkdir()
-    process = spawn_console(["train", *TINY], cwd)
-    _wait_for(cwd / "outputs", process)
-    while not list(cwd.glob("outputs/runs/*/*/checkpoint.sha256")):
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.02)
+    process = _started_and_checkpointed(spawn_console, cwd)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, stderr

@@ -74,6 +74,8 @@ TEACHER_KEYS = ("env", "seed")
 
 def _teacher_override(override: str) -> bool:
     return override.partition("=")[0].lstrip("+~").split(".")[0] in TEACHER_KEYS
+
+
 EXPERIMENT_KEYS = ("name", "title", "reproduces", "pipeline", "sweep", "overrides", "table", "plot")
 
 

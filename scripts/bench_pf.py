@@ -23,7 +23,6 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -42,16 +41,13 @@ from auctionlab.solvers.pf import solve_pf
 from auctionlab.training import Trainer
 from auctionlab.training.constraints import PrimalDual
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import time_iterations  # noqa: E402 - the shared timer of the benchmarks
+
 
 def median_seconds(step, iterations: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall time of ``step`` (the same timer as ``bench_train.py``)."""
+    return statistics.median(time_iterations(step, iterations, warmup))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -171,7 +171,12 @@ class Trainer:
         # The objective is revenue unless the env defines its own (allocation: log-NSW).
         objective_of = getattr(self.env, "objective", None)
         objective = objective_of(truthful, types) if objective_of else revenue
-        loss = self.constraint.loss(objective, regret)
+        violations = {}
+        if getattr(self.constraint, "needs_violations", False):  # IR / fairness (seed 000 §5)
+            from auctionlab.training.constrained_erm import violations as measure
+
+            violations = measure(self.env, truthful, types)
+        loss = self.constraint.loss(objective, regret, **violations)
         auxiliary = self.mechanism.auxiliary_loss(values, truthful)
         if auxiliary is not None:
             loss = loss + auxiliary
@@ -185,6 +190,8 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.constraint.update(objective.detach(), regret.detach(), self.iteration)
+        if hasattr(self.constraint, "dual_step"):  # multipliers measured on held-out data
+            self.constraint.dual_step(self)
         multipliers = self.constraint.metrics()
         if any(not math.isfinite(v) for v in multipliers.values()):
             raise NonFiniteError(
@@ -198,6 +205,8 @@ class Trainer:
             metrics["auxiliary_loss"] = auxiliary.item()
         if self.constraint.needs_regret:  # no regret number without the attacker behind it
             metrics["regret"] = regret.detach().mean().item()
+        for key, value in violations.items():
+            metrics[f"{key}_violation"] = value.detach().mean().item()
         return metrics
 
     def check_parameters(self) -> None:

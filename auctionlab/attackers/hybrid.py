@@ -93,6 +93,22 @@ class HybridAttacker:
         self.candidates_per_pass, self.chunk_size = int(candidates_per_pass), chunk_size
         self.progress = progress
 
+    # The PGD phase's settings, read and set as on a PGDAttacker.
+    restarts = property(
+        lambda self: self.pgd.restarts, lambda self, v: setattr(self.pgd, "restarts", int(v))
+    )
+    steps = property(
+        lambda self: self.pgd.steps, lambda self, v: setattr(self.pgd, "steps", int(v))
+    )
+    curve_restarts = property(
+        lambda self: self.pgd.curve_restarts,
+        lambda self, v: setattr(self.pgd, "curve_restarts", sorted({int(r) for r in v})),
+    )
+    curve_steps = property(
+        lambda self: self.pgd.curve_steps,
+        lambda self, v: setattr(self.pgd, "curve_steps", sorted({int(s) for s in v})),
+    )
+
     @property
     def budget(self) -> dict:
         """The attacker budget, logged next to every regret it produces."""

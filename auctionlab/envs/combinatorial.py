@@ -167,6 +167,10 @@ class BundleValues(ValueDistribution):
 class CombinatorialEnv:
     """``n`` bidders, ``m`` items, one bundle per bidder from its language, quasi-linear utility.
 
+    Attributes ``n_goods`` (``m``, the items) and ``n_bundles`` (``k``); ``n_items`` is the
+    outcome width of the shared env contract (reports and allocations are ``[B, n, k]``), so
+    here it equals ``k``.
+
     Args:
         name: the setting's name (``ca_2x3``...).
         n_bidders: ``n``.
@@ -226,10 +230,12 @@ class CombinatorialEnv:
         v_max = natural if v_max is None else float(v_max)
         if not (math.isfinite(v_max) and v_max > 0):
             raise ConfigError(f"env.v_max={v_max} must be > 0 and finite")
-        self.name, self.n_bidders, self.n_items = name, int(n_bidders), int(n_items)
+        self.name, self.n_bidders, self.n_goods = name, int(n_bidders), int(n_items)
         self.language, self.v_max = language, v_max
         self.membership = membership
         self.n_bundles = membership.shape[1]
+        # The shared contract's outcome width: allocations and reports are [B, n, k].
+        self.n_items = self.n_bundles
         self.distribution = BundleValues(
             membership, lo, hi, syn, v_max, float(single_minded_prob), float(single_minded_low)
         )
@@ -258,6 +264,6 @@ class CombinatorialEnv:
 
     def __repr__(self) -> str:
         return (
-            f"CombinatorialEnv({self.name}: {self.n_bidders} bidders x {self.n_items} items, "
+            f"CombinatorialEnv({self.name}: {self.n_bidders} bidders x {self.n_goods} items, "
             f"{self.n_bundles} bundles per bidder, {self.language})"
         )

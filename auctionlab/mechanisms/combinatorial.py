@@ -88,7 +88,7 @@ class CombinatorialMechanism(Mechanism):
             raise ConfigError(f"mechanism.temperature={temperature} must be > 0")
         if lp_iterations < 1:
             raise ConfigError(f"mechanism.lp_iterations={lp_iterations} must be >= 1")
-        self.n_bundles = env.n_bundles
+        self.n_bundles, self.n_goods = env.n_bundles, env.n_goods
         self.register_buffer("membership", env.membership.clone(), persistent=False)
         self.backend, self.surrogate, self.temperature = backend, surrogate, float(temperature)
         self.lp_iterations = int(lp_iterations)
@@ -294,7 +294,7 @@ class ItemPrices(CombinatorialMechanism):
         **kwargs,
     ) -> None:
         super().__init__(env, **kwargs)
-        m = self.n_items
+        m = self.n_goods
         p = torch.as_tensor(prices, dtype=torch.float32).flatten()
         if p.numel() not in (1, m) or bool((p < 0).any()):
             raise ConfigError(f"mechanism.prices={prices}: one or {m} numbers, all >= 0")
@@ -310,7 +310,7 @@ class ItemPrices(CombinatorialMechanism):
         """Coordinate search: each item's price over ``levels``, three passes."""
         best = self.prices.clone()
         for _ in range(3):
-            for j in range(self.n_items):
+            for j in range(self.n_goods):
                 trial = best.expand(len(levels), -1).clone()
                 trial[:, j] = levels
                 B = values.shape[0]
@@ -324,9 +324,9 @@ class ItemPrices(CombinatorialMechanism):
         """Allocation ``[B, n, k]`` and payments ``[B, n]`` at prices ``[m]`` or ``[B, m]``."""
         B, n, k = reports.shape
         members = self.membership.to(reports.device)
-        prices = prices.to(reports).expand(B, self.n_items)  # [B, m]
+        prices = prices.to(reports).expand(B, self.n_goods)  # [B, m]
         cost = torch.einsum("nkm,bm->bnk", members.to(reports.dtype), prices)
-        used = torch.zeros(B, self.n_items, dtype=torch.bool, device=reports.device)
+        used = torch.zeros(B, self.n_goods, dtype=torch.bool, device=reports.device)
         allocation = reports.new_zeros(B, n, k)
         payment = reports.new_zeros(B, n)
         for i in range(n):  # bidders in a fixed order, batched over profiles

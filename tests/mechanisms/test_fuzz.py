@@ -32,6 +32,7 @@ from auctionlab.types import Outcome
 ENVS = ["1x2", "1x2_asym", "1x2_unit", "1x2_triangle", "2x2", "2x2_unit", "2x3", "3x1_irregular"]
 ENVS = [e for e in ENVS if e in options("env")]
 ENVS += ["allocation/2x2"]  # payment-free family (seed 002); nested option of the env group
+ENVS += ["combinatorial/ca_2x3"]  # bundle bids (seed 001): allocation [B, n, bundles]
 TOL = 1e-5
 
 
@@ -82,6 +83,10 @@ def check_feasible(env, outcome: Outcome, reports: torch.Tensor) -> None:
         assert (allocation.sum(-2) <= budget + TOL).all(), "a resource is over-allocated"
         return
     assert allocation.shape == reports.shape and payment.shape == reports.shape[:2]
+    if env.family == "combinatorial":  # integral, one bundle per bidder, each item once
+        from auctionlab.solvers.wdp import feasibility_violation
+
+        assert bool((feasibility_violation(allocation, env.membership) == 0).all())
     assert torch.isfinite(allocation).all() and torch.isfinite(payment).all()
     assert allocation.min() >= -TOL and allocation.max() <= 1 + TOL
     assert (allocation.sum(-2) <= 1 + TOL).all(), "an item is allocated more than once"

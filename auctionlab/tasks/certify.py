@@ -49,7 +49,7 @@ from auctionlab.tasks.evaluate import load_trained
 from auctionlab.tracking import Tracker
 from auctionlab.utils import make_generator
 
-CERTIFIERS = ("mip",)
+CERTIFIERS = ("mip", "statistical")
 
 
 def _number(cfg: DictConfig, key: str, minimum: float = 0.0) -> float:
@@ -71,6 +71,10 @@ def prepare(cfg: DictConfig) -> dict:
             f"certifier={name} is not implemented by this task; choose one of "
             + ", ".join(CERTIFIERS)
         )
+    if name == "statistical":  # seed 000 §6: holdout certificates
+        from auctionlab.tasks import certify_statistical
+
+        return certify_statistical.prepare(cfg)
     if not cfg.get("run"):
         raise ConfigError("certify needs run=<train run dir> (a trained regretnet_sparsemax)")
     device = setup_runtime(cfg)
@@ -127,6 +131,10 @@ def prepare(cfg: DictConfig) -> dict:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Certify; writes instances.csv, certify.{md,csv,json}, metrics.json and the figure."""
+    if str(cfg.certifier.get("name", "")) == "statistical":
+        from auctionlab.tasks import certify_statistical
+
+        return certify_statistical.run(cfg)
     parts = prepare(cfg)
     env, mechanism, spec = parts["env"], parts["mechanism"], parts["spec"]
     settings, attacker, picked = parts["settings"], parts["attacker"], parts["choices"]

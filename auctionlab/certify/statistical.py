@@ -1,0 +1,414 @@
+"""Statistical certificates (seed 000 §6-7): holdout estimates + concentration slack + oracle gap.
+
+For a fixed mechanism and an i.i.d. holdout of ``N`` profiles, each bidder's per-sample regret
+``phi_i(v)`` lies in ``[0, U_r]``, its IR violation in ``[0, U_ir]`` and the fairness statistic
+in ``[0, U_f]``. One-sided upper confidence bounds on the population means:
+
+* Hoeffding: ``mean + U sqrt(ln(1/d) / (2N))``;
+* empirical Bernstein (Maurer & Pontil 2009, Thm. 4, rescaled to ``[0, U]``):
+  ``mean + sqrt(2 V ln(2/d) / N) + 7 U ln(2/d) / (3 (N - 1))`` with ``V`` the sample variance;
+* ``min``: the smaller of the two, each at level ``d/2`` (union bound over the two methods).
+
+The level ``delta`` is split as ``delta_r + delta_ir + delta_f <= delta`` and, for the max over
+bidders, each bidder's bound uses ``delta_r / n`` (union bound), so with probability at least
+``1 - delta`` every reported bound holds at once. The regret bound adds the oracle gap
+``eta``: the numerical best response may under-estimate ``phi`` (Proposition 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from auctionlab.attackers.base import AttackResult, deviation_utility
+from auctionlab.attackers.pgd import PGDAttacker
+from auctionlab.errors import ConfigError
+from auctionlab.types import Types
+
+SLACKS = ("hoeffding", "bernstein", "min")
+
+
+def hoeffding_slack(value_range: float, count: int, delta: float) -> float:
+    """One-sided Hoeffding slack for the mean of ``count`` i.i.d. draws in ``[0, range]``."""
+    if value_range == 0:
+        return 0.0
+    return value_range * math.sqrt(math.log(1.0 / delta) / (2.0 * count))
+
+
+def bernstein_slack(samples: Tensor, value_range: float, delta: float) -> Tensor:
+    """One-sided empirical-Bernstein slack per column.
+
+    Args:
+        samples: ``[N, k]`` i.i.d. draws (rows) of ``k`` bounded statistics.
+        value_range: ``U``, every entry lies in ``[0, U]``.
+        delta: failure probability of each column's bound.
+
+    Returns:
+        ``[k]`` slacks (``inf`` when ``N < 2``).
+
+    """
+    count = samples.shape[0]
+    if count < 2:
+        return torch.full(samples.shape[1:], math.inf, dtype=torch.float64)
+    if value_range == 0:
+        return torch.zeros(samples.shape[1:], dtype=torch.float64)
+    variance = samples.double().var(0, unbiased=True)
+    log_term = math.log(2.0 / delta)
+    return (2.0 * variance * log_term / count).sqrt() + 7.0 * value_range * log_term / (
+        3.0 * (count - 1)
+    )
+
+
+@dataclass
+class MeanBound:
+    """Upper confidence bounds on per-column means.
+
+    Attributes:
+        estimate: ``[k]`` sample means.
+        hoeffding: ``[k]`` Hoeffding slacks (at the level the method uses for them).
+        bernstein: ``[k]`` empirical-Bernstein slacks (same).
+        slack: ``[k]`` the slack the bound uses.
+        bound: ``[k]`` estimate + slack.
+        delta_each: failure probability of each column's bound.
+
+    """
+
+    estimate: Tensor
+    hoeffding: Tensor
+    bernstein: Tensor
+    slack: Tensor
+    bound: Tensor
+    delta_each: float
+
+
+def mean_upper_bounds(
+    samples: Tensor, value_range: float, delta: float, method: str, columns_union: bool = True
+) -> MeanBound:
+    """Upper bounds on each column's population mean, jointly valid w.p. ``>= 1 - delta``.
+
+    Args:
+        samples: ``[N, k]`` (rows i.i.d.; e.g. per-sample regret of ``k`` bidders).
+        value_range: ``U``: every entry is in ``[0, U]`` a priori.
+        delta: total failure probability for all ``k`` bounds together.
+        method: ``hoeffding``, ``bernstein`` or ``min`` (both, each at half the level).
+        columns_union: split ``delta`` over the ``k`` columns (union bound); ``False`` for a
+            single statistic.
+
+    """
+    if method not in SLACKS:
+        raise ConfigError(
+            f"certifier.slack={method} is not valid; choose one of {', '.join(SLACKS)}"
+        )
+    samples = samples.double()
+    count, k = samples.shape
+    each = delta / k if columns_union else delta
+    level = each / 2 if method == "min" else each
+    estimate = samples.mean(0)
+    hoeffding = torch.full((k,), hoeffding_slack(value_range, count, level), dtype=torch.float64)
+    bernstein = bernstein_slack(samples, value_range, level)
+    if method == "hoeffding":
+        slack = hoeffding
+    elif method == "bernstein":
+        slack = bernstein
+    else:
+        slack = torch.minimum(hoeffding, bernstein)
+    return MeanBound(estimate, hoeffding, bernstein, slack, estimate + slack, each)
+
+
+# -- regret oracles ---------------------------------------------------------------------------
+def boundary_starts(env, types: Types, count: int, generator: torch.Generator) -> Tensor:
+    """``[count, B, n, m]`` corner reports of each bidder's box.
+
+    All ``2^m`` corners when ``count`` allows, else all-low, all-high, then fixed pseudo-random
+    corners; extra starts of the strengthened oracle.
+    """
+    low = env.report_space.low.to(types.values)
+    high = env.report_space.high.to(types.values)
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()) or count == 0:
+        return types.values.new_zeros((0, *types.values.shape))
+    B = types.batch_size
+    n, m = low.shape
+    corners = [torch.zeros(n, m), torch.ones(n, m)]
+    if 2**m <= count:
+        codes = torch.arange(2**m)
+        bits = ((codes.view(-1, 1) >> torch.arange(m)) & 1).float()  # [2^m, m]
+        corners = [b.expand(n, m) for b in bits]
+    while len(corners) < count:
+        draw = torch.Generator().manual_seed(len(corners))  # fixed: part of the oracle config
+        corners.append(torch.randint(0, 2, (n, m), generator=draw).float())
+    unit = torch.stack(corners[:count]).to(types.values)  # [count, n, m]
+    reports = low + (high - low) * unit
+    return reports.unsqueeze(1).expand(count, B, n, m).contiguous()
+
+
+class PortfolioOracle:
+    """Strengthened best-response oracle (seed 000 §6): PGD from a portfolio of starts.
+
+    Starts: the truthful report, box corners and uniform restarts; one run per step size of
+    the portfolio; the best utility over all runs is kept per profile and bidder.
+
+    Args:
+        restarts: uniform random starts per run (on top of truthful and corners).
+        steps: gradient steps per start.
+        step_sizes: first step sizes (fraction of the report range), one run each.
+        final_step_size: last step size of every run (geometric decay).
+        corners: box-corner starts per bidder.
+        chunk_size: profiles per batch.
+        progress: show progress bars.
+
+    """
+
+    def __init__(
+        self,
+        restarts: int,
+        steps: int,
+        step_sizes: list[float],
+        final_step_size: float | None,
+        corners: int,
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        if not step_sizes:
+            raise ConfigError("certifier.step_sizes must list at least one step size")
+        self.corners = int(corners)
+        self.runs = [
+            PGDAttacker(
+                restarts=int(restarts) + 1 + self.corners,
+                steps=int(steps),
+                step_size=float(s),
+                final_step_size=final_step_size,
+                include_truthful=True,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+            for s in step_sizes
+        ]
+        self.restarts, self.steps = int(restarts), int(steps)
+        self.step_sizes = [float(s) for s in step_sizes]
+        self.final_step_size = final_step_size
+
+    @property
+    def budget(self) -> dict:
+        """The oracle configuration reported with every regret it produces."""
+        return {
+            "attacker": "pgd_portfolio",
+            "restarts": self.restarts,
+            "starts_per_run": self.restarts + 1 + self.corners,
+            "truthful_start": True,
+            "corner_starts": self.corners,
+            "steps": self.steps,
+            "step_sizes": self.step_sizes,
+            "final_step_size": self.final_step_size,
+            "optimizer": "adam",
+            "runs": len(self.runs),
+        }
+
+    def describe(self) -> str:
+        """Short budget text."""
+        return (
+            f"PGD portfolio: {len(self.runs)} step sizes {self.step_sizes} x "
+            f"(truthful + {self.corners} corners + {self.restarts} random) starts x "
+            f"{self.steps} steps"
+        )
+
+    def attack(
+        self,
+        mechanism,
+        env,
+        types: Types,
+        generator: torch.Generator,
+        init: Tensor | None = None,
+    ) -> AttackResult:
+        """Best misreport per profile and bidder over the whole portfolio.
+
+        Args:
+            mechanism: the mechanism (eval mode).
+            env: the environment.
+            types: ``B`` profiles.
+            generator: randomness of the restarts.
+            init: optional ``[R0, B, n, m]`` extra starts (e.g. a weaker oracle's misreports).
+
+        """
+        starts = boundary_starts(env, types, self.corners, generator)
+        if init is not None:
+            starts = torch.cat([init.to(starts), starts])
+        best: AttackResult | None = None
+        for run in self.runs:
+            if init is not None:
+                run.restarts = self.restarts + 1 + self.corners + init.shape[0]
+            result = run.attack(mechanism, env, types, generator, init=starts)
+            if best is None:
+                best = result
+                continue
+            better = result.utility > best.utility
+            best = AttackResult(
+                misreports=torch.where(better.unsqueeze(-1), result.misreports, best.misreports),
+                utility=torch.maximum(result.utility, best.utility),
+                truthful_utility=best.truthful_utility,
+                budget=self.budget,
+            )
+        best.budget = self.budget
+        return best
+
+
+def projected_gradient_norm(mechanism, env, types: Types, misreports: Tensor) -> Tensor:
+    """``[B, n]`` norm of the projected gradient of each deviator's utility at its misreport.
+
+    Components that push out of the report box at an active bound are zeroed; a stationary
+    point of the box-constrained problem has norm 0. Gradients are per unit of report range.
+    """
+    x = misreports.detach().clone().unsqueeze(0).requires_grad_(True)  # [1, B, n, m]
+    with torch.enable_grad():
+        utility = deviation_utility(mechanism, env, types, x)
+        (grad,) = torch.autograd.grad(utility.sum(), x, allow_unused=True)
+    if grad is None:
+        return torch.zeros(misreports.shape[:-1], dtype=misreports.dtype)
+    grad = grad[0] * env.report_space.width(misreports.device)
+    low = env.report_space.low.to(misreports)
+    high = env.report_space.high.to(misreports)
+    tol = 1e-9 * (1 + high.abs())
+    at_low = misreports <= low + tol
+    at_high = misreports >= high - tol
+    grad = torch.where(at_low & (grad < 0), torch.zeros_like(grad), grad)
+    grad = torch.where(at_high & (grad > 0), torch.zeros_like(grad), grad)
+    return grad.norm(dim=-1).detach()
+
+
+# -- closed forms -------------------------------------------------------------------------------
+def first_price_exact_regret(values: Tensor) -> Tensor:
+    """Exact per-sample regret of the item-wise first-price auction: ``[B, n]``.
+
+    Truthful bidders pay their value, so truthful utility is 0; on each item, bidding just
+    above the best other bid wins it at that price, so the supremum gain is
+    ``sum_j (v_ij - max_{k != i} v_kj)^+`` (not attained at a tie, approached from above).
+
+    Args:
+        values: ``[B, n, m]`` true values (everyone else reports truthfully).
+
+    """
+    n = values.shape[1]
+    if n == 1:
+        return values.sum(-1)  # alone: bid 0 and win everything for free (tie with nobody)
+    mask = torch.eye(n, dtype=torch.bool, device=values.device).view(1, n, n, 1)
+    others = values.unsqueeze(1).expand(-1, n, n, -1).masked_fill(mask, -math.inf)
+    best_other = others.max(2).values  # [B, n, m]
+    return (values - best_other).clamp_min(0.0).sum(-1)
+
+
+def first_price_population_regret(n_bidders: int, n_items: int) -> float:
+    """``E[phi_i]`` for item-wise first price with i.i.d. U[0,1] values: ``m / (n (n + 1))``.
+
+    ``E[(V - M)^+]`` with ``M`` the max of ``n - 1`` uniforms is
+    ``int_0^1 int_0^v (v - x) (n - 1) x^(n-2) dx dv = int_0^1 v^n / n dv = 1 / (n (n + 1))``.
+    """
+    if n_bidders == 1:
+        return n_items * 0.5
+    return n_items / (n_bidders * (n_bidders + 1))
+
+
+def exact_oracle(mechanism):
+    """A closed-form per-sample regret function for ``mechanism``, or ``None``."""
+    from auctionlab.mechanisms.classical import FirstPrice
+
+    if type(mechanism) is FirstPrice:
+        return first_price_exact_regret
+    return None
+
+
+def regret_range(mechanism, env) -> float:
+    """A priori ``U_r`` with ``0 <= phi_i <= U_r``.
+
+    A deviator's utility is at most the largest bundle value ``sum_j high_j`` (payments are
+    >= 0); truthful utility is >= 0 for IR-by-design mechanisms, else >= minus the payment cap.
+    """
+    high = env.report_space.high
+    value_max = float(high.abs().sum(-1).max())
+    if getattr(mechanism, "ir_by_design", False):
+        return value_max
+    cap = getattr(mechanism, "payment_bound", None)
+    return value_max + float(cap) if cap is not None else math.inf
+
+
+def ir_range(mechanism) -> float:
+    """A priori ``U_ir``: 0 for IR-by-design mechanisms, else the payment cap (or inf)."""
+    if getattr(mechanism, "ir_by_design", False):
+        return 0.0
+    cap = getattr(mechanism, "payment_bound", None)
+    return float(cap) if cap is not None else math.inf
+
+
+# -- the certificate ----------------------------------------------------------------------------
+def _as_list(x: Tensor) -> list[float]:
+    return [float(v) for v in x.flatten()]
+
+
+def certificate_bounds(
+    regret: Tensor,
+    ir_violation: Tensor,
+    fairness: Tensor | None,
+    *,
+    regret_range: float,
+    ir_range: float,
+    fairness_range: float,
+    delta: float,
+    split: dict[str, float],
+    slack: str,
+    eta: float,
+) -> dict:
+    """The population upper bounds of seed 000 §6 ("Certification output").
+
+    Args:
+        regret: ``[N, n]`` per-sample holdout regret (oracle estimate).
+        ir_violation: ``[N, n]`` per-sample IR violation.
+        fairness: ``[N]`` per-sample fairness statistic, or ``None`` when not applicable.
+        regret_range: ``U_r``.
+        ir_range: ``U_ir``.
+        fairness_range: ``U_f``.
+        delta: total failure probability.
+        split: shares of ``delta`` for ``regret``, ``ir`` and ``fairness`` (sum <= 1).
+        slack: ``hoeffding``, ``bernstein`` or ``min``.
+        eta: oracle gap added to every regret bound.
+
+    Returns:
+        Plain data: per constraint the per-bidder estimates, both slacks, the slack used, the
+        bounds and the bound on the max over bidders, with the levels they hold at.
+
+    """
+    n = regret.shape[1]
+    out: dict = {
+        "delta": delta,
+        "delta_split": dict(split),
+        "slack_method": slack,
+        "union_bound": f"over the {n} bidders (each bidder's bound at delta_c / {n})"
+        + ("; hoeffding and bernstein each at half that level (min)" if slack == "min" else ""),
+    }
+    parts = [
+        ("regret", regret, regret_range, eta, True),
+        ("ir", ir_violation, ir_range, 0.0, True),
+    ]
+    if fairness is not None:
+        parts.append(("fairness", fairness.view(-1, 1), fairness_range, 0.0, False))
+    for name, samples, value_range, gap, per_bidder in parts:
+        level = delta * float(split[name])
+        result = mean_upper_bounds(samples, value_range, level, slack, columns_union=per_bidder)
+        bounds = result.bound + gap
+        out[name] = {
+            "range": value_range,
+            "delta": level,
+            "delta_each": result.delta_each,
+            "samples": int(samples.shape[0]),
+            "estimate": _as_list(result.estimate),
+            "estimate_max": float(result.estimate.max()),
+            "hoeffding_slack": _as_list(result.hoeffding),
+            "bernstein_slack": _as_list(result.bernstein),
+            "slack": _as_list(result.slack),
+            "eta": gap,
+            "bound": _as_list(bounds),
+            "bound_max": float(bounds.max()),
+        }
+    if fairness is None:
+        out["fairness"] = None
+    return out

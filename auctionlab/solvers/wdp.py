@@ -18,7 +18,7 @@ from ``priority_seed`` (float64). Backends:
   maximising the priority subject to ``<s, x> >= z1 - tie_tol``. ``mip_rel_gap > 0`` makes it an
   ``eta``-optimal solver (seed 001 §6.3); the realised gap is in the certificate.
 * ``pyomo_model`` / ``export_lp``: the same program in Pyomo, written as a canonical LP file
-  (symbolic names ``x_<bidder>_<bundle>``, fixed component order) for audits.
+  (symbolic names ``x(bidder<i>_items<j_l..>)``, fixed component order) for audits.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from auctionlab.errors import ConfigError
 #: Largest number of feasible allocations ``ExactWDP`` precomputes.
 MAX_ALLOCATIONS = 2_000_000
 #: Profiles per matmul block of ``ExactWDP`` (bounds the ``[B, A]`` score totals in memory).
-BLOCK = 8192
+BLOCK = 16384
 GREEDY_RANKS = ("bid", "bid_per_item", "bid_per_sqrt_item")
 
 
@@ -227,15 +227,18 @@ class ExactWDP:
         indicator, _, _ = self._on(scores.device)
         return scores.detach().to(torch.float64).reshape(-1, self.n * self.k) @ indicator.T
 
-    def solve_index(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def solve_index(
+        self, scores: Tensor, count_ties: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Index into ``choices`` of the selected allocation, its total and the tie count.
 
         Args:
             scores: ``[B, n, k]`` scores (any float dtype; totals in float64).
+            count_ties: also count the tied allocations (one more pass over ``[B, A]``).
 
         Returns:
             ``index [B]`` long, ``objective [B]`` float64, ``ties [B]`` long (number of
-            allocations within ``tie_tol`` of the best, 1 when unique).
+            allocations within ``tie_tol`` of the best, 1 when unique) or ``None``.
 
         """
         _, priority, _ = self._on(scores.device)
@@ -248,20 +251,18 @@ class ExactWDP:
             pick = torch.where(near, priority, -math.inf).argmax(1)
             index.append(pick)
             objective.append(totals.gather(1, pick[:, None]).squeeze(1))
-            ties.append(near.sum(1))
-        return torch.cat(index), torch.cat(objective), torch.cat(ties)
+            if count_ties:
+                ties.append(near.sum(1))
+        return torch.cat(index), torch.cat(objective), torch.cat(ties) if ties else None
 
-    def solve(self, scores: Tensor) -> WDPResult:
-        """Select the allocation for ``[B, n, k]`` scores."""
+    def solve(self, scores: Tensor, count_ties: bool = False) -> WDPResult:
+        """Select the allocation for ``[B, n, k]`` scores (``count_ties``: for audits)."""
         _, _, choices = self._on(scores.device)
-        index, objective, ties = self.solve_index(scores)
+        index, objective, ties = self.solve_index(scores, count_ties)
         zero = torch.zeros_like(objective)
-        certificate = {
-            "bound": objective.clone(),
-            "gap": zero,
-            "nodes": zero,
-            "ties": ties.to(torch.float64),
-        }
+        certificate = {"bound": objective, "gap": zero, "nodes": zero}
+        if ties is not None:
+            certificate["ties"] = ties.to(torch.float64)
         return WDPResult(choices[index], objective, certificate)
 
 
@@ -420,7 +421,7 @@ def pyomo_model(membership: Tensor, scores: Tensor, bundle_names: list[list[str]
         bundle_names: ``[n][k]`` labels used in variable names (default: the bundle index).
 
     Returns:
-        The model: binaries ``x[i, S]``, objective ``score`` (maximise), constraints
+        The model: binaries ``x[bidder<i>_items<S>]``, objective ``score`` (maximise), constraints
         ``item[j]`` (each item at most once) and ``bidder[i]`` (at most one bundle each).
 
     """
@@ -429,21 +430,22 @@ def pyomo_model(membership: Tensor, scores: Tensor, bundle_names: list[list[str]
     members = membership.bool().cpu()
     n, k, m = members.shape
     values = scores.detach().to(torch.float64).cpu().tolist()
+    names = bundle_names or [[str(s) for s in range(k)] for _ in range(n)]
+    label = {(i, s): f"bidder{i}_items{names[i][s]}" for i in range(n) for s in range(k)}
     model = pyo.ConcreteModel(name="winner_determination")
-    model.pairs = pyo.Set(initialize=[(i, s) for i in range(n) for s in range(k)], ordered=True)
-    model.x = pyo.Var(model.pairs, domain=pyo.Binary)
+    model.x = pyo.Var(list(label.values()), domain=pyo.Binary)
     model.score = pyo.Objective(
-        expr=sum(values[i][s] * model.x[i, s] for i, s in model.pairs), sense=pyo.maximize
+        expr=sum(values[i][s] * model.x[label[i, s]] for i, s in label), sense=pyo.maximize
     )
     model.item = pyo.Constraint(
         range(m),
-        rule=lambda mdl, j: sum(mdl.x[i, s] for i, s in mdl.pairs if bool(members[i, s, j])) <= 1,
+        rule=lambda mdl, j: (
+            sum(mdl.x[label[i, s]] for i, s in label if bool(members[i, s, j])) <= 1
+        ),
     )
     model.bidder = pyo.Constraint(
-        range(n), rule=lambda mdl, i: sum(mdl.x[i, s] for s in range(k)) <= 1
+        range(n), rule=lambda mdl, i: sum(mdl.x[label[i, s]] for s in range(k)) <= 1
     )
-    names = bundle_names or [[str(s) for s in range(k)] for _ in range(n)]
-    model.labels = {(i, s): f"x_{i}_{names[i][s]}" for i, s in model.pairs}
     return model
 
 
@@ -457,5 +459,5 @@ def export_lp(
     """
     model = pyomo_model(membership, scores, bundle_names)
     path = Path(path)
-    model.write(str(path), format="lp", io_options={"symbolic_solver_labels": True})
+    model.write(str(path), io_options={"symbolic_solver_labels": True})
     return path

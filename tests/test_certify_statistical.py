@@ -1,0 +1,154 @@
+"""``auctionlab certify certifier=statistical``: end to end through the console script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from auctionlab.certify.statistical import first_price_population_regret
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, run_console) -> Path:
+    """A smoke-trained certified_equivariant run (constrained ERM: regret + IR constraints)."""
+    root = tmp_path_factory.mktemp("trained_cert")
+    directory = root / "cert"
+    done = run_console(
+        [
+            "train",
+            "mechanism=certified_equivariant",
+            "mechanism.hidden=[16,16]",
+            "trainer=constrained_erm",
+            "trainer.constraint.heldout_profiles=128",
+            "trainer.constraint.heldout_batch=32",
+            "env=2x2",
+            "scale=smoke",
+            "threads=1",
+            f"hydra.run.dir={directory}",
+        ],
+        root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert "train_ir_violation" in metrics and "mu_mean" in metrics and "heldout_regret" in metrics
+    return directory
+
+
+def test_first_price_certificate_end_to_end(cli, tmp_path, list_runs):
+    out = tmp_path / "fp"
+    done = cli(
+        "certify",
+        "certifier=statistical",
+        "mechanism=first_price",
+        "env=2x2",
+        "scale=smoke",
+        "threads=1",
+        f"hydra.run.dir={out}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("certificate.json", "certificate.md", "per_sample.csv", "metrics.json"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "certificate.json").read_text())
+    cert = report["certificate"]
+    truth = first_price_population_regret(2, 2)
+    # The estimate is near the closed form and the bound sits above it.
+    assert abs(cert["regret"]["estimate_max"] - truth) < 0.1
+    assert cert["regret"]["bound_max"] >= truth
+    assert cert["ir"]["bound_max"] == 0.0  # first price is IR by design: range 0
+    assert cert["regret"]["delta_each"] == pytest.approx(0.05 * 0.5 / 2)
+    assert report["oracle"]["kind"] == "estimated" and report["oracle"]["gap"]["eta"] >= 0
+    assert report["oracle"]["holdout"]["steps"] == 20  # smoke budget, logged with the regret
+    assert len(report["regret_vs_budget"]) == 6
+    assert report["stress_tests"]["random_misreports"]["samples"] == 200
+    assert "config_sha256" in report["mechanism"] and report["data"]["holdout"]["sha256"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["regret_bound"] == pytest.approx(cert["regret"]["bound_max"])
+    runs = [r for r in list_runs() if r.data.tags.get("certifier") == "statistical"]
+    assert runs and "regret_bound" in runs[0].data.metrics
+    assert (
+        "certificate.md" in (out / "certificate.md").read_text()
+        or "Statistical" in (out / "certificate.md").read_text()
+    )
+
+
+def test_exact_oracle_has_no_gap(cli, tmp_path):
+    out = tmp_path / "fp_exact"
+    done = cli(
+        "certify",
+        "certifier=statistical",
+        "certifier.oracle=exact",
+        "mechanism=first_price",
+        "env=3x1",
+        "scale=smoke",
+        "tracking=none",
+        f"hydra.run.dir={out}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "certificate.json").read_text())
+    assert report["oracle"]["kind"] == "exact" and report["oracle"]["gap"]["eta"] == 0.0
+    assert report["certificate"]["regret"]["bound_max"] >= first_price_population_regret(3, 1)
+
+
+def test_trained_run_certificate_checks_disjoint_data_and_lipschitz(trained, cli, tmp_path):
+    out = tmp_path / "cert"
+    done = cli(
+        "certify",
+        "certifier=statistical",
+        f"run={trained}",
+        "scale=smoke",
+        "threads=1",
+        "tracking=none",
+        f"hydra.run.dir={out}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "certificate.json").read_text())
+    data = report["data"]
+    assert data["training"]["profiles"] == 640 and data["training"]["overlap_with_holdout"] == 0
+    assert data["validation"]["overlap_with_holdout"] == 0
+    assert data["dual_pool"]["overlap_with_holdout"] == 0
+    lipschitz = report["mechanism"]["lipschitz"]
+    assert lipschitz["agree"] and lipschitz["L_recomputed"] > 0
+    assert report["mechanism"]["checkpoint_sha256"]
+    cert = report["certificate"]
+    assert cert["regret"]["range"] == pytest.approx(4.0)  # bundle value 2 + payment cap B = 2
+    assert cert["ir"]["range"] == pytest.approx(2.0)
+    assert all(
+        b >= e for b, e in zip(cert["regret"]["bound"], cert["regret"]["estimate"], strict=True)
+    )
+    assert report["train_holdout_gap"]["train_profiles"] == 64
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["certifier.delta=1.5"], "certifier.delta=1.5 must be in (0, 1)"),
+        (["certifier.slack=chernoff"], "certifier.slack=chernoff is not valid"),
+        (["certifier.oracle=exact", "mechanism=vcg"], "certifier.oracle=exact has no closed form"),
+        (["certifier.delta_split.regret=0.9"], "certifier.delta_split="),
+        (["mechanism=regretnet"], "pass run=<train run dir>"),
+    ],
+)
+def test_bad_options_fail_before_any_work(compose, overrides, message):
+    from auctionlab.errors import ConfigError
+    from auctionlab.tasks import certify
+
+    if not any(o.startswith("mechanism=") for o in overrides):
+        overrides = [*overrides, "mechanism=first_price"]
+    cfg = compose("certify", ["certifier=statistical", "tracking=none", *overrides])
+    with pytest.raises(ConfigError) as err:
+        certify.prepare(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_option_is_one_line_on_the_console(cli):
+    done = cli("certify", "certifier=statistical", "mechanism=first_price", "certifier.delta=0")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "auctionlab: error: certifier.delta=0 must be in (0, 1)"
+
+
+def test_holdout_seed_used_in_training_is_refused(trained, cli):
+    done = cli("certify", "certifier=statistical", f"run={trained}", "certifier.holdout_seed=0")
+    assert done.returncode == 2
+    assert "certifier.holdout_seed=0 is a seed the training used" in done.stderr

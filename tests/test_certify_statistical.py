@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -150,3 +151,29 @@ def test_holdout_seed_used_in_training_is_refused(trained, cli):
     done = cli("certify", "certifier=statistical", f"run={trained}", "certifier.holdout_seed=0")
     assert done.returncode == 2
     assert "certifier.holdout_seed=0 is a seed the training used" in done.stderr
+
+
+def test_cert_benchmarks_is_a_valid_plan(compose):
+    from auctionlab.tasks import reproduce
+
+    plan = reproduce.prepare(compose("reproduce", ["experiment=cert_benchmarks", "scale=smoke"]))
+    assert len(plan.points) == 5
+
+
+@pytest.mark.slow
+def test_cert_benchmarks_smoke_end_to_end(cli, tmp_path):
+    out = tmp_path / "bench"
+    done = cli(
+        "reproduce",
+        "experiment=cert_benchmarks",
+        "scale=smoke",
+        "threads=1",
+        f"hydra.run.dir={out}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (out / "cert_benchmarks.md").read_text()
+    assert "regret_bound" in text and "eta" in text and "restarts" in text
+    with (out / "points.csv").open() as handle:
+        jobs = list(csv.DictReader(handle))
+    assert {j["stage"] for j in jobs} == {"train", "certify"}
+    assert all(j["status"] == "FINISHED" for j in jobs)

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from auctionlab.attackers.base import AttackResult, deviation_utility, own_utility
 from auctionlab.attackers.pgd import PGDAttacker
+from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
 
 
@@ -25,6 +26,10 @@ class LocalAttacker(PGDAttacker):
         step_size: step size, as a fraction of each coordinate's report range (the size of
             the neighbourhood searched).
         optimizer: ``adam`` (one Adam step moves every coordinate by ``step_size``) or ``sgd``.
+        radius: ``fixed`` (every step has length ``step_size``, the paper) or ``uniform``
+            (training only: each bidder's step is scaled by a fresh U(0, 1] draw, so the
+            neighbourhood is probed at every distance up to ``step_size`` rather than on its
+            boundary only).
         chunk_size: profiles per batch when attacking many profiles.
         curve_restarts: accepted for config compatibility; there is one start.
         curve_steps: step counts at which the regret-vs-budget curve is recorded.
@@ -40,6 +45,7 @@ class LocalAttacker(PGDAttacker):
         steps: int = 1,
         step_size: float = 0.1,
         optimizer: str = "adam",
+        radius: str = "fixed",
         chunk_size: int | None = None,
         curve_restarts: Sequence[int] = (1,),
         curve_steps: Sequence[int] = (),
@@ -56,6 +62,16 @@ class LocalAttacker(PGDAttacker):
             curve_steps=curve_steps,
             progress=progress,
         )
+        if radius not in ("fixed", "uniform"):
+            raise ConfigError(
+                f"attacker.radius={radius!r} is not an option; choose one of: fixed, uniform"
+            )
+        self.radius = radius
+
+    @property
+    def budget(self) -> dict:
+        """The PGD budget plus the neighbourhood ``radius`` rule."""
+        return dict(super().budget, radius=self.radius)
 
     def starts(self, env, types: Types, generator: torch.Generator, init: Tensor | None) -> Tensor:
         """``[1, B, n, m]``: the truthful report (``init`` is ignored)."""
@@ -69,6 +85,9 @@ class LocalAttacker(PGDAttacker):
         x = types.values.unsqueeze(0).detach()
         scale = env.report_space.width(x.device)
         sizes = self.step_sizes()
+        if self.radius == "uniform":
+            draws = torch.rand((1, *x.shape[1:3], 1), generator=generator, dtype=x.dtype)
+            scale = scale * (1.0 - draws).to(x.device)
         m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
         for t in range(self.steps):
             with torch.enable_grad():

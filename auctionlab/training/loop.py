@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import threading
@@ -16,6 +17,8 @@ from auctionlab.attackers.base import deviation_profiles, expand_public, own_uti
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.training.constraints import ConstraintHandler, Unconstrained
 from auctionlab.types import Outcome, Types
+
+log = logging.getLogger("auctionlab")
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -290,6 +293,16 @@ class Trainer:
                     shown["rgt"] = f"{last['train_regret']:.2e}"
                 shown.update({k: f"{v:.3g}" for k, v in self.constraint.metrics().items()})
                 bar.set_postfix(shown)
+                if not self.progress and self.iteration % (10 * self.log_every) == 0:
+                    # Without a terminal the bar is off; a line per 10 logs shows progress.
+                    elapsed = time.perf_counter() - started
+                    log.info(
+                        "iteration %d/%d (%.0f s): %s",
+                        self.iteration,
+                        self.iterations,
+                        elapsed,
+                        ", ".join(f"{k} {v}" for k, v in shown.items()),
+                    )
                 if on_log is not None:
                     on_log(last, self.iteration)
                 sums, count = {}, 0

@@ -110,3 +110,32 @@ def test_reverse_search_finds_first_price_violations_and_none_for_vcg():
     assert float(found.mean()) >= float(
         reverse_lic_violation(first_price, env, types, nearby).mean()
     )
+
+
+def test_uniform_radius_steps_inside_the_neighbourhood():
+    # Training path: one Adam step moves each coordinate by exactly step_size (fixed) or by
+    # one length per bidder drawn in (0, step_size] (uniform).
+    env, mechanism = _pair("first_price")
+    types = env.sample(512, torch.Generator().manual_seed(4))
+    moved = {}
+    for radius in ("fixed", "uniform"):
+        attacker = LocalAttacker(steps=1, step_size=0.1, radius=radius)
+        assert attacker.budget["radius"] == radius
+        result = attacker.attack(
+            mechanism, env, types, torch.Generator().manual_seed(5), truthful=False
+        )
+        moved[radius] = (result.misreports - types.values).abs().amax(-1)
+    assert float(moved["fixed"].max()) <= 0.1 + 1e-6
+    assert float(moved["uniform"].max()) <= 0.1 + 1e-6
+    # Away from the report-space boundary the fixed step has full length; uniform ones vary.
+    assert float(moved["uniform"].std()) > 0.01
+    assert float(moved["uniform"].mean()) < float(moved["fixed"].mean()) - 0.02
+
+
+def test_unknown_radius_is_a_config_error():
+    import pytest
+
+    from auctionlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="attacker.radius"):
+        LocalAttacker(radius="gaussian")

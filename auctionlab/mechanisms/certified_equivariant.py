@@ -41,6 +41,7 @@ class CertifiedEquivariant(Mechanism):
     """DeepSets trunk over bidders; softmax-plus-dummy allocation; bounded payments.
 
     Per bidder, reports are rescaled to ``[0, 1]`` with the report box (shared by all bidders),
+    joined by the public context ``[B, d]`` when the env has one (``env.context_dim``),
     passed through ``DeepSetsLayer``s with a 1-Lipschitz activation, then three heads: the
     bidder's item scores (a DeepSets layer), the dummy's item scores (a linear map of the pooled
     features) and the bidder's payment logit. Scores are bounded as ``S * tanh(a / S)``
@@ -114,7 +115,9 @@ class CertifiedEquivariant(Mechanism):
         self.report_max = float(torch.maximum(low.abs(), high.abs()).max())
         self.report_bundle_max = float(torch.maximum(low[0].abs(), high[0].abs()).sum())
         m = self.n_items
-        widths = [m, *[int(w) for w in hidden]]
+        #: Public context features appended to every bidder's input (contextual envs).
+        self.context_dim = int(getattr(env, "context_dim", 0))
+        widths = [m + self.context_dim, *[int(w) for w in hidden]]
         self.trunk = nn.ModuleList(
             DeepSetsLayer(a, b, weight_norm, weight_bound)
             for a, b in zip(widths[:-1], widths[1:], strict=True)
@@ -136,6 +139,11 @@ class CertifiedEquivariant(Mechanism):
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Outcome for ``[B, n, m]`` reports: allocation ``[B, n, m]``, payment ``[B, n]``."""
         h = (reports - self.input_shift) * self.input_scale  # [B, n, m]
+        if self.context_dim:  # the same public context for every bidder: equivariance kept
+            context = (public or {}).get("context")
+            if context is None:
+                context = h.new_zeros(h.shape[0], self.context_dim)
+            h = torch.cat([h, context.to(h).unsqueeze(1).expand(-1, h.shape[1], -1)], dim=-1)
         for layer in self.trunk:
             h = self.act(layer(h))  # [B, n, d]
         scores = self._bounded(self.score_head(h))  # [B, n, m]

@@ -153,11 +153,12 @@ def test_holdout_seed_used_in_training_is_refused(trained, cli):
     assert "certifier.holdout_seed=0 is a seed the training used" in done.stderr
 
 
-def test_cert_benchmarks_is_a_valid_plan(compose):
+@pytest.mark.parametrize(("name", "points"), [("cert_benchmarks", 5), ("cert_fairness", 3)])
+def test_cert_experiments_are_valid_plans(compose, name, points):
     from auctionlab.tasks import reproduce
 
-    plan = reproduce.prepare(compose("reproduce", ["experiment=cert_benchmarks", "scale=smoke"]))
-    assert len(plan.points) == 5
+    plan = reproduce.prepare(compose("reproduce", [f"experiment={name}", "scale=smoke"]))
+    assert len(plan.points) == points
 
 
 @pytest.mark.slow

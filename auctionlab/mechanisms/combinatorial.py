@@ -138,7 +138,7 @@ class CombinatorialMechanism(Mechanism):
         if not (torch.is_grad_enabled() and scores.requires_grad):
             return exact
         soft = self.soft_allocation(scores)
-        return soft if relaxed else exact + soft - soft.detach()
+        return soft if relaxed else exact + (soft - soft.detach())  # == exact, bit for bit
 
 
 class PayYourBid(CombinatorialMechanism):

@@ -74,6 +74,7 @@ class SolverBacked(CombinatorialMechanism):
         temperature: float = 0.02,
         lp_iterations: int = 30,
     ) -> None:
+        self.check_env(env)  # before reading the env's combinatorial attributes
         if grad not in GRADS:
             raise ConfigError(
                 f"mechanism.grad={grad} is not valid; choose one of {', '.join(GRADS)}"

@@ -6,7 +6,8 @@
 * ``entropic_lp``: the entropy-regularised LP relaxation
   ``max <s, x> - tau sum x (log x - 1)`` s.t. item rows and bidder rows ``<= 1``, solved by exact
   dual coordinate ascent (Bregman projections in log space; one closed-form multiplier update
-  per constraint) and differentiated through the unrolled iterations (``grad=lp``). It needs
+  per constraint, the temperature annealed down to ``tau``) and differentiated through the
+  unrolled iterations (``grad=lp``). It needs
   no enumeration, so it also serves markets solved by HiGHS.
 """
 
@@ -45,8 +46,9 @@ def entropic_lp(scores: Tensor, membership: Tensor, tau: float, iterations: int 
         iterations: sweeps over all constraints.
 
     Returns:
-        ``[B, n, k]`` fractional allocation ``x = exp((s - A^T lambda) / tau)`` (each item and
-        bidder row sums to at most 1 up to the convergence of the sweeps).
+        ``[B, n, k]`` fractional allocation ``x = exp((s - A^T lambda) / tau)``, each column
+        then divided by its most loaded row's sum when above 1, so every item and bidder row
+        sums to at most 1.
 
     """
     members = membership.to(device=scores.device, dtype=scores.dtype)  # [n, k, m]
@@ -55,18 +57,30 @@ def entropic_lp(scores: Tensor, membership: Tensor, tau: float, iterations: int 
     item_lambda = [scores.new_zeros(B) for _ in range(m)]
     bidder_lambda = scores.new_zeros(B, n)
     item_term = scores.new_zeros(B, n, k)
+    # epsilon scaling: the temperature falls geometrically from the score range to tau over
+    # the first half of the sweeps, the multipliers carried along (much faster than at tau)
+    start = max(float(scores.detach().abs().max()), tau)
+    anneal = max(1, iterations // 2)
+    schedule = [max(tau, start * (tau / start) ** (t / anneal)) for t in range(iterations)]
     logits = scores / tau
-    for _ in range(iterations):
-        logits = (scores - item_term - bidder_lambda[..., None]) / tau
-        new_bidder = (bidder_lambda + tau * torch.logsumexp(logits, -1)).clamp_min(0.0)
+    for step in schedule:
+        tau_t = step
+        logits = (scores - item_term - bidder_lambda[..., None]) / tau_t
+        new_bidder = (bidder_lambda + tau_t * torch.logsumexp(logits, -1)).clamp_min(0.0)
         bidder_lambda = new_bidder
         for j in range(m):
-            logits = (scores - item_term - bidder_lambda[..., None]) / tau
+            logits = (scores - item_term - bidder_lambda[..., None]) / tau_t
             inside = members[..., j] > 0  # [n, k]
             masked = torch.where(inside, logits, torch.full_like(logits, -torch.inf))
             row = torch.logsumexp(masked.reshape(B, n * k), -1)
-            new = (item_lambda[j] + tau * row).clamp_min(0.0)
+            new = (item_lambda[j] + tau_t * row).clamp_min(0.0)
             item_term = item_term + (new - item_lambda[j])[:, None, None] * members[..., j]
             item_lambda[j] = new
-    logits = (scores - item_term - bidder_lambda[..., None]) / tau
-    return torch.exp(logits)
+    x = torch.exp((scores - item_term - bidder_lambda[..., None]) / tau)
+    # Repair what the sweeps left over: shrink every column by its most violated row, so each
+    # item and bidder row sums to at most 1 exactly (rows only shrink).
+    members_flat = members.reshape(n * k, m)
+    item_load = (x.reshape(B, n * k) @ members_flat).clamp_min(1.0)  # [B, m]
+    bidder_load = x.sum(-1).clamp_min(1.0)  # [B, n]
+    worst_item = torch.where(members > 0, item_load[:, None, None, :], 1.0).amax(-1)
+    return x / torch.maximum(worst_item, bidder_load[..., None])

@@ -338,7 +338,13 @@ class HighsWDP:
         self._cols = np.arange(cols, dtype=np.int32)
         self._objective_row = self.m + self.n
 
-    def _run(self, start: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
+    def _run(self, start: np.ndarray | None, cost: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Solve the current model; returns the 0/1 solution and the solver's statistics.
+
+        HiGHS 1.16 can return the warm start as the solution vector while reporting the
+        better incumbent's objective; the vector is therefore checked against the reported
+        objective and, on a mismatch, the instance is solved again from scratch.
+        """
         h, highspy = self.highs, self._highspy
         if start is not None:
             solution = highspy.HighsSolution()
@@ -347,13 +353,21 @@ class HighsWDP:
             h.setSolution(solution)
         began = time.perf_counter()
         h.run()
-        seconds = time.perf_counter() - began
         status = h.getModelStatus()
         info = h.getInfo()
+        x = np.asarray(h.getSolution().col_value).round()
+        objective = float(info.objective_function_value)
+        retried = abs(float(cost @ x) - objective) > 1e-9 * max(1.0, abs(objective))
+        if retried:
+            h.clearSolver()
+            h.run()
+            status, info = h.getModelStatus(), h.getInfo()
+            x = np.asarray(h.getSolution().col_value).round()
+        seconds = time.perf_counter() - began
         if status not in (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kTimeLimit):
             raise RuntimeError(f"HiGHS winner determination: {h.modelStatusToString(status)}")
-        x = np.asarray(h.getSolution().col_value).round()
         stats = {
+            "retried": float(retried),
             "objective": float(info.objective_function_value),
             "bound": float(info.mip_dual_bound),
             "gap": float(info.mip_gap),
@@ -372,20 +386,22 @@ class HighsWDP:
 
         Returns:
             ``x`` (``[n * k]`` 0/1), stage-1 ``objective``, ``bound``, ``gap``, ``nodes``,
-            ``optimal``, ``seconds`` (both stages) and ``stage1_seconds``.
+            ``optimal``, ``seconds`` (both stages), ``stage1_seconds`` and ``retried`` (solves
+            repeated from scratch because HiGHS returned the warm start's vector).
 
         """
         h, cols, row = self.highs, len(self._cols), self._objective_row
         inf = self._highspy.kHighsInf
         h.changeColsCost(cols, self._cols, scores)
         h.changeRowBounds(row, -inf, inf)
-        x1, stats = self._run(start if self.warm_start else None)
+        x1, stats = self._run(start if self.warm_start else None, scores)
         for c in range(cols):  # the stage-2 row carries this instance's scores
             h.changeCoeff(row, c, float(scores[c]))
         h.changeRowBounds(row, float(scores @ x1) - self.tie_tol, inf)
         h.changeColsCost(cols, self._cols, self.priority)
-        x2, second = self._run(x1)
+        x2, second = self._run(x1, self.priority)
         result = dict(stats, x=x2, stage1_seconds=stats["seconds"])
+        result["retried"] = stats["retried"] + second["retried"]
         result["seconds"] = stats["seconds"] + second["seconds"]
         result["objective"] = float(scores @ x2)
         return result
@@ -404,7 +420,7 @@ class HighsWDP:
         x = torch.as_tensor(np.stack([r["x"] for r in rows])).view(-1, self.n, self.k)
         has = x.sum(-1) > 0.5
         choice = torch.where(has, x.argmax(-1), torch.full_like(has, -1, dtype=torch.long))
-        keys = ("bound", "gap", "nodes", "seconds", "stage1_seconds", "optimal")
+        keys = ("bound", "gap", "nodes", "seconds", "stage1_seconds", "optimal", "retried")
         certificate = {
             key: torch.tensor([r[key] for r in rows], dtype=torch.float64) for key in keys
         }

@@ -153,7 +153,9 @@ def test_holdout_seed_used_in_training_is_refused(trained, cli):
     assert "certifier.holdout_seed=0 is a seed the training used" in done.stderr
 
 
-@pytest.mark.parametrize(("name", "points"), [("cert_benchmarks", 5), ("cert_fairness", 3)])
+@pytest.mark.parametrize(
+    ("name", "points"), [("cert_benchmarks", 5), ("cert_fairness", 3), ("cert_procurement", 2)]
+)
 def test_cert_experiments_are_valid_plans(compose, name, points):
     from auctionlab.tasks import reproduce
 

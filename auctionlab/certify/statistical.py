@@ -324,6 +324,10 @@ def regret_range(mechanism, env) -> float:
     A deviator's utility is at most the largest bundle value ``sum_j high_j`` (payments are
     >= 0); truthful utility is >= 0 for IR-by-design mechanisms, else >= minus the payment cap.
     """
+    cap = getattr(mechanism, "payment_bound", None)
+    if getattr(env, "family", "auction") == "procurement":
+        # deviator utility <= t_i <= cap; truthful utility >= -C_i >= -ir_violation_range
+        return float(cap) + float(env.ir_violation_range) if cap is not None else math.inf
     high = env.report_space.high
     value_max = float(high.abs().sum(-1).max())
     if getattr(mechanism, "ir_by_design", False):
@@ -332,10 +336,15 @@ def regret_range(mechanism, env) -> float:
     return value_max + float(cap) if cap is not None else math.inf
 
 
-def ir_range(mechanism) -> float:
-    """A priori ``U_ir``: 0 for IR-by-design mechanisms, else the payment cap (or inf)."""
+def ir_range(mechanism, env=None) -> float:
+    """A priori ``U_ir``: 0 for IR-by-design mechanisms, else the env's own bound.
+
+    Procurement states it (the largest cost); auctions: the payment cap (or inf).
+    """
     if getattr(mechanism, "ir_by_design", False):
         return 0.0
+    if getattr(env, "ir_violation_range", None) is not None:
+        return float(env.ir_violation_range)
     cap = getattr(mechanism, "payment_bound", None)
     return float(cap) if cap is not None else math.inf
 

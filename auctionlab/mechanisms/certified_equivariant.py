@@ -63,6 +63,12 @@ class CertifiedEquivariant(Mechanism):
     config_name = "certified_equivariant"
     symmetric_in = ("bidders",)
     demands = ("additive",)
+    #: Also a reverse auction (procurement: payments are transfers to suppliers).
+    families = ("auction", "procurement")
+
+    def check_env(self, env) -> None:  # noqa: D102 - auctions and procurement
+        self.family = env.family if env.family in self.families else self.family
+        super().check_env(env)
 
     def __init__(
         self,
@@ -89,6 +95,11 @@ class CertifiedEquivariant(Mechanism):
         if payment not in PAYMENTS:
             raise ConfigError(
                 f"mechanism.payment={payment} is not valid; choose one of {', '.join(PAYMENTS)}"
+            )
+        if env.family == "procurement" and payment == "fractional":
+            raise ConfigError(
+                f"mechanism.payment=fractional pays a share of reported value: not for "
+                f"env={env.name} (procurement); choose sigmoid or zero_floor"
             )
         low, high = env.report_space.low, env.report_space.high
         if not (torch.isfinite(low).all() and torch.isfinite(high).all()):

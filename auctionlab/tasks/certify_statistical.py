@@ -309,7 +309,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # -- oracle gap: a stronger adversary + stationarity on an audit subsample -----------
         gap = _oracle_gap(cfg, o, env, mechanism, holdout, regret, misreports, closed_form, show)
         # -- the certificate ---------------------------------------------------------------------
-        u_r, u_ir = regret_range(mechanism, env), ir_range(mechanism)
+        u_r, u_ir = regret_range(mechanism, env), ir_range(mechanism, env)
         u_f = float(getattr(env, "fairness_range", math.inf))
         bounds = certificate_bounds(
             regret,
@@ -347,6 +347,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 "mean": float(revenue.mean()),
                 "se": float(revenue.std() / math.sqrt(revenue.numel())),
                 "profiles": holdout.batch_size,
+                "objective": _objective(env, truthful_outcome, holdout),
             },
             "certificate": bounds,
             "regret_distribution": distribution,
@@ -573,6 +574,16 @@ def _train_gap(o, seen, env, mechanism, oracle, regret, closed_form, dtype) -> d
     }
 
 
+def _objective(env, outcome, holdout) -> dict | None:
+    """The env's own objective on the holdout (procurement: minus the buyer's cost)."""
+    objective_of = getattr(env, "objective", None)
+    if objective_of is None:
+        return None
+    with torch.no_grad():
+        value = float(objective_of(outcome, holdout))
+    return {"name": getattr(env, "objective_name", "objective"), "mean": value}
+
+
 def _lipschitz(mechanism) -> dict | None:
     if not hasattr(mechanism, "lipschitz_terms"):
         return None
@@ -642,6 +653,8 @@ def _metrics(report: dict) -> dict[str, float]:
     if report["train_holdout_gap"]:
         m["train_regret_mean"] = report["train_holdout_gap"]["train_regret_mean"]
         m["train_holdout_gap"] = report["train_holdout_gap"]["gap"]
+    if report["revenue"]["objective"]:
+        m[report["revenue"]["objective"]["name"]] = report["revenue"]["objective"]["mean"]
     if report["mechanism"]["lipschitz"]:
         m["lipschitz_L"] = report["mechanism"]["lipschitz"]["L_recomputed"]
     if "share_not_stationary" in gap:

@@ -27,6 +27,8 @@ TASKS: dict[str, tuple[str, str]] = {
         "auctionlab.tasks.certify",
         "exact per-profile regret certificates (certifier=mip)",
     ),
+    "audit": ("auctionlab.tasks.audit", "audit log of a combinatorial mechanism (env=ca_*)"),
+    "replay": ("auctionlab.tasks.replay", "re-derive an audit log bit for bit (log=<file>)"),
 }
 #: Hydra flags after which no composition check is wanted (they print and exit).
 INFO_FLAGS = (

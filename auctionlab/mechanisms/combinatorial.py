@@ -101,6 +101,8 @@ class CombinatorialMechanism(Mechanism):
                 self.surrogate = "lp"  # no enumeration to take a softmax over
         #: The last forward's winner determination (for audit logs and solver statistics).
         self.last_wdp: WDPResult | None = None
+        #: Whether the allocation is the tie-ruled maximiser of the scores (audits re-solve it).
+        self.argmax_allocation = True
 
     def winners(self, scores: Tensor) -> WDPResult:
         """Exact winner determination on ``[B, n, k]`` scores (no gradient)."""
@@ -176,6 +178,7 @@ class PayYourBid(CombinatorialMechanism):
             raise ConfigError(f"mechanism.alpha={alpha} must be in [0, 1]")
         greedy_choice(torch.zeros(1, self.n_bidders, self.n_bundles), env.membership, rank=rank)
         self.allocation_rule, self.rank = allocation, rank
+        self.argmax_allocation = allocation == "exact"
         self.learnable = bool(learn_alpha)
         logit = torch.logit(torch.tensor(float(alpha)).clamp(1e-4, 1 - 1e-4))
         if learn_alpha:
@@ -301,6 +304,7 @@ class ItemPrices(CombinatorialMechanism):
         if fit_samples < 0 or grid < 2:
             raise ConfigError("mechanism: need fit_samples >= 0 and grid >= 2")
         self.register_buffer("prices", p.expand(m).clone())
+        self.argmax_allocation = False
         if fit_samples:
             generator = torch.Generator().manual_seed(int(fit_seed))
             values = env.sample(int(fit_samples), generator).values
@@ -342,4 +346,7 @@ class ItemPrices(CombinatorialMechanism):
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Sequential posted-price outcome for ``[B, n, k]`` bids."""
         allocation, payment = self._sell(reports.detach(), self.prices)
+        has = allocation.sum(-1) > 0
+        choice = torch.where(has, allocation.argmax(-1), torch.full_like(has, -1, dtype=torch.long))
+        self.last_wdp = WDPResult(choice, (allocation * reports.detach()).sum((-1, -2)).double())
         return Outcome(allocation, payment)

@@ -9,6 +9,15 @@ Network (§4.1 template): ``e_l = psi(b_l)``, ``h_i = phi(b_i, mean_{l != i} e_l
 ``s_iS = b_iS + score_scale * rho(h_i)_S`` (``rho``'s last layer starts at zero, so training
 starts from welfare maximisation), ``alpha_i = sigmoid(a(h_i))`` starting at ``alpha_init``.
 
+Payment fraction (``payment``): ``free`` is the network's ``sigmoid(a(h_i))`` alone;
+``threshold`` (default, §4.3: alpha depends on the gap between the best allocation and the
+best one without bidder ``i``) mixes it with the score-threshold fraction
+``r_i = clamp(1 - margin_i / b_iS*, 0, 1)``, ``margin_i = <s, x*> - max_x sum_{j != i} s_j(x)``:
+``alpha_i = (1 - beta_i) r_i + beta_i sigmoid(a(h_i))`` with a learned ``beta_i = sigmoid(.)``.
+With ``beta = 0`` and scores ``b + kappa`` this is the affine maximiser with VCG payments
+(§4.5), so training starts next to a DSIC mechanism; alpha stays in ``[0, 1]`` either way.
+The threshold needs the enumerated allocations (``backend=enumeration``).
+
 Gradients (``grad``): ``ste`` keeps the exact allocation in every forward pass and uses the
 surrogate's Jacobian (softmax over the enumerated allocations, or the entropic LP) in the
 backward pass; ``lp`` trains on the entropic LP relaxation itself (fractional allocations in
@@ -30,6 +39,7 @@ from auctionlab.mechanisms.combinatorial import CombinatorialMechanism
 from auctionlab.types import Outcome
 
 GRADS = ("ste", "lp")
+PAYMENTS = ("threshold", "free")
 
 
 class SolverBacked(CombinatorialMechanism):
@@ -50,6 +60,8 @@ class SolverBacked(CombinatorialMechanism):
         surrogate: ``softmax`` or ``lp`` (``grad=lp`` always uses ``lp``).
         temperature: the surrogate's temperature, in units of ``v_max``.
         lp_iterations: sweeps of the entropic LP.
+        payment: ``threshold`` or ``free`` (see the module docstring).
+        mix_init: the weight ``beta`` of the free fraction at initialisation.
 
     """
 
@@ -73,8 +85,21 @@ class SolverBacked(CombinatorialMechanism):
         surrogate: str = "softmax",
         temperature: float = 0.02,
         lp_iterations: int = 30,
+        payment: str = "threshold",
+        mix_init: float = 0.1,
     ) -> None:
         self.check_env(env)  # before reading the env's combinatorial attributes
+        if payment not in PAYMENTS:
+            raise ConfigError(
+                f"mechanism.payment={payment} is not valid; choose one of {', '.join(PAYMENTS)}"
+            )
+        if payment == "threshold" and backend == "highs":
+            raise ConfigError(
+                "mechanism.payment=threshold needs mechanism.backend=enumeration; "
+                "use mechanism.payment=free with backend=highs"
+            )
+        if not 0 < mix_init < 1:
+            raise ConfigError(f"mechanism.mix_init={mix_init} must be in (0, 1)")
         if grad not in GRADS:
             raise ConfigError(
                 f"mechanism.grad={grad} is not valid; choose one of {', '.join(GRADS)}"
@@ -103,6 +128,10 @@ class SolverBacked(CombinatorialMechanism):
         self.activation = nn.Tanh() if activation == "tanh" else nn.ReLU()
         self.score_head = nn.Linear(hidden[-1], k)
         self.alpha_head = nn.Linear(hidden[-1], 1)
+        self.payment = payment
+        self.mix_head = nn.Linear(hidden[-1], 1)
+        nn.init.zeros_(self.mix_head.weight)
+        nn.init.constant_(self.mix_head.bias, math.log(mix_init / (1 - mix_init)))
         nn.init.zeros_(self.score_head.weight)
         nn.init.zeros_(self.score_head.bias)
         nn.init.zeros_(self.alpha_head.weight)
@@ -111,8 +140,8 @@ class SolverBacked(CombinatorialMechanism):
         self.register_buffer("input_shift", low.clone())
         self.register_buffer("input_scale", 1.0 / (high - low).clamp_min(1e-6))
 
-    def scores_and_alpha(self, reports: Tensor) -> tuple[Tensor, Tensor]:
-        """Scores ``[B, n, k]`` and payment fractions ``[B, n]`` for ``[B, n, k]`` bids."""
+    def scores_and_alpha(self, reports: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Scores ``[B, n, k]``, free payment fractions and mixing weights ``[B, n]``."""
         B, n, k = reports.shape
         x = (reports - self.input_shift) * self.input_scale
         embedded = self.others(x)  # [B, n, e]
@@ -121,12 +150,39 @@ class SolverBacked(CombinatorialMechanism):
         h = self.activation(self.trunk(torch.cat([x, others], -1)))
         scores = reports + self.score_scale * self.score_head(h)
         alpha = torch.sigmoid(self.alpha_head(h)).squeeze(-1)
-        return scores, alpha
+        mix = torch.sigmoid(self.mix_head(h)).squeeze(-1)
+        return scores, alpha, mix
+
+    def threshold_fraction(self, scores: Tensor, exact: Tensor, reports: Tensor) -> Tensor:
+        """``[B, n]`` ``clamp(1 - margin_i / b_iS*, 0, 1)`` (0 for bidders that win nothing).
+
+        Args:
+            scores: ``[B, n, k]`` scores (gradients flow through the margin).
+            exact: ``[B, n, k]`` the integral allocation.
+            reports: ``[B, n, k]`` bids.
+
+        """
+        B, n, k = scores.shape
+        indicator = self.wdp._on(scores.device)[0].to(scores.dtype)  # [A, n * k]
+        totals = scores.reshape(B, n * k) @ indicator.T  # [B, A]
+        own = torch.einsum("bnk,ank->ban", scores, indicator.view(-1, n, k))  # [B, A, n]
+        without = (totals.unsqueeze(-1) - own).max(1).values  # best total without i's part
+        margin = (exact * scores).sum((-1, -2)).unsqueeze(-1) - without  # [B, n]
+        won = (exact * reports).sum(-1)
+        positive = won > 0
+        fraction = (1 - margin / torch.where(positive, won, torch.ones_like(won))).clamp(0, 1)
+        return torch.where(positive, fraction, torch.zeros_like(fraction))
 
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Exact allocation and ``alpha * b_iS*`` payments for ``[B, n, k]`` bids."""
-        scores, alpha = self.scores_and_alpha(reports)
+        scores, free, mix = self.scores_and_alpha(reports)
+        exact = self.winners(scores).allocation(self.n_bundles).to(scores)
+        if self.payment == "threshold":
+            alpha = (1 - mix) * self.threshold_fraction(scores, exact, reports) + mix * free
+        else:
+            alpha = free
         self.last_scores, self.last_alpha = scores.detach(), alpha.detach()
-        allocation = self.allocate(scores, relaxed=self.training and self.grad == "lp")
+        relaxed = self.training and self.grad == "lp"
+        allocation = self.straight_through(exact, scores, relaxed)
         payment = alpha * (allocation * reports).sum(-1)
         return Outcome(allocation, payment)

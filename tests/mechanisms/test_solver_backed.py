@@ -50,8 +50,8 @@ def test_feasibility_and_truthful_ir_violations_are_exactly_zero(setting):
 
 
 def test_highs_backend_deploys_the_same_mechanism():
-    env, enumeration = built("ca_2x3")
-    _, highs = built("ca_2x3", "mechanism.backend=highs")
+    env, enumeration = built("ca_2x3", "mechanism.payment=free")
+    _, highs = built("ca_2x3", "mechanism.backend=highs", "mechanism.payment=free")
     values = env.sample(150, torch.Generator().manual_seed(3)).values
     values[:50] = values[:50].round(decimals=1)  # coarse bids: ties among allocations
     with torch.no_grad():
@@ -122,6 +122,8 @@ def test_bad_options_fail_in_one_line(compose):
         ("mechanism.grad=exact", "mechanism.grad=exact"),
         ("mechanism.backend=gurobi", "mechanism.backend=gurobi"),
         ("mechanism.alpha_init=1.5", "alpha_init"),
+        ("mechanism.backend=highs", "payment=threshold needs"),
+        ("mechanism.payment=vcg", "mechanism.payment=vcg"),
     ):
         cfg = compose("evaluate", ["mechanism=solver_backed", "env=combinatorial/ca_2x2", override])
         with pytest.raises(ConfigError, match=word.replace(".", r"\.")):

@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument(
         "--local", action="store_true", help="also time local regret (1 step from the truth)"
     )
+    parser.add_argument(
+        "--local-steps", type=int, default=1, help="gradient steps from the truth (paper: 1)"
+    )
     parser.add_argument("--out", default="-", help="JSON file (default: stdout)")
     args = parser.parse_args()
 
@@ -118,7 +121,7 @@ def main() -> None:
 
     trainer = make_trainer(PGDAttacker(restarts=1, steps=args.misreport_steps, step_size=0.1))
     if args.local:
-        local = make_trainer(LocalAttacker(steps=1, step_size=0.1))
+        local = make_trainer(LocalAttacker(steps=args.local_steps, step_size=0.1))
         times, local_times = [], []
         for _ in range(4):  # interleaved blocks
             times += time_iterations(trainer.step, args.iterations // 4, args.warmup)
@@ -145,7 +148,7 @@ def main() -> None:
         "processor": platform.processor(),
     }
     if args.local:
-        result["local_steps"] = 1
+        result["local_steps"] = args.local_steps
         result["local_seconds_per_iteration_median"] = statistics.median(local_times)
         result["local_over_standard"] = statistics.median(local_times) / statistics.median(times)
     if not args.no_reference:

@@ -3,6 +3,7 @@
 from auctionlab.layers.exchangeable import (
     ExchangeableLayer,
     GridAttentionBlock,
+    SetAttention,
     equivariant_outcome,
 )
 from auctionlab.layers.feasibility import additive_allocation, unit_demand_allocation
@@ -12,6 +13,7 @@ from auctionlab.layers.sparsemax import sparsemax, sparsemax_allocation
 __all__ = [
     "ExchangeableLayer",
     "GridAttentionBlock",
+    "SetAttention",
     "additive_allocation",
     "equivariant_outcome",
     "mlp",

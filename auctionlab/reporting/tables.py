@@ -32,9 +32,10 @@ class TableSpec:
         index: row keys, taken from each point's labels (its Hydra choices and sweep keys).
         columns: output column -> ``"<stage>.<metric>"`` (e.g. ``evaluate.revenue``).
         reference: rows joined on ``index`` (e.g. closed-form targets, literature values).
-        relative: output column -> ``{column, key, to}``: ``column`` divided by its value in
-            the row where index key ``key`` equals ``to`` and the other index keys agree
-            (e.g. local training time over standard's, per setting).
+        relative: output column -> ``{column, key, to[, by]}``: ``column`` divided by its
+            value in the row where index key ``key`` equals ``to`` and the index keys ``by``
+            (default: all the others) agree (e.g. local training time over standard's, per
+            setting: ``by: env``).
         derived: output column -> pandas expression over the columns before it.
         order: the final column order (default: index, columns, reference, derived).
         formats: output column -> Python format spec (``".4f"``, ``".2e"``; ``"d"`` for ints).
@@ -45,7 +46,7 @@ class TableSpec:
     index: list[str]
     columns: dict[str, str]
     reference: list[dict[str, Any]] = field(default_factory=list)
-    relative: dict[str, dict[str, str]] = field(default_factory=dict)
+    relative: dict[str, dict[str, Any]] = field(default_factory=dict)
     derived: dict[str, str] = field(default_factory=dict)
     order: list[str] | None = None
     formats: dict[str, str] = field(default_factory=dict)
@@ -67,7 +68,10 @@ class TableSpec:
             columns={str(k): str(v) for k, v in node["columns"].items()},
             reference=[dict(row) for row in node.get("reference") or []],
             relative={
-                str(k): {str(a): str(b) for a, b in v.items()}
+                str(k): {
+                    str(a): [str(x) for x in b] if isinstance(b, list | tuple) else str(b)
+                    for a, b in v.items()
+                }
                 for k, v in (node.get("relative") or {}).items()
             },
             derived={str(k): str(v) for k, v in (node.get("derived") or {}).items()},
@@ -159,17 +163,26 @@ def build_table(records: Sequence[Mapping[str, Any]], spec: TableSpec) -> pd.Dat
     return table
 
 
-def _relative(table: pd.DataFrame, spec: TableSpec, name: str, rule: dict[str, str]) -> pd.Series:
+def _relative(table: pd.DataFrame, spec: TableSpec, name: str, rule: dict[str, Any]) -> pd.Series:
     """``rule['column']`` over its value in the matching ``rule['key'] == rule['to']`` row."""
     where = f"experiment.table.relative.{name}"
-    if set(rule) != {"column", "key", "to"}:
-        raise ConfigError(f"{where}: needs exactly the keys column, key, to; got {sorted(rule)}")
+    if not {"column", "key", "to"} <= set(rule) <= {"column", "key", "to", "by"}:
+        raise ConfigError(
+            f"{where}: needs the keys column, key, to (and optionally by); got {sorted(rule)}"
+        )
     column, key, base = rule["column"], rule["key"], rule["to"]
     if column not in table or key not in spec.index:
         raise ConfigError(
             f"{where}: column={column} must be a table column and key={key} an index key"
         )
-    others = [k for k in spec.index if k != key]
+    by = rule.get("by")
+    others = (
+        [k for k in spec.index if k != key]
+        if by is None
+        else ([by] if isinstance(by, str) else list(by))
+    )
+    if any(k not in spec.index or k == key for k in others):
+        raise ConfigError(f"{where}: by={by} must name index keys other than key={key}")
     reference = table.loc[table[key] == base, [*others, column]]
     reference = reference.rename(columns={column: "__reference"})
     if others:

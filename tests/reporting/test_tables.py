@@ -201,3 +201,33 @@ def test_relative_columns_divide_by_the_matching_base_row():
     )
     with pytest.raises(ConfigError, match="experiment.table.relative.r"):
         build_table(records, bad)
+
+
+def test_relative_by_matches_on_the_named_keys_only():
+    # Two local variants (1 and 3 steps) are both compared with the one standard run per env.
+    records = [
+        {"env": e, "attacker": a, "attacker.steps": k, "train.train_seconds": s}
+        for e, a, k, s in [
+            ("2x2", "pgd", "25", 100.0),
+            ("2x2", "local", "1", 10.0),
+            ("2x2", "local", "3", 20.0),
+            ("2x5", "pgd", "25", 40.0),
+            ("2x5", "local", "1", 8.0),
+        ]
+    ]
+    rule = {"column": "seconds", "key": "attacker", "to": "pgd", "by": ["env"]}
+    spec = TableSpec.from_config(
+        {
+            "index": ["env", "attacker", "attacker.steps"],
+            "columns": {"seconds": "train.train_seconds"},
+            "relative": {"ratio": rule},
+        }
+    )
+    assert build_table(records, spec)["ratio"].tolist() == [1.0, 0.1, 0.2, 1.0, 0.2]
+    without_by = TableSpec.from_config(
+        {**spec.__dict__, "relative": {"ratio": {k: v for k, v in rule.items() if k != "by"}}}
+    )
+    assert build_table(records, without_by)["ratio"].isna().sum() == 3  # steps differ
+    bad = TableSpec.from_config({**spec.__dict__, "relative": {"ratio": {**rule, "by": "seed"}}})
+    with pytest.raises(ConfigError, match="by=seed"):
+        build_table(records, bad)

@@ -72,21 +72,24 @@ def test_first_price_certificate_end_to_end(cli, tmp_path, list_runs):
     assert "Statistical certificate: first_price on 2x2" in markdown and "eta" in markdown
 
 
-def test_exact_oracle_has_no_gap(cli, tmp_path):
-    out = tmp_path / "fp_exact"
-    done = cli(
+def test_exact_oracle_has_no_gap(compose):
+    from auctionlab.tasks import certify
+
+    cfg = compose(
         "certify",
-        "certifier=statistical",
-        "certifier.oracle=exact",
-        "mechanism=first_price",
-        "env=3x1",
-        "scale=smoke",
-        "tracking=none",
-        f"hydra.run.dir={out}",
+        [
+            "certifier=statistical",
+            "certifier.oracle=exact",
+            "mechanism=first_price",
+            "env=3x1",
+            "scale=smoke",
+            "tracking=none",
+        ],
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((out / "certificate.json").read_text())
+    metrics = certify.run(cfg)  # outside Hydra: writes to outputs/adhoc in the temp cwd
+    report = json.loads(Path("outputs/adhoc/certificate.json").read_text())
     assert report["oracle"]["kind"] == "exact" and report["oracle"]["gap"]["eta"] == 0.0
+    assert metrics["eta"] == 0.0 and metrics["attack_steps"] == 0
     assert report["certificate"]["regret"]["bound_max"] >= first_price_population_regret(3, 1)
 
 
@@ -147,10 +150,15 @@ def test_bad_option_is_one_line_on_the_console(cli):
     assert done.stderr.strip() == "auctionlab: error: certifier.delta=0 must be in (0, 1)"
 
 
-def test_holdout_seed_used_in_training_is_refused(trained, cli):
-    done = cli("certify", "certifier=statistical", f"run={trained}", "certifier.holdout_seed=0")
-    assert done.returncode == 2
-    assert "certifier.holdout_seed=0 is a seed the training used" in done.stderr
+def test_holdout_seed_used_in_training_is_refused(trained, compose):
+    from auctionlab.errors import ConfigError
+    from auctionlab.tasks import certify
+
+    cfg = compose(
+        "certify", ["certifier=statistical", f"run={trained}", "certifier.holdout_seed=0"]
+    )
+    with pytest.raises(ConfigError, match="certifier.holdout_seed=0 is a seed the training used"):
+        certify.prepare(cfg)
 
 
 @pytest.mark.parametrize(

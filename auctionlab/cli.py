@@ -25,7 +25,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "runs": ("auctionlab.tasks.runs", "list recent MLflow runs with their key metrics"),
     "certify": (
         "auctionlab.tasks.certify",
-        "exact per-profile regret certificates (certifier=mip)",
+        "regret certificates: exact per profile (certifier=mip), holdout (certifier=statistical)",
     ),
     "audit": ("auctionlab.tasks.audit", "audit log of a combinatorial mechanism (env=ca_*)"),
     "replay": ("auctionlab.tasks.replay", "re-derive an audit log bit for bit (log=<file>)"),

@@ -4,7 +4,8 @@
   second over ``--exact-batch`` score profiles drawn from the env (best of ``--repeats``);
 * highs: ``HighsWDP`` on ``--highs-env`` (default 3x10 with sampled bundles), per-instance
   latency p50/p95/p99 of both stages (stage 1 alone too), with and without the greedy warm
-  start, node counts and gaps; and how often it agrees with enumeration where that is possible.
+  start, node counts and gaps; and how often it agrees with enumeration where that is possible;
+* highs_scaling: the same latency for larger sampled markets (``--scaling n x m x bundles``).
 
     python scripts/bench_wdp.py --threads 2 --out outputs/bench/wdp.json
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from auctionlab.envs.combinatorial import CombinatorialEnv
 from auctionlab.solvers.wdp import ExactWDP, HighsWDP
 from auctionlab.tasks.common import build
 
@@ -97,6 +99,40 @@ def bench_highs(env_name: str, instances: int, compare: int) -> dict:
     return out
 
 
+def bench_scaling(sizes: list[str], instances: int) -> list[dict]:
+    """HiGHS latency (both stages) vs market size: ``n x m x bundles`` sampled languages."""
+    rows = []
+    for size in sizes:
+        n, m, extra = (int(v) for v in size.split("x"))
+        env = CombinatorialEnv(
+            f"{n}x{m}",
+            n,
+            m,
+            language="sampled",
+            bundles_per_bidder=extra,
+            max_bundle_size=4,
+            synergy=0.25,
+            v_max=float(m),
+            single_minded_prob=0.2,
+        )
+        scores = env.sample(instances, torch.Generator().manual_seed(2)).values
+        wdp = HighsWDP(env.membership)
+        wdp.solve(scores[:3])
+        cert = wdp.solve(scores).certificate
+        rows.append(
+            {
+                "bidders": n,
+                "items": m,
+                "bundles_per_bidder": env.n_bundles,
+                "instances": instances,
+                "latency_seconds": quantiles(cert["seconds"]),
+                "nodes_mean": float(cert["nodes"].mean()),
+                "optimal_fraction": float(cert["optimal"].mean()),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exact-env", default="ca_2x5")
@@ -106,6 +142,13 @@ def main() -> None:
     parser.add_argument("--highs-instances", type=int, default=300)
     parser.add_argument("--compare", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--scaling",
+        nargs="*",
+        default=["3x10x10", "3x10x40", "5x20x20", "5x20x60", "10x30x30"],
+        help="n x m x sampled-bundles-per-bidder sizes for the HiGHS scaling table",
+    )
+    parser.add_argument("--scaling-instances", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/wdp.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -115,6 +158,7 @@ def main() -> None:
         "torch": torch.__version__,
         "exact": bench_exact(args.exact_env, args.exact_batch, args.repeats),
         "highs": bench_highs(args.highs_env, args.highs_instances, args.compare),
+        "highs_scaling": bench_scaling(args.scaling, args.scaling_instances),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -24,8 +24,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", type=Path)
     parser.add_argument("--learned", default="solver_backed")
+    parser.add_argument(
+        "--baselines",
+        type=Path,
+        help="a ca_baselines CSV: its rows on the same env join the plot (e.g. alpha grids)",
+    )
+    parser.add_argument("--env", default="combinatorial/ca_2x3")
     args = parser.parse_args()
     table = pd.read_csv(args.csv)
+    if args.baselines:
+        extra = pd.read_csv(args.baselines)
+        extra = extra[extra["env"] == args.env].copy()
+        alpha = extra.get("mechanism.alpha")
+        if alpha is not None:
+            extra["mechanism"] = [
+                f"{m} (alpha grid)" if pd.notna(a) else m
+                for m, a in zip(extra["mechanism"], alpha, strict=True)
+            ]
+        table = pd.concat([table, extra], ignore_index=True)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for name, rows in table.groupby("mechanism"):
         ax.errorbar(
@@ -49,7 +65,7 @@ def main() -> None:
     out = args.csv.with_name("ca_frontier_scatter.png")
     fig.savefig(out, dpi=120)
     learned = table[table["mechanism"] == args.learned]
-    for _, row in table[table["mechanism"] != args.learned].iterrows():
+    for _, row in table[table["mechanism"] != args.learned].sort_values("mechanism").iterrows():
         better = learned[
             (learned["revenue"] >= row["revenue"]) & (learned["regret_mean"] <= row["regret_mean"])
         ]

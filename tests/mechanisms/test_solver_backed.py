@@ -133,6 +133,7 @@ def test_bad_options_fail_in_one_line(compose):
         build_env_and_mechanism(cfg)
 
 
+@pytest.mark.slow  # the same path runs in test_reproduce (experiment=ca_frontier at smoke)
 def test_train_smoke_then_evaluate_with_the_hybrid_attacker(cli, tmp_path):
     args = ["mechanism=solver_backed", "env=ca_2x2", "scale=smoke", "threads=1"]
     result = cli("train", *args, "tracking=none", cwd=tmp_path)

@@ -126,6 +126,7 @@ def bench_scaling(sizes: list[str], instances: int) -> list[dict]:
                 "bundles_per_bidder": env.n_bundles,
                 "instances": instances,
                 "latency_seconds": quantiles(cert["seconds"]),
+                "stage1_latency_seconds": quantiles(cert["stage1_seconds"]),
                 "nodes_mean": float(cert["nodes"].mean()),
                 "optimal_fraction": float(cert["optimal"].mean()),
             }

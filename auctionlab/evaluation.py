@@ -113,13 +113,19 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for r in sorted({row["restarts"] for row in curve}):
-        rows = sorted((row for row in curve if row["restarts"] == r), key=lambda row: row["steps"])
+    # One line per attacker and restart count; rows may name their attacker (``oracle``).
+    lines = sorted({(str(row.get("oracle", "")), row["restarts"]) for row in curve})
+    for oracle, r in lines:
+        rows = sorted(
+            (row for row in curve if (str(row.get("oracle", "")), row["restarts"]) == (oracle, r)),
+            key=lambda row: row["steps"],
+        )
+        label = f"{int(r)} restart" + ("" if r == 1 else "s")
         ax.plot(
             [row["steps"] + 1 for row in rows],
             [row["regret_mean"] for row in rows],
             marker="o",
-            label=f"{int(r)} restart" + ("" if r == 1 else "s"),
+            label=f"{oracle}, {label}" if oracle else label,
         )
     ax.set_xscale("log")
     ax.set_xlabel("attacker steps + 1")

@@ -31,6 +31,7 @@ from auctionlab.certify.statistical import (
     regret_range,
 )
 from auctionlab.errors import ConfigError
+from auctionlab.evaluation import write_curve
 from auctionlab.tasks.common import (
     build_env_and_mechanism,
     choices,
@@ -279,15 +280,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 )
         data["seeds_used_by_training"] = {str(k): v for k, v in _training_seeds(train_cfg).items()}
         # -- the certification oracle on the holdout -------------------------------------------
-        oracle = PortfolioOracle(
-            o["restarts"],
-            o["steps"],
-            o["step_sizes"],
-            o["final_step_size"],
-            o["corners"],
-            o["chunk_size"],
-            show,
-        )
+        oracle = _portfolio_oracle(o, show)
         closed_form = exact_oracle(mechanism) if o["oracle"] == "exact" else None
         with torch.no_grad():
             truthful_outcome = mechanism(holdout.values, holdout.public)
@@ -361,7 +354,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             write_json(out / "certificate.json", report),
             _write_markdown(out / "certificate.md", report),
             _write_per_sample(out / "per_sample.csv", regret, ir_violation),
-            *_write_curve(out, curve, f"{env.name} {label}"),
+            *write_curve(curve, out, f"{env.name} {label}: regret vs adversary budget"),
         ]
         metrics = _metrics(report)
         files.append(write_json(out / "metrics.json", metrics))
@@ -441,6 +434,19 @@ def _attack_regret(attacker, mechanism, env, types, seed: int) -> Tensor:
     return result.gain
 
 
+def _portfolio_oracle(o: dict, show: bool) -> PortfolioOracle:
+    """The certification oracle the certifier options describe."""
+    return PortfolioOracle(
+        o["restarts"],
+        o["steps"],
+        o["step_sizes"],
+        o["final_step_size"],
+        o["corners"],
+        o["chunk_size"],
+        show,
+    )
+
+
 def _budget_curve(o, env, mechanism, holdout, regret, closed_form, show) -> list[dict]:
     """Mean regret on a subsample as the adversary budget grows (§6 failure mode 1)."""
     from auctionlab.attackers.pgd import PGDAttacker
@@ -509,15 +515,7 @@ def _stress(o, env, mechanism, holdout, regret, closed_form, show) -> dict:
     if closed_form is not None:
         perturbed_gain = closed_form(perturbed.values)
     else:
-        oracle = PortfolioOracle(
-            o["restarts"],
-            o["steps"],
-            o["step_sizes"],
-            o["final_step_size"],
-            o["corners"],
-            o["chunk_size"],
-            show,
-        )
+        oracle = _portfolio_oracle(o, show)
         perturbed_gain = _attack_regret(oracle, mechanism, env, perturbed, 19)
     total = holdout.values.sum((1, 2))
     order = torch.argsort(total)
@@ -794,31 +792,3 @@ def _write_per_sample(path: Path, regret: Tensor, ir: Tensor) -> Path:
         for row in torch.cat([regret, ir], dim=1).double().tolist():
             writer.writerow([f"{v:.8g}" for v in row])
     return path
-
-
-def _write_curve(out: Path, curve: list[dict], title: str) -> list[Path]:
-    if not curve:
-        return []
-    path = out / "regret_vs_budget.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(curve[0]))
-        writer.writeheader()
-        writer.writerows(curve)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    evaluations = [max(1, row["restarts"]) * (row["steps"] + 1) for row in curve]
-    ax.plot(evaluations, [row["regret_mean"] for row in curve], marker="o")
-    ax.set_xscale("log")
-    ax.set_xlabel("restarts x (steps + 1)")
-    ax.set_ylabel("mean regret per bidder")
-    ax.set_title(f"{title}: regret vs adversary budget", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png = out / "regret_vs_budget.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return [path, png]

@@ -162,3 +162,76 @@ class DeepSetsLayer(nn.Module):
     def l1_factor(self) -> Tensor:
         """A priori l1 Lipschitz bound of the layer (over all bidders' features at once)."""
         return self.linear.block_l1_norms([self.in_features, self.in_features]).sum()
+
+
+class AttentionLayer(nn.Module):
+    """Shared-weight self-attention over bidders replacing the DeepSets mean (eqs. 7-8).
+
+    ``h'_i = W [h_i, o^1_i, ..., o^H_i] + b`` with, per head ``k`` of width ``e``,
+    ``o^k_i = sum_j a^k_ij v^k_j``, ``a^k_i = softmax_j(<q^k_i, k^k_j> / sqrt(e))`` and bounded
+    projections ``q = tanh(W_q h)``, ``k = tanh(W_k h)``, ``v = tanh(W_v h)`` (one controlled
+    linear map for all three). Every weight is shared across bidders and the softmax runs over
+    the set, so permuting the bidders permutes the output.
+
+    A priori l1 bound (all bidders' features at once, ``||dH||_1 = sum_i ||dh_i||_1``), valid on
+    every input because ``tanh`` bounds queries, keys and values in ``[-1, 1]`` whatever the
+    features (no bound on the trunk's activations is needed). Per head, with
+    ``l_q, l_k, l_v`` the l1 -> l1 norms of the row blocks of ``[W_q; W_k; W_v]``:
+
+    * values: ``sum_i ||sum_j a_ij dv_j||_1 <= max_j (sum_i a_ij) l_v ||dH||_1
+      <= n l_v ||dH||_1`` (every bidder may attend to the same ``j``);
+    * weights: ``ds_ij = (<dq_i, k_j> + <q_i, dk_j>) / sqrt(e)`` with ``|k_j|, |q_i| <= 1`` gives
+      ``||ds_i||_inf <= (l_q ||dh_i||_1 + l_k max_j ||dh_j||_1) / sqrt(e)``; the softmax
+      Jacobian ``diag(a) - a a^T`` gives ``(da_i)_j = a_j (x_j - sum_k a_k x_k)`` for
+      ``x = ds_i``, and since ``sum_j (da_i)_j = 0``, each value coordinate obeys
+      ``|sum_j (da_i)_j v_jc| <= sum_j a_j |x_j - x_bar| <= ||ds_i||_inf`` (``|v_jc| <= 1``);
+      over ``e`` coordinates and all ``i``: ``<= sqrt(e) (l_q + n l_k) ||dH||_1``.
+
+    So head ``k`` is ``A_k = n l_v + sqrt(e) (l_q + n l_k)``-Lipschitz and the layer's factor is
+    ``||W_self||_{1->1} + sum_k ||W_k||_{1->1} A_k`` (column blocks of ``W``). These are bounds on
+    the Jacobian at every point, hence Lipschitz bounds along any segment of inputs.
+
+    Args:
+        in_features: per-bidder input width ``d``.
+        out_features: per-bidder output width.
+        heads: attention heads ``H``.
+        head_dim: width ``e`` of each head's queries, keys and values.
+        weight_norm: ``spectral``, ``l1`` or ``none``.
+        bound: norm bound of each weight matrix (``[W_q; W_k; W_v]`` and ``W``).
+
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        heads: int = 2,
+        head_dim: int = 8,
+        weight_norm: str = "spectral",
+        bound: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.heads, self.head_dim = in_features, int(heads), int(head_dim)
+        self.qkv = ControlledLinear(in_features, 3 * heads * head_dim, weight_norm, bound)
+        self.linear = ControlledLinear(
+            in_features + heads * head_dim, out_features, weight_norm, bound
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        """``[B, n, in] -> [B, n, out]``."""
+        B, n, _ = h.shape
+        H, e = self.heads, self.head_dim
+        q, k, v = torch.tanh(self.qkv(h)).view(B, n, 3, H, e).unbind(2)  # [B, n, H, e] each
+        scores = torch.einsum("bihe,bjhe->bhij", q, k) / math.sqrt(e)  # [B, H, n, n]
+        mixed = torch.einsum("bhij,bjhe->bihe", scores.softmax(-1), v)  # [B, n, H, e]
+        return self.linear(torch.cat([h, mixed.reshape(B, n, H * e)], dim=-1))
+
+    def l1_factor(self, n_bidders: int) -> Tensor:
+        """A priori l1 Lipschitz bound of the layer over ``n_bidders`` bidders' features."""
+        H, e = self.heads, self.head_dim
+        projections = self.qkv.weight().view(3, H, e, self.in_features)
+        norms = projections.abs().sum(2).amax(-1)  # [3, H]: l1 -> l1 of each row block
+        l_q, l_k, l_v = norms.unbind(0)
+        per_head = n_bidders * l_v + math.sqrt(e) * (l_q + n_bidders * l_k)  # [H]
+        blocks = self.linear.block_l1_norms([self.in_features] + [e] * H)
+        return blocks[0] + (blocks[1:] * per_head).sum()

@@ -23,6 +23,7 @@ def evaluate_mechanism(
     generator: torch.Generator,
     prefix: str = "",
     local_attacker=None,
+    wdp_instances: int = 0,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Measure a mechanism on fixed profiles.
 
@@ -35,10 +36,14 @@ def evaluate_mechanism(
         prefix: prepended to every metric key (``val_`` during training).
         local_attacker: the local search behind the LIC metrics (seed 003 §3.1); default one
             Adam step of 0.1 of the report range from the truth.
+        wdp_instances: combinatorial mechanisms: also solve the first this many truthful
+            instances with HiGHS (see ``wdp_metrics``).
 
     Returns:
         Flat numeric metrics, and the regret-vs-budget curve as rows
-        ``{restarts, steps, regret_mean, regret_max}``.
+        ``{restarts, steps, regret_mean, regret_max}``. Every curve row is also a metric group
+        ``curve_r<R>_s<S>_{regret_mean, regret_max, attack_restarts, attack_steps, profiles}``
+        (e.g. the PGD phase of the hybrid attacker at several budgets, for stress tables).
 
     """
     mechanism.eval()
@@ -47,6 +52,8 @@ def evaluate_mechanism(
     with torch.no_grad():
         outcome = mechanism(values, types.public)
         utility = env.utility(outcome, values)
+    # the truthful forward's winner determination, before the attacker's forwards replace it
+    solved = wdp_metrics(mechanism, values, wdp_instances)
     revenue = outcome.payment.sum(-1)
     # Families define their own welfare (allocation: sum of capped-linear utilities).
     welfare_of = getattr(env, "welfare", None)
@@ -83,6 +90,7 @@ def evaluate_mechanism(
         metrics[key] = float(per_profile_value.mean())
         metrics[f"{key}_se"] = float(per_profile_value.std() / math.sqrt(B)) if B > 1 else 0.0
     metrics.update(_local_metrics(mechanism, env, types, generator, local_attacker))
+    metrics.update(solved)
     for i in range(n):
         metrics[f"regret_mean_bidder{i}"] = float(regret[:, i].mean())
         metrics[f"regret_max_bidder{i}"] = float(regret[:, i].max())
@@ -95,7 +103,100 @@ def evaluate_mechanism(
         }
         for (r, s), g in sorted(result.curve.items())
     ]
+    for row in curve:
+        key = f"curve_r{int(row['restarts'])}_s{int(row['steps'])}_"
+        metrics[key + "regret_mean"] = row["regret_mean"]
+        metrics[key + "regret_max"] = row["regret_max"]
+        metrics[key + "attack_restarts"] = row["restarts"]
+        metrics[key + "attack_steps"] = row["steps"]
+        metrics[key + "profiles"] = float(B)
     return {prefix + k: v for k, v in metrics.items()}, curve
+
+
+#: Largest enumeration built as the exact reference of ``wdp_metrics`` (beyond: HiGHS).
+REFERENCE_ALLOCATIONS = 200_000
+
+
+def wdp_metrics(mechanism, reports: torch.Tensor, instances: int = 0) -> dict[str, float]:
+    """Winner-determination statistics of a combinatorial mechanism's last forward pass.
+
+    Reads ``mechanism.last_wdp`` (the truthful forward): its solver's per-instance time
+    (``wdp_seconds_*``: HiGHS per instance, enumeration amortised over the batch), gap and
+    nodes, and how often its allocation differs from the exact, tie-ruled maximiser of the same
+    scores (the bids when the rule solves nothing, e.g. greedy): ``wdp_differs_frac`` and the
+    mean ratio of its score total to the optimum, ``wdp_score_ratio``, over
+    ``wdp_reference_instances`` instances. The exact reference is the enumeration (at most
+    ``REFERENCE_ALLOCATIONS`` allocations, every instance) or else HiGHS at gap 0.
+    With ``instances > 0`` the first ``instances`` score vectors are also solved by HiGHS with
+    the mechanism's tie rule and ``mip_rel_gap`` (``highs_*``: seconds p50 / p95 / p99 / mean,
+    stage-1 seconds p50, nodes, realised gap, and ``highs_differs_frac`` against the exact
+    reference). Mechanisms without ``last_wdp`` (item auctions, fractional rules) give ``{}``.
+
+    Args:
+        mechanism: the mechanism, right after its forward pass on ``reports``.
+        reports: ``[B, n, k]`` the bids of that forward pass.
+        instances: how many instances HiGHS re-solves (0: none).
+
+    """
+    from auctionlab.errors import ConfigError
+    from auctionlab.solvers.wdp import ExactWDP, HighsWDP
+
+    last = getattr(mechanism, "last_wdp", None)
+    membership = getattr(mechanism, "membership", None)
+    if last is None or membership is None:
+        return {}
+    scores = (last.scores if last.scores is not None else reports).detach().double().cpu()
+    tie_tol = float(getattr(mechanism, "tie_tol", 1e-6))
+    seed = int(getattr(mechanism, "priority_seed", 0))
+    gap = float(getattr(mechanism, "mip_rel_gap", 0.0))
+    out: dict[str, float] = {}
+    certificate = last.certificate
+    if "seconds" in certificate:
+        seconds = certificate["seconds"].double()
+        out["wdp_seconds_mean"] = float(seconds.mean())
+        for q in (50, 95, 99):
+            out[f"wdp_seconds_p{q}"] = _quantile(seconds, q / 100)
+    if "gap" in certificate:
+        out["wdp_gap_max"] = float(certificate["gap"].max())
+    if "nodes" in certificate:
+        out["wdp_nodes_mean"] = float(certificate["nodes"].double().mean())
+    try:
+        reference = ExactWDP(membership.cpu(), tie_tol, seed, limit=REFERENCE_ALLOCATIONS)
+        exact = reference.solve(scores)
+    except ConfigError:  # too many allocations to enumerate: HiGHS on the re-solved subset
+        exact = None
+    count = min(int(instances), scores.shape[0])
+    if count > 0:
+        subset = scores[:count]
+        highs = HighsWDP(membership.cpu(), tie_tol, seed, gap).solve(subset)
+        seconds = highs.certificate["seconds"]
+        out["highs_instances"] = float(count)
+        out["highs_seconds_mean"] = float(seconds.mean())
+        for q in (50, 95, 99):
+            out[f"highs_seconds_p{q}"] = _quantile(seconds, q / 100)
+        out["highs_stage1_seconds_p50"] = _quantile(highs.certificate["stage1_seconds"], 0.5)
+        out["highs_nodes_mean"] = float(highs.certificate["nodes"].mean())
+        out["highs_gap_max"] = float(highs.certificate["gap"].max())
+        out["highs_optimal_frac"] = float(highs.certificate["optimal"].mean())
+        if exact is None:
+            exact = highs if gap == 0 else HighsWDP(membership.cpu(), tie_tol, seed).solve(subset)
+        differs = (highs.choice.cpu() != exact.choice[:count].cpu()).any(-1)
+        out["highs_differs_frac"] = float(differs.double().mean())
+    if exact is not None:
+        count = exact.choice.shape[0]
+        choice = last.choice[:count].cpu()
+        out["wdp_reference_instances"] = float(count)
+        out["wdp_differs_frac"] = float((choice != exact.choice.cpu()).any(-1).double().mean())
+        # score total of the deployed allocation over the optimum (instances with optimum > 0)
+        from auctionlab.solvers.wdp import choice_to_allocation
+
+        k = scores.shape[-1]
+        deployed = (choice_to_allocation(choice, k).double() * scores[:count]).sum((-1, -2))
+        best = exact.objective.cpu().double()
+        positive = best > 1e-12
+        ratio = deployed[positive] / best[positive]
+        out["wdp_score_ratio"] = float(ratio.mean()) if bool(positive.any()) else 1.0
+    return out
 
 
 def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> list[Path]:

@@ -51,7 +51,8 @@ class CombinatorialMechanism(Mechanism):
         backend: ``enumeration`` (batched exact, small markets) or ``highs`` (MIP per instance).
         tie_tol: allocations within this of the best score total are tied (absolute).
         priority_seed: seed of the tie-break priorities (part of the mechanism's spec).
-        mip_rel_gap: HiGHS relative gap (``backend=highs``; > 0: an eta-optimal solver).
+        mip_rel_gap: relative gap eta (> 0: an eta-optimal solver): HiGHS's ``mip_rel_gap``
+            (``backend=highs``), or the eta-optimal tie rule of ``ExactWDP`` (enumeration).
         surrogate: ``softmax`` (over enumerated allocations) or ``lp`` (entropic LP
             relaxation): whose Jacobian gradients see in place of the argmax's.
         temperature: the surrogate's temperature.
@@ -94,7 +95,7 @@ class CombinatorialMechanism(Mechanism):
         self.lp_iterations = int(lp_iterations)
         self.tie_tol, self.priority_seed, self.mip_rel_gap = tie_tol, priority_seed, mip_rel_gap
         if backend == "enumeration":
-            self.wdp = ExactWDP(env.membership, tie_tol, priority_seed)
+            self.wdp = ExactWDP(env.membership, tie_tol, priority_seed, rel_gap=mip_rel_gap)
         else:
             self.wdp = HighsWDP(env.membership, tie_tol, priority_seed, mip_rel_gap)
             if surrogate == "softmax":

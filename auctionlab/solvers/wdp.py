@@ -166,12 +166,15 @@ class WDPResult:
         objective: ``[B]`` float64 score total of the chosen allocation.
         certificate: per-instance solver statistics (``bound``, ``gap``, ``seconds``,
             ``nodes``, ``ties``...), each a ``[B]`` float64 tensor.
+        scores: ``[B, n, k]`` the scores that were solved (set by the solvers; ``None`` for
+            rules that solve nothing, e.g. greedy on the bids).
 
     """
 
     choice: Tensor
     objective: Tensor
     certificate: dict[str, Tensor] = field(default_factory=dict)
+    scores: Tensor | None = None
 
     def allocation(self, k: int) -> Tensor:
         """``[B, n, k]`` one-hot allocation."""
@@ -186,6 +189,10 @@ class ExactWDP:
         tie_tol: allocations within this of the best total count as tied (absolute).
         priority_seed: seed of the tie-break priorities (``tie_priority``).
         limit: most allocations to enumerate.
+        rel_gap: ``eta >= 0``: an ``eta``-optimal rule. Every allocation whose total is within
+            ``max(tie_tol, eta * |best|)`` of the best is admissible and the tie rule (largest
+            priority) picks among them, so the whole slack an ``eta``-optimal solver is allowed
+            is used, deterministically (0: exact).
 
     """
 
@@ -195,12 +202,15 @@ class ExactWDP:
         tie_tol: float = 1e-6,
         priority_seed: int = 0,
         limit: int = MAX_ALLOCATIONS,
+        rel_gap: float = 0.0,
     ) -> None:
         if not (math.isfinite(tie_tol) and tie_tol >= 0):
             raise ConfigError(f"mechanism.tie_tol={tie_tol} must be >= 0 and finite")
+        if not (math.isfinite(rel_gap) and 0 <= rel_gap < 1):
+            raise ConfigError(f"mechanism.mip_rel_gap={rel_gap} must be in [0, 1)")
         self.membership = membership.bool().cpu()
         self.n, self.k, self.m = self.membership.shape
-        self.tie_tol = float(tie_tol)
+        self.tie_tol, self.rel_gap = float(tie_tol), float(rel_gap)
         self.choices = enumerate_allocations(self.membership, limit)  # [A, n]
         indicator = choice_to_allocation(self.choices, self.k).to(torch.float64)
         self.indicator = indicator.reshape(len(self.choices), self.n * self.k)  # [A, n*k]
@@ -241,29 +251,54 @@ class ExactWDP:
             allocations within ``tie_tol`` of the best, 1 when unique) or ``None``.
 
         """
+        index, objective, _, ties = self._select(scores, count_ties)
+        return index, objective, ties
+
+    def _select(
+        self, scores: Tensor, count_ties: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``solve_index`` plus the best total ``[B]`` (the bound of an ``eta``-optimal pick)."""
         _, priority, _ = self._on(scores.device)
         flat = scores.detach().reshape(-1, self.n * self.k)
-        index, objective, ties = [], [], []
+        index, objective, bound, ties = [], [], [], []
         for lo in range(0, flat.shape[0], BLOCK):
             totals = self.totals(flat[lo : lo + BLOCK])
             best = totals.max(1, keepdim=True).values
             near = totals >= best - self.tie_tol
-            pick = torch.where(near, priority, -math.inf).argmax(1)
+            # eta-optimal: the admissible set widens to the relative gap (tie rule unchanged)
+            slack = (self.rel_gap * best.abs()).clamp_min(self.tie_tol)
+            admissible = totals >= best - slack if self.rel_gap > 0 else near
+            pick = torch.where(admissible, priority, -math.inf).argmax(1)
             index.append(pick)
             objective.append(totals.gather(1, pick[:, None]).squeeze(1))
+            bound.append(best.squeeze(1))
             if count_ties:
                 ties.append(near.sum(1))
-        return torch.cat(index), torch.cat(objective), torch.cat(ties) if ties else None
+        ties_out = torch.cat(ties) if ties else None
+        return torch.cat(index), torch.cat(objective), torch.cat(bound), ties_out
 
     def solve(self, scores: Tensor, count_ties: bool = False) -> WDPResult:
-        """Select the allocation for ``[B, n, k]`` scores (``count_ties``: for audits)."""
+        """Select the allocation for ``[B, n, k]`` scores (``count_ties``: for audits).
+
+        The certificate's ``seconds`` is the batch's wall time divided by ``B`` (amortised:
+        one matmul solves the whole batch).
+        """
         _, _, choices = self._on(scores.device)
-        index, objective, ties = self.solve_index(scores, count_ties)
+        began = time.perf_counter()
+        index, objective, bound, ties = self._select(scores, count_ties)
+        seconds = (time.perf_counter() - began) / max(len(index), 1)
         zero = torch.zeros_like(objective)
-        certificate = {"bound": objective, "gap": zero, "nodes": zero}
+        # realised relative gap, measured against the best total (what eta bounds)
+        gap = (bound - objective) / bound.abs().clamp_min(1e-12) if self.rel_gap else zero
+        certificate = {
+            "bound": bound,
+            "gap": gap,
+            "nodes": zero,
+            "seconds": torch.full_like(objective, seconds),
+        }
         if ties is not None:
             certificate["ties"] = ties.to(torch.float64)
-        return WDPResult(choices[index], objective, certificate)
+        return WDPResult(choices[index], objective, certificate, scores.detach())
 
 
 class HighsWDP:
@@ -425,7 +460,9 @@ class HighsWDP:
             key: torch.tensor([r[key] for r in rows], dtype=torch.float64) for key in keys
         }
         objective = torch.tensor([r["objective"] for r in rows], dtype=torch.float64)
-        return WDPResult(choice.to(scores.device), objective.to(scores.device), certificate)
+        result = WDPResult(choice.to(scores.device), objective.to(scores.device), certificate)
+        result.scores = scores.detach()
+        return result
 
 
 def pyomo_model(membership: Tensor, scores: Tensor, bundle_names: list[list[str]] | None = None):

@@ -87,6 +87,8 @@ def prepare(cfg: DictConfig):
     attacker.progress = progress_enabled(cfg)
     integer(cfg, "profiles", 1)
     integer(cfg, "profile_seed")
+    if cfg.get("wdp_instances") is not None:
+        integer(cfg, "wdp_instances", 0)
     return env, mechanism, mechanism_name, label, attacker, device, picked
 
 
@@ -114,7 +116,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
             attacker.describe(),
         )
         metrics, curve = evaluate_mechanism(
-            mechanism, env, attacker, types, make_generator(int(cfg.seed), device)
+            mechanism,
+            env,
+            attacker,
+            types,
+            make_generator(int(cfg.seed), device),
+            wdp_instances=int(cfg.get("wdp_instances") or 0),
         )
         files = write_curve(curve, out, f"{env.name} {label}: {attacker.describe()}")
         write_json(out / "metrics.json", metrics)

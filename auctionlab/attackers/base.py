@@ -34,6 +34,28 @@ def expand_public(public: dict[str, Tensor], copies: int) -> dict[str, Tensor]:
     }
 
 
+def project_deviations(env, types: Types, misreports: Tensor) -> Tensor:
+    """Map misreports into the deviation set of the true types, where it depends on them.
+
+    Most report spaces are boxes (the attackers' own projection suffices); an env whose
+    report space defines ``restrict(misreports, truth)`` narrows the set per profile, e.g.
+    verifiable budgets (``B' <= B``, seed 000 §8). Maximising utility at the restricted
+    point over the box is maximising it over the deviation set (``restrict`` is onto it and
+    the identity on it), so every attacker applies unchanged.
+
+    Args:
+        env: the environment.
+        types: true types; ``values`` is ``[B, n, d]``.
+        misreports: ``[..., B, n, d]``.
+
+    Returns:
+        Misreports of the same shape inside the deviation set.
+
+    """
+    restrict = getattr(env.report_space, "restrict", None)
+    return misreports if restrict is None else restrict(misreports, types.values)
+
+
 def deviation_utility(mechanism, env, types: Types, misreports: Tensor) -> Tensor:
     """Utility of each bidder when it alone misreports.
 
@@ -45,10 +67,12 @@ def deviation_utility(mechanism, env, types: Types, misreports: Tensor) -> Tenso
 
     Returns:
         ``[R, B, n]``: entry ``(r, b, i)`` is bidder ``i``'s true utility when it reports
-        ``misreports[r, b, i]`` and the others report truthfully.
+        ``misreports[r, b, i]`` (through ``project_deviations``) and the others report
+        truthfully.
 
     """
     values = types.values
+    misreports = project_deviations(env, types, misreports)
     R, B, n, m = misreports.shape
     profiles = deviation_profiles(values, misreports).reshape(n * R * B, n, m)
     outcome = mechanism(profiles, expand_public(types.public, n * R))

@@ -13,7 +13,12 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import deviation_profiles, expand_public, own_utility
+from auctionlab.attackers.base import (
+    deviation_profiles,
+    expand_public,
+    own_utility,
+    project_deviations,
+)
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.training.constraints import ConstraintHandler, Unconstrained
 from auctionlab.types import Outcome, Types
@@ -154,7 +159,7 @@ class Trainer:
             attack = self.attacker.attack(
                 self.mechanism, self.env, types, self.generator, init=init, truthful=False
             )
-            misreports = attack.misreports.detach()
+            misreports = project_deviations(self.env, types, attack.misreports.detach())
             if self.cache is not None:
                 self.cache[index] = misreports
             # Truthful and deviation profiles in one forward pass.

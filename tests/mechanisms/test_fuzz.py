@@ -33,6 +33,7 @@ ENVS = ["1x2", "1x2_asym", "1x2_unit", "1x2_triangle", "2x2", "2x2_unit", "2x3",
 ENVS = [e for e in ENVS if e in options("env")]
 ENVS += ["allocation/2x2"]  # payment-free family (seed 002); nested option of the env group
 ENVS += ["combinatorial/ca_2x3"]  # bundle bids (seed 001): allocation [B, n, bundles]
+ENVS += ["budgets/2x2"]  # private budgets (seed 000 §8): reports [B, n, m + 1]
 TOL = 1e-5
 
 
@@ -82,6 +83,9 @@ def check_feasible(env, outcome: Outcome, reports: torch.Tensor) -> None:
         assert allocation.min() >= -TOL and (allocation <= demands + TOL).all()
         assert (allocation.sum(-2) <= budget + TOL).all(), "a resource is over-allocated"
         return
+    if env.family == "budgets":  # reports [B, n, m + 1]: the last column is the budget
+        assert (payment <= reports[..., -1].clamp_min(0) + TOL).all(), "payment above budget"
+        reports = reports[..., :-1]
     assert allocation.shape == reports.shape and payment.shape == reports.shape[:2]
     if env.family == "combinatorial":  # integral, one bundle per bidder, each item once
         from auctionlab.solvers.wdp import feasibility_violation

@@ -10,6 +10,13 @@ and every ``dual_every`` iterations the multipliers take a projected ascent step
 ``lambda_i <- [lambda_i + dual_lr (RGT_mb,i - eps_r)]_+`` and likewise ``mu``, ``nu``. The
 held-out regret uses the trainer's attacker (budget logged). Fairness enters only for envs that
 define a per-profile fairness statistic ``env.fairness(outcome, types) -> [B]``.
+
+Random bidder subsets (§5, "practical approximations"): with ``bidder_subset=k`` each primal
+step and each dual step draws ``k`` of the ``n`` bidders uniformly without replacement; only
+their regret terms (and, in a dual step, their multipliers) enter, each weighted ``n / k``, so
+the regret part of the loss and the multiplier increments are unbiased for the full-sum ones
+(``E[w_i] = 1``). The attacker still searches every bidder's misreport (the deviation profiles
+are one batch), so this changes the training signal's variance, not its cost here.
 """
 
 from __future__ import annotations
@@ -61,7 +68,10 @@ class ConstrainedERM(ConstraintHandler):
         nu_init: initial fairness multiplier.
         heldout_profiles: size of the held-out pool the duals are measured on.
         heldout_batch: profiles per held-out minibatch.
-        heldout_seed: seed of the held-out pool and of its attacker restarts.
+        heldout_seed: seed of the held-out pool and of its attacker restarts
+            (``heldout_seed + 2`` draws the bidder subsets).
+        bidder_subset: ``k``: regret terms and multipliers of a random subset of ``k`` bidders
+            per step, rescaled by ``n / k`` (``None``: every bidder).
 
     """
 
@@ -85,6 +95,7 @@ class ConstrainedERM(ConstraintHandler):
         heldout_profiles: int = 4096,
         heldout_batch: int = 256,
         heldout_seed: int = 700001,
+        bidder_subset: int | None = None,
     ) -> None:
         for key, value in (
             ("eps_regret", eps_regret),
@@ -107,6 +118,10 @@ class ConstrainedERM(ConstraintHandler):
         ):
             if value < 1:
                 raise ConfigError(f"trainer.constraint.{key}={value} must be >= 1")
+        if bidder_subset is not None and bidder_subset < 1:
+            raise ConfigError(
+                f"trainer.constraint.bidder_subset={bidder_subset} must be >= 1 (or null: all)"
+            )
         if heldout_profiles < heldout_batch:
             raise ConfigError(
                 f"trainer.constraint.heldout_profiles={heldout_profiles} must be >= "
@@ -118,6 +133,7 @@ class ConstrainedERM(ConstraintHandler):
         self.lambda_init, self.mu_init, self.nu_init = lambda_init, mu_init, nu_init
         self.heldout_profiles, self.heldout_batch = int(heldout_profiles), int(heldout_batch)
         self.heldout_seed = int(heldout_seed)
+        self.bidder_subset = None if bidder_subset is None else int(bidder_subset)
 
     def setup(self, n_bidders: int, iterations: int, device: torch.device) -> None:  # noqa: D102
         super().setup(n_bidders, iterations, device)
@@ -129,6 +145,29 @@ class ConstrainedERM(ConstraintHandler):
         self.last: dict[str, float] = {}
         self.pool: Types | None = None
         self.generator = torch.Generator(device=device).manual_seed(self.heldout_seed + 1)
+        if self.bidder_subset is not None and self.bidder_subset > n_bidders:
+            raise ConfigError(
+                f"trainer.constraint.bidder_subset={self.bidder_subset} must be <= the env's "
+                f"{n_bidders} bidders (or null: all)"
+            )
+        self.subset_generator = torch.Generator().manual_seed(self.heldout_seed + 2)
+        self.last_weights = torch.ones(n_bidders, device=device)
+
+    def subset_weights(self) -> Tensor:
+        """``[n]`` weights of the bidders' regret terms for one step.
+
+        ``n / k`` on ``k`` bidders drawn uniformly without replacement, 0 elsewhere (so each
+        weight has mean 1); all ones without ``bidder_subset``.
+        """
+        n = self.lambdas.shape[0]
+        if self.bidder_subset is None or self.bidder_subset == n:
+            weights = torch.ones(n, device=self.device)
+        else:
+            chosen = torch.randperm(n, generator=self.subset_generator)[: self.bidder_subset]
+            weights = torch.zeros(n, device=self.device)
+            weights[chosen.to(self.device)] = n / self.bidder_subset
+        self.last_weights = weights
+        return weights
 
     def loss(  # noqa: D102 - eq. (13)
         self,
@@ -139,18 +178,19 @@ class ConstrainedERM(ConstraintHandler):
     ) -> Tensor:
         ir = regret.new_zeros(regret.shape) if ir is None else ir
         fairness = regret.new_zeros(()) if fairness is None else fairness
-        hinge = lambda z: z.clamp_min(0.0).pow(2).sum()  # noqa: E731
+        hinge = lambda z: z.clamp_min(0.0).pow(2)  # noqa: E731
+        weights = self.subset_weights()  # [n]: n/k on the step's bidders (ones: all)
         return (
             -revenue
-            + (self.lambdas * (regret - self.eps_regret)).sum()
+            + (weights * self.lambdas * (regret - self.eps_regret)).sum()
             + (self.mus * (ir - self.eps_ir)).sum()
             + self.nu * (fairness - self.eps_fairness)
             + 0.5
             * self.rho
             * (
-                hinge(regret - self.eps_regret)
-                + hinge(ir - self.eps_ir)
-                + hinge(fairness - self.eps_fairness)
+                (weights * hinge(regret - self.eps_regret)).sum()
+                + hinge(ir - self.eps_ir).sum()
+                + hinge(fairness - self.eps_fairness).sum()
             )
         )
 
@@ -185,7 +225,10 @@ class ConstrainedERM(ConstraintHandler):
         regret = attack.gain.mean(0)  # [n]
         with torch.no_grad():
             measured = violations(trainer.env, mechanism(types.values, types.public), types)
-        self.lambdas = (self.lambdas + self.dual_lr * (regret - self.eps_regret)).clamp_min(0.0)
+        weights = self.subset_weights()  # only the step's bidders' multipliers move
+        self.lambdas = (
+            self.lambdas + self.dual_lr * weights * (regret - self.eps_regret)
+        ).clamp_min(0.0)
         self.mus = (self.mus + self.dual_lr * (measured["ir"] - self.eps_ir)).clamp_min(0.0)
         self.nu = (self.nu + self.dual_lr * (measured["fairness"] - self.eps_fairness)).clamp_min(
             0.0
@@ -213,6 +256,7 @@ class ConstrainedERM(ConstraintHandler):
             "rho": self.rho,
             "cursor": self.cursor,
             "generator": self.generator.get_state(),
+            "subset_generator": self.subset_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:  # noqa: D102
@@ -221,3 +265,5 @@ class ConstrainedERM(ConstraintHandler):
         self.nu = state["nu"].to(self.device).clone()
         self.rho, self.cursor = float(state["rho"]), int(state["cursor"])
         self.generator.set_state(state["generator"])
+        if "subset_generator" in state:  # checkpoints from before bidder subsets lack it
+            self.subset_generator.set_state(state["subset_generator"])

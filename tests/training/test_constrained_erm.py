@@ -108,3 +108,53 @@ def test_training_reduces_ir_violation_and_checkpoints(compose):
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.constraint.mus, trainer.constraint.mus)
     assert fresh.constraint.rho == trainer.constraint.rho
+
+
+def test_bidder_subset_is_an_unbiased_rescaled_regret_term():
+    n, k = 4, 2
+    handler = ConstrainedERM(eps_regret=0.01, rho=3.0, bidder_subset=k)
+    handler.setup(n, 100, torch.device("cpu"))
+    handler.lambdas = torch.tensor([1.0, 2.0, 0.5, 0.0])
+    revenue = torch.tensor(0.8)
+    regret = torch.tensor([0.03, 0.005, 0.02, 0.04], requires_grad=True)
+    full = ConstrainedERM(eps_regret=0.01, rho=3.0)
+    full.setup(n, 100, torch.device("cpu"))
+    full.lambdas = handler.lambdas.clone()
+    losses, weights = [], []
+    for _ in range(3000):
+        loss = handler.loss(revenue, regret)
+        w = handler.last_weights
+        # k bidders weighted n / k, the rest 0; the loss is eq. (13) with those weights.
+        assert int((w > 0).sum()) == k and torch.all((w == 0) | (w == n / k))
+        by_hand = (
+            -0.8
+            + (w * handler.lambdas * (regret - 0.01)).sum()
+            + (handler.mus * -handler.eps_ir).sum()
+            + handler.nu * -handler.eps_fairness
+            + 1.5 * (w * (regret - 0.01).clamp_min(0) ** 2).sum()
+        )
+        assert float(loss.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-6)
+        losses.append(float(loss.detach()))
+        weights.append(w)
+    # Unbiased: each weight has mean 1 and the mean loss is the full-sum loss.
+    mean_w = torch.stack(weights).mean(0)
+    assert torch.allclose(mean_w, torch.ones(n), atol=0.06)
+    se = torch.tensor(losses).std() / len(losses) ** 0.5
+    assert abs(sum(losses) / len(losses) - float(full.loss(revenue, regret))) < 4 * float(se)
+    # Only the step's bidders get a regret gradient.
+    handler.loss(revenue, regret).backward()
+    chosen = handler.last_weights > 0
+    assert (regret.grad[~chosen] == 0).all() and (regret.grad[chosen] != 0).any()
+
+
+def test_bidder_subset_moves_only_the_chosen_multipliers(compose):
+    trainer = _trainer(compose, 1, ["trainer.constraint.bidder_subset=1"])
+    handler = trainer.constraint
+    before = handler.lambdas.clone()
+    trainer.step()  # iteration 0 is a dual iteration
+    moved = handler.lambdas != before
+    assert int(moved.sum()) == 1 and bool(moved[handler.last_weights > 0].all())
+    with pytest.raises(ConfigError, match="trainer.constraint.bidder_subset=3 must be <= the env"):
+        _trainer(compose, 1, ["trainer.constraint.bidder_subset=3"])
+    with pytest.raises(ConfigError, match="trainer.constraint.bidder_subset=0 must be >= 1"):
+        ConstrainedERM(bidder_subset=0)

@@ -180,6 +180,9 @@ class TrainerSection:
     optimizer: str = "adam"
     lr: float = 1e-3
     constraint: Any = None
+    # gradient strategy for mechanisms with a discrete forward pass (their
+    # ``gradient_strategy``); None keeps the mechanism's own
+    grad: Optional[str] = None  # noqa: UP045
 
     def check(self, path: str) -> None:
         """Allowed values."""

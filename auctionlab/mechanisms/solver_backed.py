@@ -18,11 +18,20 @@ With ``beta = 0`` and scores ``b + kappa`` this is the affine maximiser with VCG
 (§4.5), so training starts next to a DSIC mechanism; alpha stays in ``[0, 1]`` either way.
 The threshold needs the enumerated allocations (``backend=enumeration``).
 
-Gradients (``grad``): ``ste`` keeps the exact allocation in every forward pass and uses the
-surrogate's Jacobian (softmax over the enumerated allocations, or the entropic LP) in the
-backward pass; ``lp`` trains on the entropic LP relaxation itself (fractional allocations in
-training mode). Evaluation mode always deploys the exact integral allocation, so revenue and
-regret are reported for the deployed mechanism.
+Gradients (``grad``, or per training run ``trainer.grad``, see ``gradient_strategy``): ``ste``
+keeps the exact allocation in every forward pass and uses the surrogate's Jacobian (softmax over
+the enumerated allocations, or the entropic LP) in the backward pass; ``lp`` trains on the
+entropic LP relaxation (``auctionlab.solvers.relaxation.entropic_lp``, implicit KKT gradient)
+in training mode; ``cutting_plane`` (trainer only) is ``ste`` with the witness attacker of
+§5.3 (iii). Evaluation mode always deploys the exact integral allocation, so revenue and regret
+are reported for the deployed mechanism.
+
+The ``lp`` path fights the training-deployment mismatch of §6.4 three ways: every bidder has
+a regularised outside option (``lp_outside``: a bundle scored below 0 loses mass to "win
+nothing", as the integral rule does not sell it), its own colder temperature
+(``lp_temperature``), and ``lp_mix``: the training forward's value is
+``lp_mix * x_lp + (1 - lp_mix) * x_exact`` (gradient always ``d x_lp``), so the revenue and
+regret that training sees include the deployed allocation.
 """
 
 from __future__ import annotations
@@ -36,9 +45,12 @@ from torch import Tensor, nn
 from auctionlab.errors import ConfigError
 from auctionlab.layers import mlp
 from auctionlab.mechanisms.combinatorial import CombinatorialMechanism
+from auctionlab.solvers.relaxation import entropic_lp
 from auctionlab.types import Outcome
 
 GRADS = ("ste", "lp")
+#: ``trainer.grad`` choices (``cutting_plane``: STE gradients + witness-set attacker).
+STRATEGIES = ("ste", "lp", "cutting_plane")
 PAYMENTS = ("threshold", "free")
 
 
@@ -57,9 +69,15 @@ class SolverBacked(CombinatorialMechanism):
         tie_tol: tie tolerance of winner determination.
         priority_seed: seed of the tie-break priorities.
         mip_rel_gap: HiGHS relative gap (``backend=highs``).
-        surrogate: ``softmax`` or ``lp`` (``grad=lp`` always uses ``lp``).
+        surrogate: ``softmax`` or ``lp``: whose Jacobian the STE path and attackers see.
         temperature: the surrogate's temperature, in units of ``v_max``.
         lp_iterations: sweeps of the entropic LP.
+        lp_implicit: ``grad=lp`` differentiates the LP implicitly (KKT) instead of unrolling.
+        lp_outside: the LP gives each bidder a regularised outside option with score 0.
+        lp_temperature: the LP's temperature in ``grad=lp`` training, in units of ``v_max``
+            (``None``: ``temperature``).
+        lp_mix: weight of the relaxation in the ``grad=lp`` training forward's value, in
+            ``(0, 1]`` (the rest is the exact allocation; the gradient is the LP's).
         payment: ``threshold`` or ``free`` (see the module docstring).
         mix_init: the weight ``beta`` of the free fraction at initialisation.
 
@@ -85,6 +103,10 @@ class SolverBacked(CombinatorialMechanism):
         surrogate: str = "softmax",
         temperature: float = 0.02,
         lp_iterations: int = 30,
+        lp_implicit: bool = True,
+        lp_outside: bool = True,
+        lp_temperature: float | None = None,
+        lp_mix: float = 1.0,
         payment: str = "threshold",
         mix_init: float = 0.1,
     ) -> None:
@@ -104,6 +126,12 @@ class SolverBacked(CombinatorialMechanism):
             raise ConfigError(
                 f"mechanism.grad={grad} is not valid; choose one of {', '.join(GRADS)}"
             )
+        if not 0 < lp_mix <= 1:
+            raise ConfigError(f"mechanism.lp_mix={lp_mix} must be in (0, 1]")
+        if lp_temperature is not None and not (
+            math.isfinite(lp_temperature) and lp_temperature > 0
+        ):
+            raise ConfigError(f"mechanism.lp_temperature={lp_temperature} must be > 0")
         if not 0 < alpha_init < 1:
             raise ConfigError(f"mechanism.alpha_init={alpha_init} must be in (0, 1)")
         if not (math.isfinite(score_scale) and score_scale >= 0):
@@ -116,12 +144,16 @@ class SolverBacked(CombinatorialMechanism):
             tie_tol=tie_tol,
             priority_seed=priority_seed,
             mip_rel_gap=mip_rel_gap,
-            surrogate="lp" if grad == "lp" else surrogate,
+            surrogate=surrogate,
             temperature=temperature * env.v_max,
             lp_iterations=lp_iterations,
         )
         k = self.n_bundles
         self.grad = grad
+        self.lp_implicit, self.lp_outside, self.lp_mix = bool(lp_implicit), bool(lp_outside), lp_mix
+        self.lp_temperature = (
+            temperature if lp_temperature is None else lp_temperature
+        ) * env.v_max
         self.score_scale = float(score_scale) * env.v_max
         self.others = mlp(k, hidden, embedding, activation)
         self.trunk = mlp(k + embedding, hidden[:-1], hidden[-1], activation)
@@ -139,6 +171,65 @@ class SolverBacked(CombinatorialMechanism):
         low, high = env.report_space.low, env.report_space.high
         self.register_buffer("input_shift", low.clone())
         self.register_buffer("input_scale", 1.0 / (high - low).clamp_min(1e-6))
+
+    def gradient_strategy(self, strategy: str, attacker):
+        """Train with ``strategy`` (``trainer.grad``); returns the training attacker to use.
+
+        Args:
+            strategy: ``ste``, ``lp`` or ``cutting_plane``.
+            attacker: the configured training attacker (a PGD attacker for ``cutting_plane``,
+                whose budget the witness refresh keeps).
+
+        Raises:
+            ConfigError: an unknown strategy, or ``cutting_plane`` without a PGD budget.
+
+        """
+        from auctionlab.attackers.cutting_plane import CuttingPlaneAttacker
+        from auctionlab.attackers.pgd import PGDAttacker
+
+        if strategy not in STRATEGIES:
+            raise ConfigError(
+                f"trainer.grad={strategy} is not valid for mechanism=solver_backed; choose one of "
+                f"{', '.join(STRATEGIES)} (or null: mechanism.grad={self.grad})"
+            )
+        self.grad = "lp" if strategy == "lp" else "ste"
+        if strategy != "cutting_plane" or isinstance(attacker, CuttingPlaneAttacker):
+            return attacker
+        if not isinstance(attacker, PGDAttacker) or attacker.name != "pgd":  # not a subclass
+            raise ConfigError(
+                f"trainer.grad=cutting_plane refreshes its witnesses with PGD; "
+                f"attacker={getattr(attacker, 'name', type(attacker).__name__)} is not pgd "
+                "(use attacker=pgd or attacker=cutting_plane)"
+            )
+        return CuttingPlaneAttacker(
+            restarts=attacker.restarts,
+            steps=attacker.steps,
+            step_size=attacker.step_size,
+            final_step_size=attacker.final_step_size,
+            include_truthful=attacker.include_truthful,
+            chunk_size=attacker.chunk_size,
+        )
+
+    def relaxed_allocation(self, exact: Tensor, scores: Tensor) -> Tensor:
+        """``grad=lp`` training allocation ``[B, n, k]``: the entropic LP, mixed with ``exact``.
+
+        Args:
+            exact: ``[B, n, k]`` the integral allocation.
+            scores: ``[B, n, k]`` scores.
+
+        """
+        soft = entropic_lp(
+            scores,
+            self.membership,
+            self.lp_temperature,
+            self.lp_iterations,
+            implicit=self.lp_implicit,
+            outside=self.lp_outside,
+        )
+        if self.lp_mix == 1:
+            return soft
+        # value lp_mix * soft + (1 - lp_mix) * exact, gradient d soft
+        return soft + (1 - self.lp_mix) * (exact - soft).detach()
 
     def scores_and_alpha(self, reports: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Scores ``[B, n, k]``, free payment fractions and mixing weights ``[B, n]``."""
@@ -182,7 +273,9 @@ class SolverBacked(CombinatorialMechanism):
         else:
             alpha = free
         self.last_scores, self.last_alpha = scores.detach(), alpha.detach()
-        relaxed = self.training and self.grad == "lp"
-        allocation = self.straight_through(exact, scores, relaxed)
+        if self.training and self.grad == "lp" and torch.is_grad_enabled():
+            allocation = self.relaxed_allocation(exact, scores)
+        else:
+            allocation = self.straight_through(exact, scores)
         payment = alpha * (allocation * reports).sum(-1)
         return Outcome(allocation, payment)

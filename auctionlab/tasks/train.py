@@ -47,6 +47,15 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
             "nothing to train; stress-test it with `auctionlab evaluate mechanism=...`"
         )
     attacker = build(cfg.attacker, "attacker")
+    grad = cfg.trainer.get("grad")
+    if grad is not None:  # gradient strategy of a mechanism with a discrete forward pass
+        choose = getattr(mechanism, "gradient_strategy", None)
+        if choose is None:
+            raise ConfigError(
+                f"trainer.grad={grad}: mechanism={picked.get('mechanism', mechanism.config_name)}"
+                " has no gradient strategies to choose from; use trainer.grad=null"
+            )
+        attacker = choose(str(grad), attacker)
     constraint = build(cfg.trainer.constraint, "trainer.constraint")
     num_samples = cfg.train.num_samples
     trainer = Trainer(

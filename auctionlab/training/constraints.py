@@ -126,12 +126,22 @@ class RegretBudget(ConstraintHandler):
     is relative to revenue. ``R_max`` anneals geometrically from ``budget_start`` to
     ``budget_end``, reached after ``anneal_fraction`` of the iterations.
 
+    Two guards on the dual signal ``d = log sum_i rgt_i - log rev - log R_max``: a batch with
+    no regret and no revenue (nothing sold) satisfies the constraint, so ``gamma`` falls
+    there (the plain formula reads ``log 0 - log 0 = 0 > log R_max`` and drives ``gamma`` up
+    for ever); and with ``signal_clip = c`` the step uses ``c tanh(d / c)``: the same near
+    the budget, at most ``c`` in size, so one batch whose regret is exactly 0 (``d`` about -27)
+    no longer resets ``gamma`` to 0 in one step and one batch with almost no revenue no longer
+    throws it up by as much: the swings that let the multiplier push every score below zero
+    (nothing sold, no gradient left to recover from).
+
     Args:
         budget_start: initial relative budget ``R_max``.
         budget_end: final relative budget.
         anneal_fraction: share of the iterations spent annealing.
         dual_lr: step size ``eta_gamma`` of the dual update.
         gamma_init: initial multiplier.
+        signal_clip: bound ``c`` on the dual signal (``None``: unbounded, the original rule).
 
     """
 
@@ -144,7 +154,12 @@ class RegretBudget(ConstraintHandler):
         anneal_fraction: float = 2.0 / 3.0,
         dual_lr: float = 0.1,
         gamma_init: float = 1.0,
+        signal_clip: float | None = None,
     ) -> None:
+        if signal_clip is not None and not (math.isfinite(signal_clip) and signal_clip > 0):
+            raise ConfigError(
+                f"trainer.constraint.signal_clip={signal_clip} must be > 0 (or null: unbounded)"
+            )
         if not (budget_start > 0 and budget_end > 0):
             key, value = (
                 ("budget_start", budget_start) if budget_start <= 0 else ("budget_end", budget_end)
@@ -158,6 +173,7 @@ class RegretBudget(ConstraintHandler):
             raise ConfigError("trainer.constraint: need dual_lr > 0 and gamma_init >= 0")
         self.budget_start, self.budget_end = float(budget_start), float(budget_end)
         self.anneal_fraction, self.dual_lr, self.gamma_init = anneal_fraction, dual_lr, gamma_init
+        self.signal_clip = None if signal_clip is None else float(signal_clip)
 
     def setup(self, n_bidders: int, iterations: int, device: torch.device) -> None:  # noqa: D102
         super().setup(n_bidders, iterations, device)
@@ -171,8 +187,13 @@ class RegretBudget(ConstraintHandler):
 
     def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:  # noqa: D102
         tiny = 1e-12  # a zero regret or revenue must not give log(0)
-        ratio = math.log(float(regret.sum()) + tiny) - math.log(max(float(revenue), tiny))
-        self.gamma = max(0.0, self.gamma + self.dual_lr * (ratio - math.log(self.budget)))
+        total, sold = float(regret.sum()), float(revenue)
+        # nothing sold and no regret: the constraint holds; read the revenue as 1, not 0
+        reference = 1.0 if sold <= tiny and total <= tiny else max(sold, tiny)
+        signal = math.log(total + tiny) - math.log(reference) - math.log(self.budget)
+        if self.signal_clip is not None:
+            signal = self.signal_clip * math.tanh(signal / self.signal_clip)
+        self.gamma = max(0.0, self.gamma + self.dual_lr * signal)
         self.budget = max(self.budget_end, self.budget * self.budget_mult)
 
     def metrics(self) -> dict[str, float]:  # noqa: D102

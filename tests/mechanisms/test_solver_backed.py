@@ -87,6 +87,25 @@ def test_lp_gradient_trains_on_the_relaxation_and_deploys_integral():
     assert int((feasibility_violation(deployed.allocation, env.membership) != 0).sum()) == 0
 
 
+def test_lp_mix_blends_the_deployed_allocation_into_the_training_value():
+    """§6.4: with lp_mix < 1 training sees part of the deployed allocation, LP gradient."""
+    env, mechanism = built("ca_2x3", "mechanism.grad=lp", "mechanism.lp_mix=0.25")
+    values = env.sample(64, torch.Generator().manual_seed(9)).values
+    with torch.no_grad():
+        exact = mechanism(values).allocation
+    mechanism.train()
+    scores = mechanism.scores_and_alpha(values)[0].detach().requires_grad_(True)
+    mixed = mechanism.relaxed_allocation(exact, scores)
+    soft = entropic_lp(
+        scores, env.membership, mechanism.lp_temperature, mechanism.lp_iterations, outside=True
+    )
+    assert torch.allclose(mixed, 0.25 * soft + 0.75 * exact, atol=1e-6)
+    weights = torch.randn(mixed.shape, generator=torch.Generator().manual_seed(1))
+    (g_mixed,) = torch.autograd.grad((mixed * weights).sum(), scores)
+    (g_soft,) = torch.autograd.grad((soft * weights).sum(), scores)
+    assert torch.allclose(g_mixed, g_soft) and g_soft.abs().sum() > 0
+
+
 def test_entropic_lp_is_feasible_and_tends_to_the_integral_optimum():
     env, mechanism = built("ca_2x3")
     scores = env.sample(256, torch.Generator().manual_seed(6)).values.double()
@@ -124,6 +143,8 @@ def test_bad_options_fail_in_one_line(compose):
         ("mechanism.alpha_init=1.5", "alpha_init"),
         ("mechanism.backend=highs", "payment=threshold needs"),
         ("mechanism.payment=vcg", "mechanism.payment=vcg"),
+        ("mechanism.lp_mix=0", "mechanism.lp_mix=0"),
+        ("mechanism.lp_temperature=-1", "mechanism.lp_temperature=-1"),
     ):
         cfg = compose("evaluate", ["mechanism=solver_backed", "env=combinatorial/ca_2x2", override])
         with pytest.raises(ConfigError, match=word.replace(".", r"\.")):

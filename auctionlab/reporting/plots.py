@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,109 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
             ax.set_title(str(plot["title"]), fontsize=9)
         if hue_key or (kind == "y" and plot.get("reference")):
             ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(
+    x: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    hlines: Mapping[str, float] | None = None,
+    vline: float | None = None,
+) -> Path:
+    """Line plot of one or more curves over a shared x grid (e.g. utility vs reported ratio).
+
+    Args:
+        x: the grid, length ``R``.
+        curves: label -> ``R`` values.
+        path: the PNG to write.
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+        title: figure title.
+        hlines: label -> level drawn dashed (e.g. the truthful utility).
+        vline: an x position drawn dotted (e.g. the true ratio).
+
+    Returns:
+        ``path``.
+
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, values in curves.items():
+        (line,) = ax.plot(list(x), list(values), label=label)
+        if hlines and label in hlines:
+            ax.axhline(hlines[label], ls="--", lw=0.8, color=line.get_color())
+    if vline is not None:
+        ax.axvline(vline, ls=":", color="grey")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_maps(
+    maps: Mapping[str, Any],
+    extent: tuple[float, float, float, float],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Path:
+    """Side-by-side heatmaps in [0, 1] over one 2-D grid (e.g. allocations over two reports).
+
+    Args:
+        maps: panel title -> ``[P, P]`` array indexed ``[x, y]``.
+        extent: ``(x_low, x_high, y_low, y_high)``.
+        path: the PNG to write.
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+        title: figure title.
+
+    Returns:
+        ``path``.
+
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.5 * len(maps), 4), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], maps.items(), strict=True):
+        image = ax.imshow(
+            np.asarray(grid).T,
+            origin="lower",
+            extent=extent,
+            aspect="auto",
+            vmin=0.0,
+            vmax=1.0,
+            cmap="viridis",
+        )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=9)
+        fig.colorbar(image, ax=ax)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

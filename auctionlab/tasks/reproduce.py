@@ -14,6 +14,8 @@ An experiment (``conf/experiment/<name>.yaml``, package ``_global_``) sets its d
         - mechanism: vcg,myerson_itemwise   # cartesian product of each block
           env: 2x2,2x3
       overrides: {evaluate: []}  # fixed overrides per stage
+      fixed_rules: error         # [train, evaluate] pipelines: `evaluate` lets points whose
+                                 # mechanism is a fixed rule (PF next to RPF-Net) skip train
       table: {...}               # see auctionlab.reporting.tables.TableSpec
       plot: {...}                # see auctionlab.reporting.plots.plot_table
 
@@ -76,7 +78,20 @@ def _teacher_override(override: str) -> bool:
     return override.partition("=")[0].lstrip("+~").split(".")[0] in TEACHER_KEYS
 
 
-EXPERIMENT_KEYS = ("name", "title", "reproduces", "pipeline", "sweep", "overrides", "table", "plot")
+EXPERIMENT_KEYS = (
+    "name",
+    "title",
+    "reproduces",
+    "pipeline",
+    "sweep",
+    "overrides",
+    "table",
+    "plot",
+    "fixed_rules",
+)
+#: ``experiment.fixed_rules``: a fixed-rule point of a train pipeline is an error, or is only
+#: evaluated (its sweep overrides go to ``evaluate``; seed 002 tables mix PF and RPF-Net rows).
+FIXED_RULES = ("error", "evaluate")
 
 
 @dataclass
@@ -87,12 +102,14 @@ class Point:
         number: its position (0-based) in the sweep.
         overrides: its sweep overrides (``["mechanism=vcg", "env=2x2"]``), for the first stage.
         labels: row labels for the table: the first stage's Hydra choices and the sweep values.
+        skip: pipeline stages this point does not run (``train`` for a fixed rule).
 
     """
 
     number: int
     overrides: list[str]
     labels: dict[str, str] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
 
     @property
     def slug(self) -> str:
@@ -281,6 +298,14 @@ def prepare(cfg: DictConfig) -> Plan:
             f"{', '.join(STAGES)} ([evaluate], [train], [train, evaluate], [train, certify]...); "
             "teacher and certify need train"
         )
+    fixed_rules = str(spec.get("fixed_rules") or "error")
+    if fixed_rules not in FIXED_RULES or (
+        fixed_rules == "evaluate" and pipeline != ["train", "evaluate"]
+    ):
+        raise ConfigError(
+            f"experiment {name}: fixed_rules={fixed_rules}: choose one of "
+            f"{', '.join(FIXED_RULES)} (evaluate needs pipeline [train, evaluate])"
+        )
     stage_overrides = {
         s: [str(o) for o in (spec.get("overrides") or {}).get(s, [])] for s in STAGES
     }
@@ -293,7 +318,7 @@ def prepare(cfg: DictConfig) -> Plan:
             f"{pipeline} does not run"
         )
     plot = dict(spec.get("plot") or {})
-    columns = [*table.index, *table.columns, *table.derived]
+    columns = [*table.index, *table.columns, *table.relative, *table.derived]
     columns += [k for row in table.reference for k in row if k not in columns]
     check_plot(plot, columns)
 
@@ -316,7 +341,13 @@ def prepare(cfg: DictConfig) -> Plan:
         else:
             env, mechanism = build_env_and_mechanism(composed)
         wanted = first == "train"
-        if "teacher" not in pipeline and mechanism.learnable != wanted:
+        skip: tuple[str, ...] = ()
+        if wanted and fixed_rules == "evaluate" and not mechanism.learnable:
+            skip = ("train",)  # a fixed rule: evaluated directly, with the point's overrides
+            _compose_point(
+                name, "evaluate", [f"scale={scale}", *stage_overrides["evaluate"], *overrides]
+            )
+        elif "teacher" not in pipeline and mechanism.learnable != wanted:
             what = "a fixed rule with nothing to train" if wanted else "learned: train it first"
             raise ConfigError(
                 f"experiment {name}: point {' '.join(overrides)}: mechanism is {what}"
@@ -329,7 +360,7 @@ def prepare(cfg: DictConfig) -> Plan:
         for override in overrides:
             key, _, value = override.partition("=")
             labels[key.lstrip("+~")] = value.strip("'\"")
-        points.append(Point(number, overrides, labels))
+        points.append(Point(number, overrides, labels, skip))
     for stage in pipeline:
         if stage == first:
             continue
@@ -364,7 +395,7 @@ def stage_arguments(
     """The point-specific overrides of ``stage``, given the directories of its earlier stages."""
     if stage == "teacher":
         return [o for o in point.overrides if _teacher_override(o)]
-    if stage == primary_stage(pipeline):
+    if stage == primary_stage(pipeline) or (stage == "evaluate" and "train" in point.skip):
         own = list(point.overrides)
         if "teacher" in done:
             own.append(f"mechanism.teacher={_value(str(done['teacher']))}")
@@ -497,6 +528,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         for point in plan.points:
             done: dict[str, Path] = {}
             for stage in plan.pipeline:
+                if stage in point.skip:
+                    continue
                 directory = out / "points" / point.slug / stage
                 own = stage_arguments(stage, point, plan.pipeline, done)
                 overrides = [*base, *plan.stage_overrides[stage], *own]

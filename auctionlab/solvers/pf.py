@@ -137,7 +137,6 @@ def solve_pf(
     """
     v, x, b, w, z, free, agent = _prepare(values, demands, budgets, weights, z)
     B, n, m = v.shape
-    N = n * m
     freef = free.to(v.dtype)
     fixed = 1.0 - freef
     wv = w.unsqueeze(-1)
@@ -154,80 +153,65 @@ def solve_pf(
     mu, nu = freef / s1, freef / s2
     lam = bud_active.to(v.dtype) / s3
     count = (2 * freef.sum((-1, -2)) + bud_active.to(v.dtype).sum(-1)).clamp_min(1.0)
-    eye_m = torch.eye(m, dtype=v.dtype, device=v.device)
-    index = torch.arange(n, device=v.device)
+    budf = bud_active.to(v.dtype)
+    step_mask = torch.cat([free] * 4, -1).flatten(1)
+    step_mask = torch.cat([step_mask, bud_active, bud_active], -1)
+    inf = torch.tensor(float("inf"), dtype=v.dtype, device=v.device)
     done = torch.zeros(B, dtype=torch.bool, device=v.device)
     iterations = 0
 
     def residual(a, mu, nu, lam, s1, s2, s3, tau):
+        # Masks multiply rather than select: every masked expression is finite (fixed
+        # variables keep unit slacks and zero duals), and it halves the elementwise passes.
         u = (v * a).sum(-1, keepdim=True)
-        grad = torch.where(free, -wv * v / u.clamp_min(1e-300) + z, torch.zeros_like(a))
-        rd = torch.where(free, grad - mu + nu + lam.unsqueeze(1), torch.zeros_like(a))
-        c1 = torch.where(free, mu * s1 - tau[:, None, None], torch.zeros_like(a))
-        c2 = torch.where(free, nu * s2 - tau[:, None, None], torch.zeros_like(a))
-        c3 = torch.where(bud_active, lam * s3 - tau[:, None], torch.zeros_like(s3))
-        sq = rd.square().sum((-1, -2)) + c1.square().sum((-1, -2)) + c2.square().sum((-1, -2))
+        tau3 = tau.view(B, 1, 1)
+        rd = (-wv * v / u.clamp_min(1e-300) + z - mu + nu + lam.unsqueeze(1)) * freef
+        c1 = (mu * s1 - tau3) * freef
+        c2 = (nu * s2 - tau3) * freef
+        c3 = (lam * s3 - tau.view(B, 1)) * budf
+        sq = (rd.square() + c1.square() + c2.square()).sum((-1, -2))
         return (sq + c3.square().sum(-1)).sqrt(), rd
 
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
         gap = ((mu * s1 + nu * s2) * freef).sum((-1, -2)) + (lam * s3 * bud_active).sum(-1)
         eta = gap / count
         # Stop an instance once its snapped pair or its iterate meets a tenth of the tolerance.
-        _, snapped_kkt = _snap(a, mu, nu, lam, s1, s2, s3, v, x, b, w, z, free, agent, bud_active)
-        raw_kkt = _kkt(a, mu * freef, nu * freef, lam * bud_active, v, x, b, w, z, free, agent)
-        done = done | (torch.minimum(snapped_kkt, raw_kkt) <= 0.1 * tol)
-        if bool(done.all()):
-            break
+        # The test costs about as much as a Newton step, and no pair can pass it while the
+        # complementarity gap of every running instance is far above the tolerance.
+        if float(torch.where(done, torch.zeros_like(eta), eta).min()) <= 1e3 * tol:
+            _, snapped_kkt = _snap(
+                a, mu, nu, lam, s1, s2, s3, v, x, b, w, z, free, agent, bud_active
+            )
+            raw_kkt = _kkt(a, mu * freef, nu * freef, lam * bud_active, v, x, b, w, z, free, agent)
+            done = done | (torch.minimum(snapped_kkt, raw_kkt) <= 0.1 * tol)
+            if bool(done.all()):
+                break
         tau = 0.1 * eta
         u = (v * a).sum(-1, keepdim=True).clamp_min(1e-300)
-        grad = torch.where(free, -wv * v / u + z, torch.zeros_like(a))
-        # Newton system (H + G^T diag(y/s) G) da = -(grad f + G^T (tau / s)).
+        grad = (-wv * v / u + z) * freef
+        # Newton system (H + G^T diag(y/s) G) da = -(grad f + G^T (tau / s)), solved in
+        # closed form (see _newton_direction): no [B, N, N] matrix is ever built.
         scaled_v = (w.unsqueeze(-1).sqrt() * v / u) * freef  # [B, n, m]
-        # Budget coupling F D^T diag(lam / s3) D F (F masks fixed variables), built in one
-        # full-size product; then the agents' rank-1 log Hessians and the bound barriers are
-        # added in place (few passes over the [B, N, N] matrix: it dominates the cost).
-        coupling = (freef * (lam / s3 * bud_active).unsqueeze(1)).view(B, n, m, 1, 1)
-        K = (coupling * eye_m.view(1, 1, m, 1, m) * freef.view(B, 1, 1, n, m)).reshape(B, N, N)
-        K5 = K.view(B, n, m, n, m)
-        K5[:, index, :, index, :] += (scaled_v.unsqueeze(-1) * scaled_v.unsqueeze(-2)).transpose(
-            0, 1
-        )
-        # Bound barriers on the diagonal; fixed variables get 1 (inert rows), plus a tiny
-        # shift that keeps Cholesky defined when a rank-deficient block is barely damped.
-        K.diagonal(dim1=-2, dim2=-1).add_(((mu / s1 + nu / s2) * freef + fixed).view(B, N) + 1e-14)
+        coupling = lam / s3 * bud_active  # [B, m]
+        diagonal = (mu / s1 + nu / s2) * freef + fixed + 1e-14
         tau3 = tau.view(B, 1, 1)
         barrier = (-tau3 / s1 + tau3 / s2) * freef + (tau.view(B, 1) / s3 * bud_active).unsqueeze(
             1
         ) * freef
-        rhs = -(grad + barrier).view(B, N, 1)
-        chol, info = torch.linalg.cholesky_ex(K)
-        da = torch.cholesky_solve(rhs, chol).view(B, n, m) * freef
-        da = torch.where((info == 0).view(B, 1, 1), da, torch.zeros_like(da))
+        da, info = _newton_direction(diagonal, scaled_v, coupling, freef, -(grad + barrier))
+        da = torch.where((info == 0).view(B, 1, 1), da * freef, torch.zeros_like(da))
         ds1, ds2 = da, -da
-        ds3 = torch.where(bud_active, -da.sum(1), torch.zeros_like(s3))
-        dmu = torch.where(free, (tau3 - mu * s1 - mu * ds1) / s1, torch.zeros_like(a))
-        dnu = torch.where(free, (tau3 - nu * s2 - nu * ds2) / s2, torch.zeros_like(a))
-        dlam = torch.where(
-            bud_active, (tau.view(B, 1) - lam * s3 - lam * ds3) / s3, torch.zeros_like(s3)
-        )
+        ds3 = -da.sum(1) * budf
+        dmu = (tau3 - mu * s1 - mu * ds1) / s1 * freef
+        dnu = (tau3 - nu * s2 - nu * ds2) / s2 * freef
+        dlam = (tau.view(B, 1) - lam * s3 - lam * ds3) / s3 * budf
         # Fraction to the boundary: every slack and dual stays strictly positive.
-
-        def max_step(value, delta, mask):
-            ratio = torch.where(
-                mask & (delta < 0), -value / delta, torch.full_like(value, float("inf"))
-            )
-            return ratio.flatten(1).amin(1)
-
-        alpha = torch.stack(
-            [
-                max_step(s1, ds1, free),
-                max_step(s2, ds2, free),
-                max_step(s3, ds3, bud_active),
-                max_step(mu, dmu, free),
-                max_step(nu, dnu, free),
-                max_step(lam, dlam, bud_active),
-            ]
-        ).amin(0)
+        values = torch.cat([s1, s2, mu, nu], -1).flatten(1)
+        values = torch.cat([values, s3, lam], -1)
+        deltas = torch.cat([ds1, ds2, dmu, dnu], -1).flatten(1)
+        deltas = torch.cat([deltas, ds3, dlam], -1)
+        ratio = torch.where(step_mask & (deltas < 0), -values / deltas, inf)
+        alpha = ratio.amin(1)
         alpha = torch.clamp(0.99 * alpha, max=1.0)
         alpha = torch.where(done | (info != 0), torch.zeros_like(alpha), alpha)
         # Backtracking on the residual norm (vectorised: all instances halve together).
@@ -250,9 +234,9 @@ def solve_pf(
             alpha = torch.where(ok, alpha, 0.5 * alpha)
         a, mu, nu, lam, s1, s2, s3 = cand
         # Keep the slacks exact functions of a (no drift).
-        s1 = torch.where(free, a, torch.ones_like(a))
-        s2 = torch.where(free, x - a, torch.ones_like(a))
-        s3 = torch.where(bud_active, b - a.sum(1), torch.ones_like(s3))
+        s1 = a * freef + fixed
+        s2 = (x - a) * freef + fixed
+        s3 = (b - a.sum(1)) * budf + (1.0 - budf)
 
     snapped, snapped_kkt = _snap(a, mu, nu, lam, s1, s2, s3, v, x, b, w, z, free, agent, bud_active)
     raw = (a, mu * freef, nu * freef, lam * bud_active)
@@ -275,6 +259,87 @@ def solve_pf(
         iterations=iterations,
         free=free,
     )
+
+
+def _newton_direction(
+    diagonal: Tensor, scaled_v: Tensor, coupling: Tensor, freef: Tensor, rhs: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Solve the interior-point Newton system ``K da = rhs`` by its structure.
+
+    ``K = diag(d) + sum_i s_i s_i^T + sum_m c_m f_m f_m^T``: the bound barriers on the
+    diagonal, each agent's rank-1 log Hessian (``s_i`` lives on agent i's m entries) and each
+    budget's barrier (``f_m`` marks the free variables of item m). The agent blocks are
+    inverted by Sherman-Morrison; the budgets by Woodbury in the form
+    ``(C^-1 + F^T A^-1 F)`` (an m x m SPD matrix per instance), which stays well conditioned
+    both when a budget's barrier is huge (active budget, ``1/c -> 0``) and when it is tiny.
+    Cost: O(n m^2) per instance instead of a Cholesky of the ``nm x nm`` matrix.
+
+    Args:
+        diagonal: ``[B, n, m]`` positive diagonal ``d``.
+        scaled_v: ``[B, n, m]`` ``s`` (zero on fixed variables).
+        coupling: ``[B, m]`` ``c >= 0`` (zero for budgets outside the program).
+        freef: ``[B, n, m]`` 1 on free variables, 0 on fixed ones.
+        rhs: ``[B, n, m]``.
+
+    Returns:
+        ``da`` ``[B, n, m]`` and ``[B]`` info (nonzero where the m x m factorisation failed).
+
+    """
+    B, n, m = diagonal.shape
+    scaled_d = scaled_v / diagonal  # P = s / d
+    kappa = 1.0 / (1.0 + (scaled_v * scaled_d).sum(-1, keepdim=True))  # [B, n, 1]
+
+    def agent_solve(y: Tensor) -> Tensor:  # A^-1 y, A = diag(d) + blockdiag(s_i s_i^T)
+        q = y / diagonal
+        return q - scaled_d * (kappa * (scaled_v * q).sum(-1, keepdim=True))
+
+    fp = freef * scaled_d  # [B, n, m]
+    inner = torch.diag_embed((freef / diagonal).sum(1)) - torch.einsum(
+        "bik,bil->bkl", kappa * fp, fp
+    )
+    active = coupling > 0
+    inverse = torch.where(active, 1.0 / coupling.clamp_min(1e-300), torch.ones_like(coupling))
+    pair = active.unsqueeze(-1) & active.unsqueeze(-2)
+    schur = torch.where(pair, inner, torch.zeros_like(inner)) + torch.diag_embed(inverse)
+    first = agent_solve(rhs)
+    projected = torch.where(active, (freef * first).sum(1), torch.zeros_like(coupling))
+    chol, info = torch.linalg.cholesky_ex(schur)
+    weights = torch.cholesky_solve(projected.unsqueeze(-1), chol).squeeze(-1)
+    da = first - agent_solve(freef * weights.unsqueeze(1))
+    # The closed form cancels large terms when a block is nearly singular (an agent whose
+    # variables are all interior near convergence: tiny d, rank-1 Hessian). Such instances
+    # are recognised by their residual and re-solved by a dense Cholesky of K.
+    terms = (
+        diagonal * da,
+        scaled_v * (scaled_v * da).sum(-1, keepdim=True),
+        freef * (coupling * (freef * da).sum(1)).unsqueeze(1),
+    )
+    scale = rhs.abs().amax((-1, -2)) + sum(t.abs().amax((-1, -2)) for t in terms)
+    residual = (terms[0] + terms[1] + terms[2] - rhs).abs().amax((-1, -2))
+    bad = (residual > 1e-10 * scale.clamp_min(1e-300)) | (info != 0)
+    if bool(bad.any()):
+        index = bad.nonzero().squeeze(-1)
+        dense, dense_info = _dense_newton_direction(
+            diagonal[index], scaled_v[index], coupling[index], freef[index], rhs[index]
+        )
+        da = da.index_copy(0, index, dense)
+        info = info.index_copy(0, index, dense_info)
+    return da, info
+
+
+def _dense_newton_direction(
+    diagonal: Tensor, scaled_v: Tensor, coupling: Tensor, freef: Tensor, rhs: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`_newton_direction` by a Cholesky factorisation of the full ``[nm, nm]`` K."""
+    B, n, m = diagonal.shape
+    N = n * m
+    K = torch.diag_embed(diagonal.reshape(B, N)).view(B, n, m, n, m)
+    index = torch.arange(n, device=diagonal.device)
+    K[:, index, :, index, :] += (scaled_v.unsqueeze(-1) * scaled_v.unsqueeze(-2)).transpose(0, 1)
+    F = torch.diag_embed(freef).reshape(B, N, m)  # F[(i, k), l] = f_ik [k = l]
+    K = K.reshape(B, N, N) + (F * coupling.unsqueeze(1)) @ F.transpose(1, 2)
+    chol, info = torch.linalg.cholesky_ex(K)
+    return torch.cholesky_solve(rhs.reshape(B, N, 1), chol).view(B, n, m), info
 
 
 def _snap(a, mu, nu, lam, s1, s2, s3, v, x, b, w, z, free, agent, bud_active):
@@ -312,32 +377,40 @@ def kkt_matrix(sol: PFSolution, v: Tensor, x: Tensor, b: Tensor, z: Tensor) -> T
     K = 3 * N + m
     u = (v * a).sum(-1, keepdim=True)  # [B, n, 1]
     c = mu - nu - lam.unsqueeze(1) - z  # [B, n, m]
+    # Entries of fixed variables and of budgets outside the program are zeroed before they
+    # are written, so the blocks go straight into M (every block is a diagonal or a batch of
+    # small blocks: written through strided views, never as a dense [B, K, K] temporary).
+    freef = free.to(a.dtype)
+    budget = (b > ZERO).to(a.dtype)
     M = torch.zeros(B, K, K, dtype=a.dtype, device=a.device)
-    eye_n = torch.eye(n, dtype=a.dtype, device=a.device)
-    eye_m = torch.eye(m, dtype=a.dtype, device=a.device)
-    # F1: c_im v_im' within agent i (block diagonal over agents).
-    block = c.unsqueeze(-1) * v.unsqueeze(-2)  # [B, n, m, m']
-    M[:, :N, :N] = (block.unsqueeze(3) * eye_n.view(1, n, 1, n, 1)).reshape(B, N, N)
-    uu = u.expand(B, n, m).reshape(B, N)
-    M[:, :N, N : 2 * N] = torch.diag_embed(uu)
-    M[:, :N, 2 * N : 3 * N] = -torch.diag_embed(uu)
-    M[:, :N, 3 * N :] = -(u.unsqueeze(-1) * eye_m.view(1, 1, m, m)).reshape(B, N, m)
-    # F2, F3: complementarity of the bounds.
-    M[:, N : 2 * N, :N] = torch.diag_embed(mu.reshape(B, N))
-    M[:, N : 2 * N, N : 2 * N] = torch.diag_embed(a.reshape(B, N))
-    M[:, 2 * N : 3 * N, :N] = torch.diag_embed(nu.reshape(B, N))
-    M[:, 2 * N : 3 * N, 2 * N : 3 * N] = torch.diag_embed((a - x).reshape(B, N))
-    # F4: complementarity of the budgets, lambda_m D_m.
-    D = eye_m.view(1, m, 1, m).expand(n, m, 1, m).reshape(N, m).T  # [m, N]
-    M[:, 3 * N :, :N] = lam.unsqueeze(-1) * D
-    M[:, 3 * N :, 3 * N :] = torch.diag_embed(a.sum(1) - b)
-    keep = torch.cat(
-        [free.reshape(B, N)] * 3 + [torch.ones(B, m, dtype=torch.bool, device=a.device)], -1
+
+    def diagonal(rows: int, cols: int, size: int) -> Tensor:
+        return M[:, rows : rows + size, cols : cols + size].diagonal(dim1=-2, dim2=-1)
+
+    # F1: c_im v_im' within agent i (block diagonal over agents), u_i on the dual columns.
+    index = torch.arange(n, device=a.device)
+    M[:, :N, :N].unflatten(1, (n, m)).unflatten(3, (n, m))[:, index, :, index, :] = (
+        (freef * c).unsqueeze(-1) * (freef * v).unsqueeze(-2)
+    ).transpose(0, 1)
+    uu = (u * freef).reshape(B, N)
+    diagonal(0, N, N).copy_(uu)
+    diagonal(0, 2 * N, N).copy_(-uu)
+    M[:, :N, 3 * N :].unflatten(1, (n, m)).diagonal(dim1=-2, dim2=-1).copy_(
+        -(u * freef * budget.unsqueeze(1))
     )
-    keep[:, 3 * N :] = b > ZERO
-    both = keep.unsqueeze(-1) & keep.unsqueeze(-2)
-    M = torch.where(both, M, torch.zeros_like(M))
-    return M + torch.diag_embed((~keep).to(M.dtype))
+    # F2, F3: complementarity of the bounds.
+    diagonal(N, 0, N).copy_((mu * freef).reshape(B, N))
+    diagonal(N, N, N).copy_((a * freef).reshape(B, N))
+    diagonal(2 * N, 0, N).copy_((nu * freef).reshape(B, N))
+    diagonal(2 * N, 2 * N, N).copy_(((a - x) * freef).reshape(B, N))
+    # F4: complementarity of the budgets, lambda_m D_m.
+    M[:, 3 * N :, :N].unflatten(2, (n, m)).diagonal(dim1=1, dim2=3).copy_(
+        (lam * budget).unsqueeze(1) * freef
+    )
+    diagonal(3 * N, 3 * N, m).copy_((a.sum(1) - b) * budget)
+    keep = torch.cat([freef.reshape(B, N)] * 3 + [budget], -1)
+    M.diagonal(dim1=-2, dim2=-1).add_(1.0 - keep)
+    return M
 
 
 def solve_transposed(M: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
@@ -399,38 +472,121 @@ class PFFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_a):  # noqa: D102
         values, demands, budgets, weights, z = ctx.saved_tensors
-        sol = ctx.sol
         v, x, b, w = (t.to(torch.float64) for t in (values, demands, budgets, weights))
         z64 = z.to(torch.float64)
         x = x.clamp_min(0.0)
-        a, free = sol.allocation, sol.free
-        B, n, m = a.shape
-        N = n * m
-        M = kkt_matrix(sol, v, x, b, z64)
-        rhs = torch.zeros(B, 3 * N + m, dtype=torch.float64, device=a.device)
-        rhs[:, :N] = (grad_a.to(torch.float64) * free).reshape(B, N)
-        g, _ = solve_transposed(M, rhs)
-        g_a = g[:, :N].view(B, n, m) * free
-        g_nu = g[:, 2 * N : 3 * N].view(B, n, m) * free
-        g_lam = g[:, 3 * N :]
-        c = sol.mu - sol.nu - sol.lam.unsqueeze(1) - z64
-        u = (v * a).sum(-1, keepdim=True)
-        # dl/dtheta = -(dF/dtheta)^T g, with F1_im = (mu - nu - lam - z)_im u_i + w_i v_im.
-        grad_v = -(a * (c * g_a).sum(-1, keepdim=True) + w.unsqueeze(-1) * g_a) * free
-        grad_w = -(v * g_a).sum(-1)
-        grad_z = u * g_a
-        grad_x = sol.nu * g_nu
-        grad_b = torch.where(b > ZERO, sol.lam * g_lam, torch.zeros_like(g_lam))
+        grads = _reduced_gradients(ctx.sol, grad_a.to(torch.float64), v, x, b, w, z64)
         dtype = ctx.dtype
-        return (
-            grad_v.to(dtype),
-            grad_x.to(dtype),
-            grad_b.to(dtype),
-            grad_w.to(dtype),
-            grad_z.to(dtype),
-            None,
-            None,
+        return (*(g.to(dtype) for g in grads), None, None)
+
+
+def _full_gradients(sol: PFSolution, grad_a, v, x, b, w, z) -> tuple[Tensor, ...]:
+    """``(dl/dv, dl/dx, dl/db, dl/dw, dl/dz)`` from the full KKT matrix ``M'`` (App. D)."""
+    a, free = sol.allocation, sol.free
+    B, n, m = a.shape
+    N = n * m
+    M = kkt_matrix(sol, v, x, b, z)
+    rhs = torch.zeros(B, 3 * N + m, dtype=torch.float64, device=a.device)
+    rhs[:, :N] = (grad_a * free).reshape(B, N)
+    g, _ = solve_transposed(M, rhs)
+    g_a = g[:, :N].view(B, n, m) * free
+    g_nu = g[:, 2 * N : 3 * N].view(B, n, m) * free
+    g_lam = g[:, 3 * N :]
+    c = sol.mu - sol.nu - sol.lam.unsqueeze(1) - z
+    u = (v * a).sum(-1, keepdim=True)
+    # dl/dtheta = -(dF/dtheta)^T g, with F1_im = (mu - nu - lam - z)_im u_i + w_i v_im.
+    grad_v = -(a * (c * g_a).sum(-1, keepdim=True) + w.unsqueeze(-1) * g_a) * free
+    grad_w = -(v * g_a).sum(-1)
+    grad_z = u * g_a
+    grad_x = sol.nu * g_nu
+    grad_b = torch.where(b > ZERO, sol.lam * g_lam, torch.zeros_like(g_lam))
+    return grad_v, grad_x, grad_b, grad_w, grad_z
+
+
+def _reduced_gradients(sol: PFSolution, grad_a, v, x, b, w, z) -> tuple[Tensor, ...]:
+    """The gradients of :func:`_full_gradients` from the active-set reduced system.
+
+    Under strict complementarity, ``M'`` eliminates to the KKT system of the equality-
+    constrained program on the active set: variables at a bound follow the bound (0 or the
+    demand), interior variables ``I`` satisfy stationarity ``grad f_I + lambda = 0`` and
+    active budgets ``J`` hold with equality. Its matrix ``R = [[H_II, E], [E^T, 0]]`` (``H``:
+    the agents' rank-1 log Hessians; ``E``: the budgets' incidence) has size ``nm + m`` instead
+    of ``3nm + m``, and one symmetric solve ``R g = [dl/da_I, 0]`` gives every gradient.
+    Instances that are degenerate (a variable at a bound with a zero multiplier, a tight
+    budget with a zero multiplier, an unsnapped interior iterate) or whose ``R`` is singular
+    go through ``M'`` with its minimal-norm solve instead, so the result is the same.
+    """
+    a, mu, nu, lam, free = sol.allocation, sol.mu, sol.nu, sol.lam, sol.free
+    B, n, m = a.shape
+    N = n * m
+    dtype, device = a.dtype, a.device
+    in_budget = b > ZERO
+    lower = free & (mu > 0)
+    upper = free & (nu > 0)
+    interior = free & ~lower & ~upper
+    tight = in_budget & (lam > 0)
+    slack = b - a.sum(1)
+    degenerate = (
+        (lower & (a != 0)).any((-1, -2))
+        | (upper & (a != x)).any((-1, -2))
+        | (lower & upper).any((-1, -2))
+        | (interior & ((a <= DEMAND_ZERO * 1e-3) | (x - a <= DEMAND_ZERO * 1e-3))).any((-1, -2))
+        | (in_budget & ~tight & (slack.abs() <= 1e-9)).any(-1)
+    )
+    u = (v * a).sum(-1, keepdim=True)  # [B, n, 1]
+    If = interior.to(dtype)
+    Jf = tight.to(dtype)
+    P = N + m
+    R = torch.zeros(B, P, P, dtype=dtype, device=device)
+    scaled = If * w.unsqueeze(-1).sqrt() * v / u.clamp_min(1e-300)  # [B, n, m]
+    index = torch.arange(n, device=device)
+    R[:, :N, :N].unflatten(1, (n, m)).unflatten(3, (n, m))[:, index, :, index, :] = (
+        scaled.unsqueeze(-1) * scaled.unsqueeze(-2)
+    ).transpose(0, 1)
+    incidence = If * Jf.unsqueeze(1)  # [B, n, m]
+    R[:, :N, N:].unflatten(1, (n, m)).diagonal(dim1=-2, dim2=-1).copy_(incidence)
+    R[:, N:, :N].unflatten(2, (n, m)).diagonal(dim1=1, dim2=3).copy_(incidence)
+    R.diagonal(dim1=-2, dim2=-1).add_(1.0 - torch.cat([If.reshape(B, N), Jf], -1))
+    rhs = torch.cat(
+        [(grad_a * If).reshape(B, N), torch.zeros(B, m, dtype=dtype, device=device)], -1
+    )
+    LU, pivots, info = torch.linalg.lu_factor_ex(R)
+    pivot = LU.diagonal(dim1=-2, dim2=-1).abs()
+    singular = (info != 0) | (pivot.amin(-1) <= SINGULAR_PIVOT * pivot.amax(-1).clamp_min(1e-300))
+    g = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+    g_a = g[:, :N].view(B, n, m) * If
+    g_lam = g[:, N:] * Jf
+    wv = w.unsqueeze(-1) / u.clamp_min(1e-300)  # [B, n, 1]
+    agent = (g_a * v * wv / u.clamp_min(1e-300)).sum(-1, keepdim=True)  # G_i
+    grad_w = (g_a * v).sum(-1) / u.squeeze(-1).clamp_min(1e-300)
+    grad_v = (g_a * wv - agent * a) * free
+    grad_z = -g_a
+    grad_x = torch.where(upper, grad_a - agent * v - g_lam.unsqueeze(1), torch.zeros_like(a))
+    grad_b = g_lam
+    grads = (grad_v, grad_x, grad_b, grad_w, grad_z)
+    fallback = degenerate | singular
+    if bool(fallback.any()):
+        index = fallback.nonzero().squeeze(-1)
+        full = _full_gradients(
+            _select(sol, index), grad_a[index], v[index], x[index], b[index], w[index], z[index]
         )
+        grads = tuple(g.index_copy(0, index, f) for g, f in zip(grads, full, strict=True))
+    return grads
+
+
+def _select(sol: PFSolution, index: Tensor) -> PFSolution:
+    """The solutions of the instances ``index``."""
+    return PFSolution(
+        allocation=sol.allocation[index],
+        mu=sol.mu[index],
+        nu=sol.nu[index],
+        lam=sol.lam[index],
+        kkt_residual=sol.kkt_residual[index],
+        converged=sol.converged[index],
+        objective=sol.objective[index],
+        iterations=sol.iterations,
+        free=sol.free[index],
+    )
 
 
 def pf_allocate(

@@ -1,16 +1,22 @@
 """Revenue against regret for every row of a ``ca_frontier`` table (seed 001 §7.5).
 
-    python scripts/ca_frontier_plot.py outputs/runs/<date>/<time>_reproduce/ca_frontier.csv
+    python scripts/ca_frontier_plot.py outputs/runs/<date>/<time>_reproduce/ca_frontier.csv \
+        [more ca_frontier CSVs] [--evaluations <evaluate run dir> ...] [--baselines <csv>]
 
-Writes ``ca_frontier_scatter.png`` next to the CSV: one marker per trained point (revenue ±
-SE against mean regret ± SE under the table's attacker), one colour per mechanism, and prints
-for every baseline point whether a solver-backed point has at least its revenue at no more
-regret.
+Writes ``ca_frontier_scatter.png`` next to the first CSV: one marker per trained point
+(revenue ± SE against mean regret ± SE under the table's attacker), one colour per mechanism.
+Several CSVs (restricted sweeps run one by one) and single ``auctionlab evaluate`` runs of a
+trained point (``--evaluations``: its ``metrics.json``, the final budget from its training
+run's ``config.yaml``) join one frontier. Prints the learned mechanism's Pareto frontier
+(no other learned point has more revenue at no more regret), then for every baseline point
+the learned points that dominate it (at least its revenue at no more regret) or "not
+dominated", and a count. Every point must come from the same attacker budget (checked).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -20,9 +26,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def evaluation_row(run: Path) -> dict:
+    """One table row from an ``auctionlab evaluate`` run directory of a trained point."""
+    import yaml
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    train_dir = Path(config["run"])
+    trained = yaml.safe_load((train_dir / "config.yaml").read_text())
+    return {
+        "mechanism": json.loads((train_dir / "choices.json").read_text()).get("mechanism", "?"),
+        "trainer.constraint.budget_end": trained["trainer"]["constraint"].get("budget_end"),
+        "revenue": metrics["revenue"],
+        "revenue_se": metrics["revenue_se"],
+        "regret_mean": metrics["regret_mean"],
+        "regret_se": metrics["regret_se"],
+        "regret_max": metrics["regret_max"],
+        "restarts": metrics["attack_restarts"],
+        "steps": metrics["attack_steps"],
+        "profiles": metrics["profiles"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv", type=Path)
+    parser.add_argument("csv", type=Path, nargs="+")
+    parser.add_argument("--evaluations", type=Path, nargs="*", default=[])
     parser.add_argument("--learned", default="solver_backed")
     parser.add_argument(
         "--baselines",
@@ -31,7 +60,11 @@ def main() -> None:
     )
     parser.add_argument("--env", default="combinatorial/ca_2x3")
     args = parser.parse_args()
-    table = pd.read_csv(args.csv)
+    table = pd.concat(
+        [pd.read_csv(path) for path in args.csv]
+        + [pd.DataFrame([evaluation_row(run) for run in args.evaluations])],
+        ignore_index=True,
+    )
     if args.baselines:
         extra = pd.read_csv(args.baselines)
         extra = extra[extra["env"] == args.env].copy()
@@ -53,6 +86,9 @@ def main() -> None:
             label=name,
             capsize=2,
         )
+    budgets = table[["restarts", "steps", "profiles"]].drop_duplicates()
+    if len(budgets) > 1:
+        raise SystemExit(f"points measured with different attacker budgets:\n{budgets}")
     budget = table.iloc[0]
     ax.set_xlabel(
         f"mean regret per bidder (hybrid attacker, PGD {int(budget['restarts'])}x"
@@ -62,22 +98,41 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = args.csv.with_name("ca_frontier_scatter.png")
+    out = args.csv[0].with_name("ca_frontier_scatter.png")
     fig.savefig(out, dpi=120)
     learned = table[table["mechanism"] == args.learned]
-    for _, row in table[table["mechanism"] != args.learned].sort_values("mechanism").iterrows():
+    print(
+        f"attacker: hybrid, PGD {int(budget['restarts'])} restarts x {int(budget['steps'])} steps, "
+        f"{int(budget['profiles'])} profiles"
+    )
+    print(f"{args.learned} Pareto frontier (revenue / mean regret per bidder):")
+    for _, row in learned.sort_values("regret_mean").iterrows():
+        beaten = (
+            (learned["revenue"] > row["revenue"]) & (learned["regret_mean"] <= row["regret_mean"])
+        ).any()
+        if not beaten:
+            budget_end = row.get("trainer.constraint.budget_end")
+            print(
+                f"  {row['revenue']:.4f} ± {row['revenue_se']:.4f} at {row['regret_mean']:.3g}"
+                + (f" (final budget {budget_end:g})" if pd.notna(budget_end) else "")
+            )
+    dominated = 0
+    baselines = table[table["mechanism"] != args.learned].sort_values(["mechanism", "revenue"])
+    for _, row in baselines.iterrows():
         better = learned[
             (learned["revenue"] >= row["revenue"]) & (learned["regret_mean"] <= row["regret_mean"])
         ]
+        dominated += bool(len(better))
         verdict = (
             "dominated by "
-            + ", ".join(f"{r.revenue:.4f}/{r.regret_mean:.2e}" for r in better.itertuples())
+            + ", ".join(f"{r.revenue:.4f}/{r.regret_mean:.3g}" for r in better.itertuples())
             if len(better)
             else "not dominated"
         )
-        print(
-            f"{row['mechanism']} rev {row['revenue']:.4f} rgt {row['regret_mean']:.2e}: {verdict}"
-        )
+        alpha = row.get("mechanism.alpha")
+        label = row["mechanism"] + (f" alpha={alpha:g}" if pd.notna(alpha) else "")
+        print(f"{label} rev {row['revenue']:.4f} rgt {row['regret_mean']:.3g}: {verdict}")
+    print(f"{dominated} of {len(baselines)} baseline points dominated by a {args.learned} point")
     print(f"wrote {out}")
 
 

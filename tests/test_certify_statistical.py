@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,132 @@ def test_cert_benchmarks_smoke_end_to_end(cli, tmp_path):
         jobs = list(csv.DictReader(handle))
     assert {j["stage"] for j in jobs} == {"train", "certify"}
     assert all(j["status"] == "FINISHED" for j in jobs)
+
+
+@pytest.fixture(scope="module")
+def sparsemax_run(tmp_path_factory) -> Path:
+    """A tiny regretnet_sparsemax (MIP-certifiable) trained in-process for a few steps."""
+    import shutil
+
+    from conftest import compose_cfg
+
+    from auctionlab.tasks import train
+
+    root = tmp_path_factory.mktemp("sparsemax")
+    cwd = Path.cwd()
+    import os
+
+    os.chdir(root)
+    try:
+        cfg = compose_cfg(
+            "train",
+            [
+                "mechanism=regretnet_sparsemax",
+                "mechanism.hidden=[4,4]",
+                "env=2x2",
+                "scale=smoke",
+                "train.iterations=5",
+                "tracking=none",
+                "threads=1",
+            ],
+        )
+        train.run(cfg)
+        shutil.copytree(root / "outputs" / "adhoc", root / "run")
+    finally:
+        os.chdir(cwd)
+    return root / "run"
+
+
+def _certify(compose, *overrides: str) -> tuple[dict, dict]:
+    from auctionlab.tasks import certify
+
+    # Only the parts under test: no stress tests or train-gap re-attacks.
+    light = ["certifier.stress.profiles=0", "certifier.train_profiles=0"]
+    cfg = compose(
+        "certify", ["certifier=statistical", "scale=smoke", "tracking=none", *light, *overrides]
+    )
+    metrics = certify.run(cfg)  # outside Hydra: outputs/adhoc in the temp cwd
+    return metrics, json.loads(Path("outputs/adhoc/certificate.json").read_text())
+
+
+def test_exact_eta_by_mip_on_the_whole_holdout_and_on_a_subsample(sparsemax_run, compose):
+    metrics, report = _certify(
+        compose,
+        f"run={sparsemax_run}",
+        "certifier.eta=exact",
+        "certifier.eta_profiles=null",
+        "certifier.holdout_profiles=6",
+        "certifier.mip.bounds=ibp",
+        "certifier.curve_profiles=0",
+    )
+    gap = report["oracle"]["gap"]
+    # Whole holdout: every (profile, bidder) solved, the certified regret is the MIP's, eta 0.
+    assert gap["kind"] == "exact" and gap["eta"] == 0.0 and gap["solves"] == 12
+    assert gap["status"] == {"optimal": 12} and gap["numerical"] == 0
+    assert gap["exact_regret_on_subsample"] >= gap["holdout_regret_on_subsample"] - 1e-9
+    assert metrics["eta_exact"] == 1.0 and metrics["eta_exact_solves"] == 12
+    cert = report["certificate"]["regret"]
+    assert cert["estimate_max"] == pytest.approx(max(cert["estimate"]))
+    assert sum(cert["estimate"]) / 2 == pytest.approx(gap["exact_regret_on_subsample"], rel=1e-5)
+    assert math.isfinite(cert["range"])  # payments bounded by interval propagation
+    assert "eta exact" in report["statement"]
+    # Subsample: eta = mean gap + its own slack at delta_r / 2; labelled as estimated from solves.
+    metrics, report = _certify(
+        compose,
+        f"run={sparsemax_run}",
+        "certifier.eta=auto",
+        "certifier.eta_profiles=3",
+        "certifier.holdout_profiles=12",
+        "certifier.mip.bounds=ibp",
+        "certifier.curve_profiles=0",
+    )
+    gap = report["oracle"]["gap"]
+    assert gap["kind"] == "estimated from 6 exact solves" and gap["solves"] == 6
+    assert gap["eta"] >= max(gap["gap_estimate"]) and gap["eta"] > 0  # slack > 0
+    assert gap["gap_delta"] == pytest.approx(0.05 * 0.5 / 2)
+    assert report["certificate"]["regret"]["delta"] == pytest.approx(0.05 * 0.5 / 2)
+    assert metrics["eta_exact"] == 1.0 and metrics["eta_exact_solves"] == 6
+
+
+def test_exact_eta_is_refused_where_no_mip_applies_and_auto_falls_back(compose):
+    from auctionlab.errors import ConfigError
+    from auctionlab.tasks import certify
+
+    base = ["certifier=statistical", "mechanism=first_price", "env=2x2", "tracking=none"]
+    with pytest.raises(ConfigError) as err:
+        certify.prepare(compose("certify", [*base, "certifier.eta=exact"]))
+    assert "certifier.eta=exact needs a MIP-certifiable network" in str(err.value)
+    assert "\n" not in str(err.value)
+    parts = certify.prepare(compose("certify", [*base, "certifier.eta=auto"]))
+    assert parts["options"]["eta_mode"] == "estimated"
+    with pytest.raises(ConfigError, match="certifier.eta=sometimes is not valid; choose one of"):
+        certify.prepare(compose("certify", [*base, "certifier.eta=sometimes"]))
+
+
+def test_random_misreport_certification_under_reports_first_price(compose):
+    common = ["mechanism=first_price", "env=2x2", "certifier.holdout_profiles=128"]
+    pgd, _ = _certify(compose, *common)
+    weak, report = _certify(
+        compose, *common, "certifier.oracle=random", "certifier.random_oracle_samples=8"
+    )
+    assert report["oracle"]["holdout"]["attacker"] == "random"
+    assert weak["attack_restarts"] == 8 and weak["attack_steps"] == 0
+    # The weak oracle finds less regret on the same holdout; the stronger audit oracle that
+    # estimates eta (warm-started from its misreports) reports the difference as a gap.
+    assert weak["regret_estimate_max"] < pgd["regret_estimate_max"] - 0.01
+    assert weak["eta"] > pgd["eta"]
+    assert report["regret_vs_budget"][-1]["oracle"] == "random search (certification)"
+
+
+@pytest.mark.parametrize(("name", "points"), [("cert_scaling", 36), ("cert_budgets", 4)])
+def test_scaling_and_budget_experiments_are_valid_plans(compose, name, points):
+    from auctionlab.tasks import reproduce
+
+    plan = reproduce.prepare(compose("reproduce", [f"experiment={name}", "scale=smoke"]))
+    assert len(plan.points) == points
+    if name == "cert_scaling":  # n, m in {2, 4, 8}, envs named after their shape
+        shapes = {
+            tuple(o.split("=")[1] for o in p.overrides if o.startswith("env.n_"))
+            for p in plan.points
+        }
+        assert shapes == {(a, b) for a in ("2", "4", "8") for b in ("2", "4", "8")}

@@ -318,11 +318,48 @@ def exact_oracle(mechanism):
     return None
 
 
+def ibp_payment_range(mechanism) -> tuple[float, float] | None:
+    """Interval bounds ``(low, high)`` on every payment over the whole report box.
+
+    For a MIP-certifiable ReLU network (``regretnet_sparsemax``) with free payments, whose
+    payment head is unbounded a priori, interval propagation of the report box through the
+    trunk and the payment head gives a rigorous (if loose) range, clipped as the deployed
+    mechanism clips (``nonneg``: ``>= 0``). ``None`` for other mechanisms.
+    """
+    from auctionlab.solvers.bounds import interval_bounds
+    from auctionlab.solvers.mip_encoding import NetworkSpec
+
+    try:
+        spec = NetworkSpec.from_mechanism(mechanism)
+    except ConfigError:
+        return None
+    if spec.payment == "fractional":
+        return None  # bounded by the bid value: the IR-by-design path covers it
+    layers = [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in spec.layers()]
+    low = torch.from_numpy(spec.low.reshape(1, -1))
+    high = torch.from_numpy(spec.high.reshape(1, -1))
+    with torch.no_grad():
+        out_low, out_high = interval_bounds(layers, low, high)[-1]
+    pay_low, pay_high = float(out_low[0, -spec.n :].min()), float(out_high[0, -spec.n :].max())
+    if spec.clip in ("nonneg", "ir"):
+        pay_low, pay_high = max(pay_low, 0.0), max(pay_high, 0.0)
+    return pay_low, pay_high
+
+
+def _payment_range(mechanism) -> tuple[float, float] | None:
+    cap = getattr(mechanism, "payment_bound", None)
+    if cap is not None:
+        return 0.0, float(cap)
+    return ibp_payment_range(mechanism)
+
+
 def regret_range(mechanism, env) -> float:
     """A priori ``U_r`` with ``0 <= phi_i <= U_r``.
 
-    A deviator's utility is at most the largest bundle value ``sum_j high_j`` (payments are
-    >= 0); truthful utility is >= 0 for IR-by-design mechanisms, else >= minus the payment cap.
+    A deviator's utility is at most the largest bundle value ``sum_j high_j`` minus the least
+    payment (``>= 0`` for capped payments); truthful utility is >= 0 for IR-by-design
+    mechanisms, else >= minus the largest payment (the cap, or interval bounds of a ReLU
+    network's payment head, ``ibp_payment_range``).
     """
     cap = getattr(mechanism, "payment_bound", None)
     if getattr(env, "family", "auction") == "procurement":
@@ -332,21 +369,107 @@ def regret_range(mechanism, env) -> float:
     value_max = float(high.abs().sum(-1).max())
     if getattr(mechanism, "ir_by_design", False):
         return value_max
-    cap = getattr(mechanism, "payment_bound", None)
-    return value_max + float(cap) if cap is not None else math.inf
+    payments = _payment_range(mechanism)
+    if payments is None:
+        return math.inf
+    return value_max - min(payments[0], 0.0) + max(payments[1], 0.0)
 
 
 def ir_range(mechanism, env=None) -> float:
     """A priori ``U_ir``: 0 for IR-by-design mechanisms, else the env's own bound.
 
-    Procurement states it (the largest cost); auctions: the payment cap (or inf).
+    Procurement states it (the largest cost); auctions: the largest payment (the cap, or
+    interval bounds of a ReLU network's payment head), or inf.
     """
     if getattr(mechanism, "ir_by_design", False):
         return 0.0
     if getattr(env, "ir_violation_range", None) is not None:
         return float(env.ir_violation_range)
-    cap = getattr(mechanism, "payment_bound", None)
-    return float(cap) if cap is not None else math.inf
+    payments = _payment_range(mechanism)
+    return max(payments[1], 0.0) if payments is not None else math.inf
+
+
+# -- exact oracle gap by MIP (seed 000 §6 + seed 004) -------------------------------------------
+def mip_regret_upper(
+    mechanism,
+    env,
+    types: Types,
+    misreports: Tensor | None,
+    settings,
+    workers: int = 1,
+    progress: bool = False,
+) -> dict:
+    """Exact best responses by MIP: an upper bound on every per-sample regret ``[N, n]``.
+
+    Each ``(profile, bidder)`` is solved by the MIP certifier's encoding (``certifier=mip``);
+    the solver's dual bound ``U*`` bounds the best-response utility from above whatever the
+    status (``optimal``: ``U*`` equals the optimum up to ``mip_gap``; ``unknown``: a time
+    limit, ``U*`` still valid). ``phi_i <= max(U* - u_i(truth), 0)``. An instance without a
+    finite bound (solver failure) gets ``nan`` (the caller uses the a priori range).
+
+    Args:
+        mechanism: a ``regretnet_sparsemax`` network (eval mode).
+        env: its env.
+        types: ``N`` profiles.
+        misreports: ``[N, n, m]`` incumbents for the solver (e.g. PGD's), or ``None``.
+        settings: ``auctionlab.certify.mip.SolverSettings``.
+        workers: solver processes (``1``: here; ``0``: one per core).
+        progress: show a progress bar.
+
+    Returns:
+        ``upper`` ``[N, n]`` (float64), ``status`` (counts), ``seconds`` (total solve time),
+        ``numerical`` (instances where a misreport beat the bound by more than 1e-6).
+
+    """
+    import copy
+
+    import numpy as np
+
+    from auctionlab.certify.mip import solve_instances
+    from auctionlab.solvers.mip_encoding import NetworkSpec
+
+    spec = NetworkSpec.from_mechanism(mechanism)
+    values = types.values.detach().to(torch.float64)
+    N, n, _ = values.shape
+    exact = copy.deepcopy(mechanism).double().eval()
+    with torch.no_grad():
+        truthful = env.utility(exact(values), values)  # [N, n]
+    index = np.repeat(np.arange(N), n)
+    bidders = np.tile(np.arange(n), N)
+    starts = None
+    if misreports is not None:
+        starts = misreports.detach().to(torch.float64).reshape(N * n, -1).numpy()
+    results, _ = solve_instances(
+        spec,
+        values.numpy()[index],
+        bidders,
+        settings,
+        starts=starts,
+        workers=workers,
+        progress=progress,
+    )
+    bound = torch.tensor(
+        [r.bound if r.status in ("optimal", "unknown") else math.nan for r in results],
+        dtype=torch.float64,
+    ).view(N, n)
+    bound = torch.where(torch.isfinite(bound), bound, torch.full_like(bound, math.nan))
+    upper = (bound - truthful).clamp_min(0.0)
+    status: dict[str, int] = {}
+    for r in results:
+        status[r.status] = status.get(r.status, 0) + 1
+    numerical = 0
+    if misreports is not None:  # a found misreport above the dual bound: solver tolerance
+        with torch.no_grad():
+            found = deviation_utility(
+                exact, env, Types(values, types.public), misreports.to(torch.float64)[None]
+            )[0]
+        numerical = int((found > bound + 1e-6).sum())
+    return {
+        "upper": upper,
+        "status": status,
+        "seconds": float(sum(r.seconds for r in results if math.isfinite(r.seconds))),
+        "numerical": numerical,
+    }
 
 
 # -- the certificate ----------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
 
@@ -17,7 +19,8 @@ class AuctionEnv:
     """``n`` bidders with private values for ``m`` items, quasi-linear utilities.
 
     Args:
-        name: the setting's name as in the literature (``2x2``, ``1x2_asym``...).
+        name: the setting's name as in the literature (``2x2``, ``1x2_asym``...); a plain
+            ``<n>x<m>`` name is rewritten to the actual ``n_bidders x n_items``.
         n_bidders: number of bidders ``n``.
         n_items: number of items ``m``.
         distribution: the value distribution.
@@ -43,6 +46,10 @@ class AuctionEnv:
             raise ConfigError(
                 f"env.demand={demand} is not valid; choose one of {', '.join(DEMANDS)}"
             )
+        if re.fullmatch(r"\d+x\d+", name) and name != f"{n_bidders}x{n_items}":
+            # env=2x2 env.n_bidders=4 env.n_items=4 (sweeps over n and m): the plain shape
+            # name follows the overrides, so run names and tables say what ran.
+            name = f"{n_bidders}x{n_items}"
         self.name, self.n_bidders, self.n_items, self.demand = name, n_bidders, n_items, demand
         self.distribution = distribution
         distribution.bind(n_bidders, n_items)

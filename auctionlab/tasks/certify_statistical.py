@@ -27,6 +27,8 @@ from auctionlab.certify.statistical import (
     certificate_bounds,
     exact_oracle,
     ir_range,
+    mean_upper_bounds,
+    mip_regret_upper,
     projected_gradient_norm,
     regret_range,
 )
@@ -49,7 +51,10 @@ from auctionlab.tracking import Tracker
 from auctionlab.types import Types
 from auctionlab.utils import make_generator
 
-ORACLES = ("pgd", "exact")
+ORACLES = ("pgd", "exact", "random")
+#: How the oracle gap eta is obtained: a stronger adversary (``estimated``), MIP best
+#: responses (``exact``: regretnet_sparsemax only), or exact where the MIP applies (``auto``).
+ETAS = ("estimated", "exact", "auto")
 
 
 def _fraction(cfg: DictConfig, key: str, low_open: bool = True) -> float:
@@ -84,6 +89,10 @@ def check_certifier(cfg: DictConfig) -> dict:
     steps = list(c.step_sizes)
     if not steps or any(not float(s) > 0 for s in steps):
         raise ConfigError(f"certifier.step_sizes={steps} must be a non-empty list of numbers > 0")
+    eta = _choice(cfg, "certifier.eta", ETAS)
+    eta_profiles = c.get("eta_profiles")
+    if eta_profiles is not None:
+        eta_profiles = integer(cfg, "certifier.eta_profiles", 1)
     budgets = [tuple(int(v) for v in b) for b in c.budget_curve]
     if any(len(b) != 2 or b[0] < 1 or b[1] < 0 for b in budgets):
         raise ConfigError(
@@ -95,6 +104,12 @@ def check_certifier(cfg: DictConfig) -> dict:
         "split": split,
         "slack": str(c.slack),
         "oracle": str(c.oracle),
+        "random_oracle_samples": integer(cfg, "certifier.random_oracle_samples", 1),
+        "random_ablation": bool(c.get("random_ablation", False)),
+        "eta": eta,
+        "eta_profiles": eta_profiles,
+        "mip": _mip_settings(cfg) if eta != "estimated" else None,
+        "mip_workers": integer(cfg, "certifier.mip.workers", 0),
         "holdout_profiles": integer(cfg, "certifier.holdout_profiles", 2),
         "holdout_seed": integer(cfg, "certifier.holdout_seed"),
         "restarts": integer(cfg, "certifier.restarts", 0),
@@ -118,6 +133,58 @@ def check_certifier(cfg: DictConfig) -> dict:
             _choice(cfg, "certifier.dtype", ("float32", "float64"))
         ],
     }
+
+
+def _mip_settings(cfg: DictConfig):
+    """``certifier.mip.*`` as the MIP certifier's ``SolverSettings`` (checked)."""
+    from auctionlab.certify.mip import SolverSettings
+
+    node = cfg.certifier.mip
+    bounds = _choice(cfg, "certifier.mip.bounds", ("ibp", "lp"))
+    numbers = {}
+    for key in ("time_limit", "mip_gap"):
+        value = OmegaConf.select(cfg, f"certifier.mip.{key}")
+        try:
+            numbers[key] = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"certifier.mip.{key}={value} must be a number > 0") from None
+        if not numbers[key] > 0:
+            raise ConfigError(f"certifier.mip.{key}={value} must be > 0")
+    return SolverSettings(
+        backend=str(node.backend),
+        bounds=bounds,
+        time_limit=numbers["time_limit"],
+        mip_gap=numbers["mip_gap"],
+        threads=1,
+    )
+
+
+def _eta_mode(options: dict, mechanism, label: str) -> str:
+    """``estimated`` or ``exact`` for ``certifier.eta`` (``auto``: exact where a MIP applies).
+
+    Raises:
+        ConfigError: ``eta=exact`` for a network the MIP cannot encode, or without a solver.
+
+    """
+    from auctionlab.solvers.backends import check_backend, resolve_backend
+    from auctionlab.solvers.mip_encoding import NetworkSpec
+
+    if options["eta"] == "estimated" or options["oracle"] == "exact":
+        return "estimated" if options["oracle"] != "exact" else "closed_form"
+    try:
+        spec = NetworkSpec.from_mechanism(mechanism)
+        backend = resolve_backend(options["mip"].backend, spec)
+        check_backend(backend, spec)
+    except ConfigError as err:
+        if options["eta"] == "auto":
+            log.info("certifier.eta=auto: no exact oracle gap for %s (%s)", label, err)
+            return "estimated"
+        raise ConfigError(
+            f"certifier.eta=exact needs a MIP-certifiable network (mechanism=regretnet_sparsemax "
+            f"with a solver): mechanism={label}: {err}; use certifier.eta=estimated or auto"
+        ) from None
+    options["mip"].backend = backend
+    return "exact"
 
 
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> str:
@@ -155,6 +222,9 @@ def prepare(cfg: DictConfig) -> dict:
             f"certifier.oracle=exact has no closed form for mechanism="
             f"{picked.get('mechanism', mechanism.config_name)} (first_price only); use pgd"
         )
+    options["eta_mode"] = _eta_mode(
+        options, mechanism, picked.get("mechanism", mechanism.config_name)
+    )
     used = _training_seeds(train_cfg)
     if options["holdout_seed"] in used:
         raise ConfigError(
@@ -281,6 +351,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         data["seeds_used_by_training"] = {str(k): v for k, v in _training_seeds(train_cfg).items()}
         # -- the certification oracle on the holdout -------------------------------------------
         oracle = _portfolio_oracle(o, show)
+        if o["oracle"] == "random":  # ablation: a weak, gradient-free oracle certifies
+            oracle = RandomAttacker(
+                samples=o["random_oracle_samples"], chunk_size=o["chunk_size"], progress=show
+            )
         closed_form = exact_oracle(mechanism) if o["oracle"] == "exact" else None
         with torch.no_grad():
             truthful_outcome = mechanism(holdout.values, holdout.public)
@@ -299,10 +373,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
             regret = (result.utility - truthful_utility).clamp_min(0.0)  # [N, n]
             misreports = result.misreports
             oracle_budget = oracle.budget
-        # -- oracle gap: a stronger adversary + stationarity on an audit subsample -----------
-        gap = _oracle_gap(cfg, o, env, mechanism, holdout, regret, misreports, closed_form, show)
-        # -- the certificate ---------------------------------------------------------------------
         u_r, u_ir = regret_range(mechanism, env), ir_range(mechanism, env)
+        split = o["split"]
+        # -- oracle gap: exact MIP best responses, or a stronger adversary + stationarity ---
+        if o["eta_mode"] == "exact":
+            gap, regret, split = _exact_gap(o, env, mechanism, holdout, regret, misreports, u_r)
+        else:
+            gap = _oracle_gap(
+                cfg, o, env, mechanism, holdout, regret, misreports, closed_form, show
+            )
+        # -- the certificate ---------------------------------------------------------------------
         u_f = float(getattr(env, "fairness_range", math.inf))
         bounds = certificate_bounds(
             regret,
@@ -312,10 +392,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
             ir_range=u_ir,
             fairness_range=u_f,
             delta=o["delta"],
-            split=o["split"],
+            split=split,
             slack=o["slack"],
             eta=gap["eta"],
         )
+        ablation = None
+        if o["random_ablation"] and o["oracle"] != "random" and closed_form is None:
+            ablation = _random_certificate(
+                o, env, mechanism, holdout, regret, ir_violation, fairness, (u_r, u_ir), show
+            )
         distribution = _distribution(regret)
         curve = _budget_curve(o, env, mechanism, holdout, regret, closed_form, show)
         stress = _stress(o, env, mechanism, holdout, regret, closed_form, show)
@@ -334,6 +419,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "oracle": {
                 "holdout": oracle_budget,
                 "kind": "exact" if closed_form is not None else "estimated",
+                "eta_kind": gap.get("kind"),
                 "gap": gap,
             },
             "revenue": {
@@ -346,6 +432,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "regret_distribution": distribution,
             "regret_vs_budget": curve,
             "stress_tests": stress,
+            "random_oracle_ablation": ablation,
             "train_holdout_gap": train_gap,
             "statement": _statement(bounds, o, gap),
             "seconds": time.perf_counter() - started,
@@ -365,6 +452,117 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 # -- pieces of the report ---------------------------------------------------------------------
+def _exact_gap(o, env, mechanism, holdout, regret, misreports, u_r) -> tuple[dict, Tensor, dict]:
+    """``eta`` from exact MIP best responses (``certifier.eta=exact``, regretnet_sparsemax).
+
+    On the first ``eta_profiles`` holdout profiles (all when ``null``) every ``(profile,
+    bidder)`` is solved by MIP; ``phi* = max(U* - u(truth), 0)`` bounds the true regret
+    (``mip_regret_upper``); an instance without a bound gets the a priori range ``U_r``.
+
+    * Whole holdout: the per-sample regret *is* ``phi*`` (never below the oracle's), eta = 0,
+      labelled ``exact``: no numerical oracle is trusted.
+    * Subsample of ``k < N`` profiles: the per-sample gap ``g = phi* - phi_oracle`` is i.i.d.
+      on it; eta = max_i (mean g_i + slack) at level ``delta_r / 2`` (union bound over
+      bidders), the estimate's bound gets the other half; labelled ``estimated from k x n
+      exact solves``: a statistical bound on the oracle gap, inside the ``1 - delta``.
+
+    Returns:
+        The gap report, the per-sample regret to certify ``[N, n]`` and the delta split used.
+
+    """
+    N, n = regret.shape
+    count = N if o["eta_profiles"] is None else min(o["eta_profiles"], N)
+    sub = holdout[slice(0, count)]
+    init = None if misreports is None else misreports[:count]
+    solved = mip_regret_upper(
+        mechanism, env, sub, init, o["mip"], workers=o["mip_workers"], progress=False
+    )
+    upper = solved["upper"]
+    failed = int(torch.isnan(upper).sum())
+    upper = torch.where(torch.isnan(upper), torch.full_like(upper, u_r), upper)
+    oracle = regret[:count].to(torch.float64)
+    upper = torch.maximum(upper, oracle)  # a found misreport is a lower bound on the optimum
+    info = {
+        "profiles": count,
+        "solves": count * n,
+        "mip": {
+            "backend": o["mip"].backend,
+            "bounds": o["mip"].bounds,
+            "time_limit": o["mip"].time_limit,
+            "mip_gap": o["mip"].mip_gap,
+        },
+        "status": solved["status"],
+        "failed_solves_at_range": failed,
+        "numerical": solved["numerical"],
+        "solve_seconds": solved["seconds"],
+        "holdout_regret_on_subsample": float(oracle.mean()),
+        "exact_regret_on_subsample": float(upper.mean()),
+        "mean_gap_per_bidder": [float(v) for v in (upper - oracle).mean(0)],
+        "max_gap": float((upper - oracle).max()),
+    }
+    if count == N:
+        info.update(
+            eta=0.0,
+            kind="exact",
+            note=f"every holdout instance ({N} x {n}) solved by MIP: per-sample regret = "
+            "solver dual bound - truthful utility (an upper bound on the true best-response "
+            "gain; a priori range where a solve failed)",
+        )
+        return info, upper.to(regret.dtype), dict(o["split"])
+    share = o["split"]["regret"] / 2
+    gap_bound = mean_upper_bounds(
+        (upper - oracle).clamp_min(0.0), u_r, o["delta"] * share, o["slack"]
+    )
+    split = dict(o["split"], regret=share)
+    info.update(
+        eta=float(gap_bound.bound.max()),
+        kind=f"estimated from {count * n} exact solves",
+        gap_estimate=[float(v) for v in gap_bound.estimate],
+        gap_slack=[float(v) for v in gap_bound.slack],
+        gap_delta=o["delta"] * share,
+        note=f"eta = max over bidders of (mean exact-minus-oracle gap on {count} profiles + "
+        f"{o['slack']} slack at delta {o['delta'] * share:.4g}, union over bidders); the "
+        "holdout estimate's bound takes the other half of delta_r",
+    )
+    return info, regret, split
+
+
+def _random_certificate(o, env, mechanism, holdout, regret, ir, fairness, ranges, show) -> dict:
+    """The certificate a random-misreport oracle would issue on the same holdout (ablation).
+
+    Seed 000 §9 ablation (iii): random search (``random_oracle_samples`` uniform reports per
+    bidder plus the truthful one) replaces the PGD portfolio; its bound uses the same slack and
+    delta but no oracle gap, i.e. what one would claim by trusting the weak oracle. Not part of
+    the ``1 - delta`` statement.
+    """
+    attacker = RandomAttacker(
+        samples=o["random_oracle_samples"], chunk_size=o["chunk_size"], progress=show
+    )
+    weak = _attack_regret(attacker, mechanism, env, holdout, 29)
+    bounds = certificate_bounds(
+        weak,
+        ir,
+        fairness,
+        regret_range=ranges[0],
+        ir_range=ranges[1],
+        fairness_range=float(getattr(env, "fairness_range", math.inf)),
+        delta=o["delta"],
+        split=o["split"],
+        slack=o["slack"],
+        eta=0.0,
+    )
+    return {
+        "oracle": attacker.budget,
+        "profiles": holdout.batch_size,
+        "regret_estimate_max": bounds["regret"]["estimate_max"],
+        "regret_bound_no_eta": bounds["regret"]["bound_max"],
+        "main_oracle_regret_estimate_max": float(regret.mean(0).max()),
+        "under_reported": float(regret.mean(0).max()) - bounds["regret"]["estimate_max"],
+        "share_of_main_estimate": bounds["regret"]["estimate_max"]
+        / max(float(regret.mean(0).max()), 1e-12),
+    }
+
+
 def _oracle_gap(cfg, o, env, mechanism, holdout, regret, misreports, closed_form, show) -> dict:
     """``eta``: how much a stronger adversary improves on the holdout oracle, per bidder.
 
@@ -477,11 +675,14 @@ def _budget_curve(o, env, mechanism, holdout, regret, closed_form, show) -> list
                 "profiles": count,
             }
         )
+    random = o["oracle"] == "random"
     rows.append(
         {
-            "oracle": "exact" if closed_form is not None else "certification portfolio",
-            "restarts": o["restarts"],
-            "steps": o["steps"],
+            "oracle": "exact"
+            if closed_form is not None
+            else ("random search (certification)" if random else "certification portfolio"),
+            "restarts": o["random_oracle_samples"] if random else o["restarts"],
+            "steps": 0 if random else o["steps"],
             "regret_mean": float(regret[:count].mean()),
             "regret_max_bidder_mean": float(regret[:count].mean(0).max()),
             "profiles": count,
@@ -607,12 +808,18 @@ def _statement(bounds: dict, o: dict, gap: dict) -> str:
     )
     if bounds.get("fairness"):
         text += f" and FR <= {bounds['fairness']['bound_max']:.4g}"
-    return text + (
-        "; the regret part holds as stated only if the oracle gap is at most eta "
-        "(estimated, not proven)."
-        if gap.get("kind") == "estimated"
-        else "."
-    )
+    kind = str(gap.get("kind"))
+    if kind == "estimated":
+        return text + (
+            "; the regret part holds as stated only if the oracle gap is at most eta "
+            "(estimated, not proven)."
+        )
+    if kind.startswith("estimated from"):
+        return text + (
+            "; eta is a (1 - delta_r/2) upper confidence bound on the mean gap between exact "
+            "MIP best responses and the oracle, inside the same 1 - delta."
+        )
+    return text + "."
 
 
 def _metrics(report: dict) -> dict[str, float]:
@@ -629,6 +836,9 @@ def _metrics(report: dict) -> dict[str, float]:
         "regret_hoeffding_slack": max(cert["regret"]["hoeffding_slack"]),
         "regret_bernstein_slack_max": max(cert["regret"]["bernstein_slack"]),
         "eta": float(gap["eta"]),
+        # 1: eta from exact MIP solves (whole holdout or subsample + slack), 0: estimated.
+        "eta_exact": float(str(gap.get("kind", "")).startswith(("exact", "estimated from"))),
+        "eta_exact_solves": float(gap.get("solves", 0)),
         "regret_bound": cert["regret"]["bound_max"],
         "regret_range": cert["regret"]["range"],
         "ir_estimate_max": cert["ir"]["estimate_max"],
@@ -655,6 +865,14 @@ def _metrics(report: dict) -> dict[str, float]:
         m[report["revenue"]["objective"]["name"]] = report["revenue"]["objective"]["mean"]
     if report["mechanism"]["lipschitz"]:
         m["lipschitz_L"] = report["mechanism"]["lipschitz"]["L_recomputed"]
+    if report.get("random_oracle_ablation"):
+        ablation = report["random_oracle_ablation"]
+        m["random_regret_estimate_max"] = ablation["regret_estimate_max"]
+        m["random_regret_bound"] = ablation["regret_bound_no_eta"]
+        # the random oracle's own budget, next to its regret (uniform draws, no steps)
+        m["random_attack_restarts"] = ablation["oracle"]["restarts"]
+        m["random_attack_steps"] = 0.0
+        m["random_profiles"] = ablation["profiles"]
     if "share_not_stationary" in gap:
         m["share_not_stationary"] = gap["share_not_stationary"]
     return {k: float(v) for k, v in m.items()}
@@ -704,7 +922,15 @@ def _write_markdown(path: Path, r: dict) -> Path:
             f"{gap.get('projected_gradient_norm_max', 0):.3g}, share above "
             f"{gap.get('stationarity_tol')}: {gap.get('share_not_stationary', 0):.3f}."
             if gap.get("kind") == "estimated"
-            else gap.get("note", "")
+            else f"{gap.get('note', '')}"
+            + (
+                f" MIP solves: {gap['solves']} ({gap['status']}), "
+                f"{gap['solve_seconds']:.1f} s; mean regret on them: oracle "
+                f"{gap['holdout_regret_on_subsample']:.5f}, exact "
+                f"{gap['exact_regret_on_subsample']:.5f}."
+                if "solves" in gap
+                else ""
+            )
         ),
         f"- Revenue (truthful, holdout): {r['revenue']['mean']:.4f} ± {r['revenue']['se']:.4f}.",
         f"- Mechanism: `{mech['class']}`, state SHA-256 `{mech['state_sha256']}`"
@@ -769,6 +995,18 @@ def _write_markdown(path: Path, r: dict) -> Path:
             f"of the range): mean regret {s['perturbed_values']['regret_mean']:.5f} (unperturbed "
             f"{s['perturbed_values']['oracle_regret_mean_unperturbed']:.5f}).",
             f"- Worst slice by total value: {s['worst_slice']}.",
+        ]
+    if r.get("random_oracle_ablation"):
+        a = r["random_oracle_ablation"]
+        lines += [
+            "",
+            "## Random-misreport certification (ablation, not part of the statement)",
+            "",
+            f"Random search ({a['oracle']['restarts']} uniform reports per bidder + truthful) "
+            f"on all {a['profiles']} holdout profiles: max-bidder regret estimate "
+            f"{a['regret_estimate_max']:.5f} against the main oracle's "
+            f"{a['main_oracle_regret_estimate_max']:.5f} ({100 * a['share_of_main_estimate']:.0f}"
+            f"%); the bound it would certify without eta: {a['regret_bound_no_eta']:.5f}.",
         ]
     if r["train_holdout_gap"]:
         t = r["train_holdout_gap"]

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from auctionlab.envs.allocation import AllocationEnv
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms import ExSNet, ProportionalFairness, RPFNet
-from auctionlab.reporting import TableSpec, build_table
+from auctionlab.reporting import TableSpec, build_table, plot_table
 from auctionlab.tasks import reproduce
 from auctionlab.tasks.evaluate import allocation_figures, time_inference
 from auctionlab.utils import make_generator
@@ -32,7 +32,8 @@ def test_the_five_seed_002_experiments_exist():
 @pytest.mark.parametrize("name", RPF)
 def test_fixed_rules_skip_train_and_budgets_follow_the_scale(name):
     smoke = reproduce.prepare(compose_cfg("reproduce", [f"experiment={name}", "scale=smoke"]))
-    cpu = reproduce.prepare(compose_cfg("reproduce", [f"experiment={name}"]))
+    cpu_cfg = compose_cfg("reproduce", [f"experiment={name}"])
+    cpu = OmegaConf.to_container(cpu_cfg.experiment.overrides, resolve=True)  # no job built
     assert smoke.pipeline == ["train", "evaluate"]
     fixed = {"pf", "pa", "pf_pa_mixture"}
     for point in smoke.points:
@@ -41,11 +42,12 @@ def test_fixed_rules_skip_train_and_budgets_follow_the_scale(name):
     assert {p.labels["mechanism"] for p in smoke.points} & fixed
     assert {p.labels["mechanism"] for p in smoke.points} - fixed
     # smoke keeps the scale's budgets (seconds); cpu takes the experiment's rpf_budget.cpu row
-    budget = compose_cfg("reproduce", [f"experiment={name}"]).rpf_budget.cpu
+    budget = cpu_cfg.rpf_budget.cpu
     assert "train.iterations=20" in smoke.stage_overrides["train"]
-    assert f"train.iterations={budget.iterations}" in cpu.stage_overrides["train"]
+    assert f"train.iterations={budget.iterations}" in cpu["train"]
+    assert f"attack_budget.steps={budget.train_steps}" in cpu["train"]
     assert "scale.evaluation.steps=20" in smoke.stage_overrides["evaluate"]
-    assert f"scale.evaluation.steps={budget.steps}" in cpu.stage_overrides["evaluate"]
+    assert f"scale.evaluation.steps={budget.steps}" in cpu["evaluate"]
 
 
 def test_table1_rows_cover_three_training_variants_and_both_conventions():
@@ -118,6 +120,8 @@ def test_rpfnet_with_a_zero_regulariser_draws_pf_figures(tmp_path):
     last = [m for m in net.trunk.modules() if isinstance(m, torch.nn.Linear)][-1]
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.zeros_(last.bias)
+    (tmp_path / "pf").mkdir()
+    (tmp_path / "net").mkdir()
     pf, _ = allocation_figures(ProportionalFairness(env), env, tmp_path / "pf", "PF")
     zero, _ = allocation_figures(net, env, tmp_path / "net", "RPF-Net z=0")
     assert zero == pytest.approx(pf, abs=1e-4)
@@ -134,7 +138,7 @@ def test_figures_only_for_two_by_two_and_timing_is_positive(tmp_path):
     )
 
 
-def test_table1_spec_normalises_by_pf_under_the_same_convention():
+def test_table1_spec_normalises_by_pf_under_the_same_convention(tmp_path):
     node = compose_cfg("reproduce", ["experiment=rpf_table1", "scale=smoke"]).experiment.table
     spec = TableSpec.from_config(OmegaConf.to_container(node, resolve=True))
     base = {
@@ -163,7 +167,15 @@ def test_table1_spec_normalises_by_pf_under_the_same_convention():
     table = build_table(records, spec)
     rpf = table[table["mechanism"] == "rpfnet"].iloc[0]
     assert rpf["nsw_vs_pf"] == pytest.approx(0.98) and rpf["expl_vs_pf"] == pytest.approx(0.1)
-    assert bool(rpf["meets_target"]) and rpf["row"] == "rpfnet truthful resample"
+    assert bool(rpf["meets_target"])
     keep = table[table["env.empty_demand"] == "keep"].iloc[0]
     assert keep["nsw_vs_pf"] == pytest.approx(1.0)
     assert rpf["paper_expl"] == pytest.approx(3.99e-4)
+    # one bar per row, labelled by all three keys (plot.x is a list of columns)
+    plot = OmegaConf.to_container(
+        compose_cfg("reproduce", ["experiment=rpf_table1"]).experiment.plot, resolve=True
+    )
+    path = plot_table(table, plot, tmp_path / "table1.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="plot.x"):
+        plot_table(table, {**plot, "x": ["mechanism", "ghost"]}, tmp_path / "bad.png")

@@ -27,7 +27,9 @@ def check_plot(plot: Mapping[str, Any], columns: list[str]) -> None:
             raise ConfigError(f"experiment.plot needs '{key}' (a table column)")
     for key in ("x", "hue", "y", "yerr", "reference", "regret"):
         value = plot.get(key)
-        if value and value not in columns:
+        # x may also be a list of columns: one bar group per combination (labels joined)
+        wanted = value if key == "x" and isinstance(value, list | tuple) else [value]
+        if value and any(v not in columns for v in wanted):
             raise ConfigError(
                 f"experiment.plot.{key}={value} is not a table column; columns: "
                 + ", ".join(columns)
@@ -73,6 +75,10 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
 
     check_plot(plot, list(table.columns))
     x_key, hue_key, y_key = plot["x"], plot.get("hue"), plot["y"]
+    if isinstance(x_key, list | tuple):  # several row keys: one label per combination
+        label = " / ".join(x_key)
+        table = table.assign(**{label: table[list(x_key)].astype(str).agg(" ".join, axis=1)})
+        x_key = label
     xs = list(dict.fromkeys(table[x_key].astype(str)))
     hues = list(dict.fromkeys(table[hue_key].astype(str))) if hue_key else [None]
     panels = [("y", y_key)] + ([("regret", plot["regret"])] if plot.get("regret") else [])

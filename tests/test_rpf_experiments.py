@@ -47,6 +47,8 @@ def test_fixed_rules_skip_train_and_budgets_follow_the_scale(name):
     assert f"train.iterations={budget.iterations}" in cpu["train"]
     assert f"attack_budget.steps={budget.train_steps}" in cpu["train"]
     assert "scale.evaluation.steps=20" in smoke.stage_overrides["evaluate"]
+    assert "scale.validation.steps=10" in smoke.stage_overrides["train"]
+    assert f"scale.validation.steps={budget.val_steps}" in cpu["train"]
     assert f"scale.evaluation.steps={budget.steps}" in cpu["evaluate"]
 
 

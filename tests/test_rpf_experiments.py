@@ -53,7 +53,7 @@ def test_fixed_rules_skip_train_and_budgets_follow_the_scale(name):
 
 
 def test_table1_rows_cover_three_training_variants_and_both_conventions():
-    plan = reproduce.prepare(compose_cfg("reproduce", ["experiment=rpf_table1", "scale=smoke"]))
+    plan = reproduce.prepare(compose_cfg("reproduce", ["experiment=rpf_table1"]))
     rows = {
         (p.labels["mechanism"], p.labels["env.variant"], p.labels["env.empty_demand"])
         for p in plan.points

@@ -201,6 +201,10 @@ class BudgetEnv:
             (outcome.allocation * value).sum(-1) - outcome.payment - self.overbudget_penalty * over
         )
 
+    def welfare(self, outcome: Outcome, values: Tensor) -> Tensor:
+        """``[B]`` allocative welfare ``sum_ij a_ij v_ij`` (the budget column is no value)."""
+        return (outcome.allocation * split_types(values)[0]).sum((-1, -2))
+
     def outcome_metrics(self, outcome: Outcome, types: Types) -> dict[str, Tensor]:
         """Per-profile budget checks (evaluate): the largest payment-to-budget ratio."""
         _, budget = split_types(types.values)

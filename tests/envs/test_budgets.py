@@ -80,6 +80,10 @@ def test_utility_penalises_payment_above_the_true_budget(compose):
     over = env.utility(Outcome(allocation, torch.tensor([[0.6, 0.1]])), values)
     # 0.1 above the true budget costs 0.1 + penalty * 0.1.
     assert float(over[0, 0]) == pytest.approx(0.2 - env.overbudget_penalty * 0.1)
+    # Welfare (evaluate / validation) counts values only, never the budget column.
+    assert float(env.welfare(Outcome(allocation, torch.zeros(1, 2)), values)[0]) == pytest.approx(
+        0.9
+    )
 
 
 def test_verifiable_projection_caps_the_budget_report_at_the_truth(compose):

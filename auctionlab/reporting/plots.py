@@ -15,6 +15,17 @@ from auctionlab.errors import ConfigError
 PLOT_KEYS = ("x", "hue", "y", "yerr", "reference", "regret", "budget", "title")
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def check_plot(plot: Mapping[str, Any], columns: list[str]) -> None:
     """Raise ``ConfigError`` when the plot names keys or columns the table does not have."""
     unknown = set(plot) - set(PLOT_KEYS)
@@ -138,11 +149,7 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
             ax.set_title(str(plot["title"]), fontsize=9)
         if hue_key or (kind == "y" and plot.get("reference")):
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_curves(
@@ -189,11 +196,7 @@ def plot_curves(
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_maps(
@@ -241,8 +244,4 @@ def plot_maps(
         fig.colorbar(image, ax=ax)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

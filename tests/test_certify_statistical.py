@@ -163,7 +163,7 @@ def test_holdout_seed_used_in_training_is_refused(trained, compose):
 
 
 @pytest.mark.parametrize(
-    ("name", "points"), [("cert_benchmarks", 9), ("cert_fairness", 3), ("cert_procurement", 2)]
+    ("name", "points"), [("cert_benchmarks", 9), ("cert_fairness", 4), ("cert_procurement", 2)]
 )
 def test_cert_experiments_are_valid_plans(compose, name, points):
     from auctionlab.tasks import reproduce

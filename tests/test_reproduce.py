@@ -98,7 +98,19 @@ def test_bad_experiment_from_the_console_script(cli, tmp_path):
     assert not (cwd / "outputs").exists()
 
 
-@pytest.fixture(scope="module", params=TRAIN_EVALUATE)
+#: Smoke runs that go to ``make test-slow`` to keep the default suite within its time budget;
+#: their plans, budgets and table specs stay in the default suite (tests/test_rpf_experiments.py,
+#: tests/test_ca_experiments.py, tests/reporting/test_tables.py).
+SLOW_SMOKE = {"rpf_fig1", "rpf_fig3", "rpf_fig5", "rpf_table2", "ca_gradients"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(name, marks=pytest.mark.slow) if name in SLOW_SMOKE else name
+        for name in TRAIN_EVALUATE
+    ],
+)
 def reproduced(request, tmp_path_factory, run_console, list_runs):
     """``auctionlab reproduce experiment=<name> scale=smoke`` in a fresh directory."""
     name = request.param

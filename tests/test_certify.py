@@ -143,6 +143,7 @@ def test_bad_pipelines_are_rejected(compose, pipeline):
         reproduce.prepare(cfg)
 
 
+@pytest.mark.slow
 def test_curry_table1_smoke_end_to_end(cli, tmp_path):
     out = tmp_path / "t1"
     done = cli(

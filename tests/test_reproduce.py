@@ -101,7 +101,19 @@ def test_bad_experiment_from_the_console_script(cli, tmp_path):
 #: Smoke runs that go to ``make test-slow`` to keep the default suite within its time budget;
 #: their plans, budgets and table specs stay in the default suite (tests/test_rpf_experiments.py,
 #: tests/test_ca_experiments.py, tests/reporting/test_tables.py).
-SLOW_SMOKE = {"rpf_fig1", "rpf_fig3", "rpf_fig5", "rpf_table2", "ca_gradients"}
+SLOW_SMOKE = {
+    "rpf_table1",
+    "rpf_fig1",
+    "rpf_fig3",
+    "rpf_fig5",
+    "rpf_table2",
+    "ca_frontier",
+    "ca_baselines",
+    "ca_gradients",
+    "ca_stress",
+    "ca_scaling",
+    "ca_tolerance",
+}
 
 
 @pytest.fixture(

@@ -144,8 +144,9 @@ def plot_best_bids(
         ax.set_xlabel("item 1")
         ax.set_ylabel("item 2")
         ax.set_title(
-            f"bidder {b + 1}: {len(shown)} of {sum(r['bidder'] == b for r in done)} "
-            f"certified points with regret >= {threshold:g}"
+            f"bidder {b + 1}: {len(shown)} of {sum(r['bidder'] == b for r in done)} certified\n"
+            f"points with regret >= {threshold:g}",
+            fontsize=10,
         )
         ax.set_aspect("equal", adjustable="box")
     fig.suptitle(title + "\ntruthful bid (blue circle) -> certified best bid (red)")

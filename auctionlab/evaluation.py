@@ -221,6 +221,8 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from auctionlab.reporting.plots import save_figure
+
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     # One line per attacker and restart count; rows may name their attacker (``oracle``).
     lines = sorted({(str(row.get("oracle", "")), row["restarts"]) for row in curve})
@@ -242,11 +244,7 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    png_path = run_dir / "regret_vs_budget.png"
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return [csv_path, png_path]
+    return [csv_path, save_figure(fig, run_dir / "regret_vs_budget.png")]
 
 
 def _local_metrics(mechanism, env, types: Types, generator, local_attacker) -> dict[str, float]:
@@ -320,6 +318,8 @@ def write_allocation_map(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from auctionlab.reporting.plots import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for item, ax in enumerate(axes):
         image = ax.imshow(
@@ -336,8 +336,4 @@ def write_allocation_map(
         ax.set_title(f"probability of allocating item {item + 1}", fontsize=9)
         fig.colorbar(image, ax=ax)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    png_path = run_dir / "allocation_map.png"
-    fig.savefig(png_path, dpi=120)
-    plt.close(fig)
-    return [csv_path, png_path]
+    return [csv_path, save_figure(fig, run_dir / "allocation_map.png")]

@@ -25,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from auctionlab.reporting.plots import save_figure  # noqa: E402
+
 
 def evaluation_row(run: Path) -> dict:
     """One table row from an ``auctionlab evaluate`` run directory of a trained point."""
@@ -97,9 +99,7 @@ def main() -> None:
     ax.set_ylabel("revenue")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = args.csv[0].with_name("ca_frontier_scatter.png")
-    fig.savefig(out, dpi=120)
+    out = save_figure(fig, args.csv[0].with_name("ca_frontier_scatter.png"))
     learned = table[table["mechanism"] == args.learned]
     print(
         f"attacker: hybrid, PGD {int(budget['restarts'])} restarts x {int(budget['steps'])} steps, "

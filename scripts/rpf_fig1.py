@@ -18,6 +18,7 @@ import torch
 
 from auctionlab.envs.allocation import AllocationEnv
 from auctionlab.mechanisms import ProportionalFairness, RPFNet
+from auctionlab.reporting.plots import save_figure
 
 
 def utility_curve(mechanism, env, ratios: torch.Tensor) -> torch.Tensor:
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     ax.set_xlabel("reported ratio v12 / v11 (true 0.5)")
     ax.set_ylabel("agent 1 utility")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / "fig1.png", dpi=120)
+    save_figure(fig, args.out / "fig1.png")
     print(json.dumps(result, indent=2))
     return result
 

@@ -124,6 +124,8 @@ def plot_best_bids(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from auctionlab.reporting.plots import save_figure
+
     done = [r for r in instances if r["status"] == "optimal"]
     if not instances or len(instances[0]["values"]) != 2:
         return None
@@ -150,7 +152,4 @@ def plot_best_bids(
         )
         ax.set_aspect("equal", adjustable="box")
     fig.suptitle(title + "\ntruthful bid (blue circle) -> certified best bid (red)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -15,13 +15,17 @@ from auctionlab.errors import ConfigError
 PLOT_KEYS = ("x", "hue", "y", "yerr", "reference", "regret", "budget", "title")
 
 
-def _save(fig, path: Path) -> Path:
-    """Lay out, write (creating the folder) and close ``fig``; returns ``path``."""
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; returns ``path``.
+
+    Every figure of the project goes through here. ``bbox_inches="tight"`` keeps titles and axis
+    labels inside the image when a layout (equal aspect, two-line suptitle) outgrows the canvas.
+    """
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -149,7 +153,7 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
             ax.set_title(str(plot["title"]), fontsize=9)
         if hue_key or (kind == "y" and plot.get("reference")):
             ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(
@@ -196,7 +200,7 @@ def plot_curves(
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_maps(
@@ -244,4 +248,4 @@ def plot_maps(
         fig.colorbar(image, ax=ax)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

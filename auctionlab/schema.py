@@ -179,6 +179,9 @@ class TrainerSection:
     name: str = ""
     optimizer: str = "adam"
     lr: float = 1e-3
+    # cosine decay of lr to lr * lr_decay_to after this fraction of the iterations (None: off)
+    lr_decay_start: Optional[float] = None  # noqa: UP045
+    lr_decay_to: float = 0.1
     constraint: Any = None
     # gradient strategy for mechanisms with a discrete forward pass (their
     # ``gradient_strategy``); None keeps the mechanism's own
@@ -192,6 +195,14 @@ class TrainerSection:
             + ", ".join(OPTIMIZERS),
         )
         _positive(f"{path}.lr", self.lr)
+        _require(
+            self.lr_decay_start is None or 0.0 <= self.lr_decay_start < 1.0,
+            f"{path}.lr_decay_start={self.lr_decay_start} must be null or in [0, 1)",
+        )
+        _require(
+            0.0 < self.lr_decay_to <= 1.0,
+            f"{path}.lr_decay_to={self.lr_decay_to} must be in (0, 1]",
+        )
 
 
 @dataclass

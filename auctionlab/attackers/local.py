@@ -30,6 +30,10 @@ class LocalAttacker(PGDAttacker):
             (training only: each bidder's step is scaled by a fresh U(0, 1] draw, so the
             neighbourhood is probed at every distance up to ``step_size`` rather than on its
             boundary only).
+        two_sided: training only: the trainer's regret also counts the reverse LIC condition
+            (seed 003 §3.1, condition 2) at the same nearby report ``b_i``:
+            ``max(0, u(b_i; M(v)) - u(b_i; M(b_i, v_-i)))``, from the two outcomes the
+            trainer computes anyway.
         chunk_size: profiles per batch when attacking many profiles.
         curve_restarts: accepted for config compatibility; there is one start.
         curve_steps: step counts at which the regret-vs-budget curve is recorded.
@@ -46,6 +50,7 @@ class LocalAttacker(PGDAttacker):
         step_size: float = 0.1,
         optimizer: str = "adam",
         radius: str = "fixed",
+        two_sided: bool = False,
         chunk_size: int | None = None,
         curve_restarts: Sequence[int] = (1,),
         curve_steps: Sequence[int] = (),
@@ -67,11 +72,13 @@ class LocalAttacker(PGDAttacker):
                 f"attacker.radius={radius!r} is not an option; choose one of: fixed, uniform"
             )
         self.radius = radius
+        self.two_sided = bool(two_sided)
 
     @property
     def budget(self) -> dict:
-        """The PGD budget plus the neighbourhood ``radius`` rule."""
-        return dict(super().budget, radius=self.radius)
+        """The PGD budget plus the neighbourhood ``radius`` rule (and ``two_sided`` if set)."""
+        extra = {"two_sided": True} if self.two_sided else {}
+        return dict(super().budget, radius=self.radius, **extra)
 
     def starts(self, env, types: Types, generator: torch.Generator, init: Tensor | None) -> Tensor:
         """``[1, B, n, m]``: the truthful report (``init`` is ignored)."""

@@ -58,6 +58,7 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
         attacker = choose(str(grad), attacker)
     constraint = build(cfg.trainer.constraint, "trainer.constraint")
     num_samples = cfg.train.num_samples
+    decay_start = cfg.trainer.get("lr_decay_start")
     trainer = Trainer(
         mechanism,
         env,
@@ -74,6 +75,8 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
         seed=integer(cfg, "seed"),
         progress=progress_enabled(cfg),
         detect_anomaly=bool(cfg.train.get("detect_anomaly", False)),
+        lr_decay_start=None if decay_start is None else float(decay_start),
+        lr_decay_to=float(cfg.trainer.get("lr_decay_to", 0.1)),
     )
     if cfg.get("resume"):
         state = load_checkpoint(Path(str(cfg.resume)) / "checkpoint.pt", device)

@@ -53,6 +53,9 @@ class Trainer:
         progress: show a progress bar.
         detect_anomaly: run every step under ``torch.autograd.detect_anomaly`` (slow; names
             the operation that first produced NaN in the backward pass).
+        lr_decay_start: fraction of ``iterations`` after which the learning rate decays (a
+            half cosine) to ``lr * lr_decay_to`` at the last iteration; ``None``: constant.
+        lr_decay_to: final learning rate as a fraction of ``lr``.
 
     """
 
@@ -73,6 +76,8 @@ class Trainer:
         seed: int = 0,
         progress: bool = True,
         detect_anomaly: bool = False,
+        lr_decay_start: float | None = None,
+        lr_decay_to: float = 0.1,
     ) -> None:
         if iterations < 1 or batch_size < 1:
             raise ConfigError(
@@ -97,6 +102,14 @@ class Trainer:
         self.log_every, self.progress = max(1, log_every), progress
         self.detect_anomaly = detect_anomaly
         self.stop_requested = False
+        if lr_decay_start is not None and not (
+            0.0 <= lr_decay_start < 1.0 and 0.0 < lr_decay_to <= 1.0
+        ):
+            raise ConfigError(
+                f"trainer.lr_decay_start={lr_decay_start} must be in [0, 1) and "
+                f"trainer.lr_decay_to={lr_decay_to} in (0, 1]"
+            )
+        self.lr, self.lr_decay_start, self.lr_decay_to = float(lr), lr_decay_start, lr_decay_to
         self.optimizer = OPTIMIZERS[optimizer](self.mechanism.parameters(), lr=lr)
         self.constraint.setup(env.n_bidders, iterations, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -128,6 +141,17 @@ class Trainer:
             )
         index = self._order[k * self.batch_size : (k + 1) * self.batch_size]
         return self.dataset[index], index
+
+    def learning_rate(self, iteration: int) -> float:
+        """The primal learning rate at ``iteration`` (a function of it, so resuming keeps it)."""
+        if self.lr_decay_start is None:
+            return self.lr
+        start = self.lr_decay_start * self.iterations
+        progress = min(1.0, max(0.0, (iteration - start) / max(1.0, self.iterations - start)))
+        factor = self.lr_decay_to + (1.0 - self.lr_decay_to) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
+        return self.lr * factor
 
     # -- one step -------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -171,7 +195,16 @@ class Trainer:
             truthful_utility = self.env.utility(truthful, values)  # [B, n]
             deviating = Outcome(outcome.allocation[B:], outcome.payment[B:])
             deviation_utility = own_utility(self.env, deviating, values, 1)[0]  # [B, n]
-            regret = (deviation_utility - truthful_utility).clamp_min(0.0).mean(0)
+            gain = (deviation_utility - truthful_utility).clamp_min(0.0)  # [B, n]
+            if getattr(self.attacker, "two_sided", False):
+                # Reverse LIC condition at the same b_i: a bidder of type b_i must not prefer
+                # the truthful profile's outcome to its own.
+                reverse = (
+                    self.env.utility(truthful, misreports)
+                    - own_utility(self.env, deviating, misreports, 1)[0]
+                )
+                gain = gain + reverse.clamp_min(0.0)
+            regret = gain.mean(0)
         else:
             truthful = self.mechanism(values, types.public)
             regret = torch.zeros(n, device=self.device)
@@ -196,6 +229,9 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.lr_decay_start is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(self.iteration)
         self.optimizer.step()
         self.constraint.update(objective.detach(), regret.detach(), self.iteration)
         if hasattr(self.constraint, "dual_step"):  # multipliers measured on held-out data

@@ -139,3 +139,44 @@ def test_unknown_radius_is_a_config_error():
 
     with pytest.raises(ConfigError, match="attacker.radius"):
         LocalAttacker(radius="gaussian")
+
+
+def test_two_sided_training_regret_adds_the_reverse_condition():
+    import copy
+
+    env, mechanism = _pair("regretnet")
+    # At the ascent step of an untrained net the reverse condition holds; after some
+    # training on local regret it is violated on part of the batch.
+    warmup = Trainer(
+        mechanism,
+        env,
+        LocalAttacker(steps=3, step_size=0.1),
+        RegretBudget(),
+        iterations=300,
+        batch_size=128,
+        progress=False,
+        seed=0,
+    )
+    warmup.fit()
+    types = env.sample(512, torch.Generator().manual_seed(7))
+    step = LocalAttacker(steps=3, step_size=0.1).attack(
+        mechanism, env, types, torch.Generator(), truthful=False
+    )
+    assert float(reverse_lic_violation(mechanism, env, types, step.misreports).mean()) > 0.0
+    regrets = {}
+    for two_sided in (False, True):
+        attacker = LocalAttacker(steps=3, step_size=0.1, two_sided=two_sided)
+        assert attacker.budget.get("two_sided", False) is two_sided
+        trainer = Trainer(
+            copy.deepcopy(mechanism),
+            env,
+            attacker,
+            RegretBudget(),
+            iterations=1,
+            batch_size=512,
+            progress=False,
+            seed=3,
+        )
+        regrets[two_sided] = trainer.step()["regret"]
+    # Same batch, same misreports: the reverse violations come on top.
+    assert regrets[True] > regrets[False] >= 0.0

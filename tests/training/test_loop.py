@@ -186,6 +186,24 @@ def test_resume_from_checkpoint_matches_uninterrupted(constraint):
     assert torch.equal(straight.cache, resumed.cache)
 
 
+def test_lr_decay_is_a_half_cosine_after_its_start_and_survives_resume():
+    env = make_env(2, 2)
+    trainer = make_trainer(env, iterations=10, lr=0.01, lr_decay_start=0.4, lr_decay_to=0.1)
+    rates = [trainer.learning_rate(t) for t in range(11)]
+    assert rates[:5] == [0.01] * 5  # constant until 40% of the iterations
+    assert rates[-1] == pytest.approx(0.001) and rates[7] == pytest.approx(0.0055)
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    trainer.fit()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(rates[9])
+    # Resumed mid-decay, the rate follows the iteration count, not a restarted schedule.
+    resumed = make_trainer(env, iterations=10, lr=0.01, lr_decay_start=0.4, lr_decay_to=0.1)
+    resumed.load_state_dict(through_disk(trainer.state_dict()))
+    assert resumed.learning_rate(resumed.iteration) == pytest.approx(rates[10])
+    constant = make_trainer(env, iterations=10, lr=0.01)
+    constant.fit()
+    assert constant.optimizer.param_groups[0]["lr"] == 0.01
+
+
 def test_load_state_dict_does_not_alias_the_source():
     env = make_env(2, 2)
     source = make_trainer(env, constraint=AugmentedLagrangian(lambda_every=1), iterations=8)
@@ -214,6 +232,8 @@ def test_state_dict_loads_with_weights_only():
         ({"batch_size": 0}, "batch_size"),
         ({"num_samples": 4, "batch_size": 8}, "num_samples"),
         ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"lr_decay_start": 1.0}, "lr_decay_start"),
+        ({"lr_decay_start": 0.5, "lr_decay_to": 0.0}, "lr_decay_to"),
     ],
 )
 def test_bad_arguments_are_config_errors(kwargs, words):

@@ -77,7 +77,10 @@ class RPFNet(_AllocationNet):
         hidden: hidden layer widths of ``z_omega``.
         activation: trunk activation.
         z_scale: multiplies the trunk output (``z`` starts near 0, i.e. near PF).
-        tol: KKT tolerance of the program.
+        start_at_pf: zero the output layer, so ``z = 0`` and the untrained net is exactly PF
+            (training then moves away from PF only as far as the constraints ask).
+        tol: KKT tolerance of the program (1e-6: the residual the solver is held to against
+            the reference; two interior-point iterations fewer than PF's 1e-7).
         max_iter: interior-point iteration cap.
 
     """
@@ -90,13 +93,16 @@ class RPFNet(_AllocationNet):
         hidden: Sequence[int] = (100, 100, 100),
         activation: str = "tanh",
         z_scale: float = 1.0,
-        tol: float = 1e-7,
+        start_at_pf: bool = True,
+        tol: float = 1e-6,
         max_iter: int = 200,
     ) -> None:
         super().__init__(env, hidden, activation, env.n_bidders, tol=tol, max_iter=max_iter)
         if z_scale <= 0:
             raise ConfigError(f"mechanism.z_scale={z_scale} must be > 0")
         self.z_scale = float(z_scale)
+        if start_at_pf:
+            torch.nn.init.zeros_(self.trunk[-1].weight)
 
     def regulariser(self, reports: Tensor, budgets: Tensor) -> Tensor:
         """``[B, n, m]`` the linear term ``z_omega`` of program (9)."""

@@ -5,8 +5,9 @@ The regularised PF program (9) (``z = 0`` gives PF, program (4))::
     min_a  -sum_i w_i log(v_i^T a_i) + <z, a>
     s.t.   0 <= a <= x,   sum_i a_im <= b_m
 
-is solved for a whole batch at once by a primal-dual interior-point method in float64 (every
-Newton system is one batched Cholesky solve of size ``n*m``). Variables whose demand (or
+is solved for a whole batch at once by a primal-dual interior-point method in float64 (each
+Newton system solved by its structure: Sherman-Morrison per agent, an ``m x m`` Woodbury
+system for the budgets; finished instances leave the working batch). Variables whose demand (or
 budget) is zero are fixed at 0 and agents that demand nothing (or have weight 0) are left out
 of the program: their allocation is 0. After convergence the active sets are read off the
 primal-dual pair (``mu > a`` means ``a = 0``...), the allocation is snapped onto its bounds and
@@ -26,7 +27,7 @@ rows and columns become identity): their allocation does not move locally.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -35,6 +36,8 @@ from auctionlab.errors import NonFiniteError, RunError
 
 #: Weights, budgets and values below this count as zero.
 ZERO = 1e-12
+#: Relative residual of a structured Newton solve above which it is redone densely.
+NEWTON_REFINE_TOL = 1e-9
 #: Demands below this count as "asks for nothing": a box [0, x] thinner than this would make
 #: the active set ambiguous at the solver's tolerance, so such variables are fixed at 0.
 DEMAND_ZERO = 1e-5
@@ -94,20 +97,14 @@ def _objective(a, v, w, z, agent):
     return -(w * logs).sum(-1) + (z * a).sum((-1, -2))
 
 
-def _kkt(a, mu, nu, lam, v, x, b, w, z, free, agent):
-    """``[B]`` KKT residual (max-norm) of a snapped primal-dual pair."""
-    u = (v * a).sum(-1, keepdim=True)
-    grad = -w.unsqueeze(-1) * v / u.clamp_min(1e-300) + z
-    stationarity = torch.where(free, grad - mu + nu + lam.unsqueeze(1), torch.zeros_like(a))
-    primal = torch.maximum((-a).clamp_min(0), (a - x).clamp_min(0)).amax((-1, -2))
-    primal = torch.maximum(primal, (a.sum(1) - b).clamp_min(0).amax(-1))
-    complementarity = torch.maximum(
-        (mu * a).abs().amax((-1, -2)), (nu * (x - a)).abs().amax((-1, -2))
-    )
-    complementarity = torch.maximum(complementarity, (lam * (b - a.sum(1))).abs().amax(-1))
-    dual = torch.maximum((-mu).clamp_min(0).amax((-1, -2)), (-nu).clamp_min(0).amax((-1, -2)))
-    dual = torch.maximum(dual, (-lam).clamp_min(0).amax(-1))
-    return torch.stack([stationarity.abs().amax((-1, -2)), primal, complementarity, dual]).amax(0)
+def _batch_last(t: Tensor) -> Tensor:
+    """``[B, n, m] -> [n, m, B]`` (contiguous): every reduction then runs over outer dims."""
+    return t.permute(1, 2, 0).contiguous()
+
+
+def _batch_first(t: Tensor) -> Tensor:
+    """``[n, m, B] -> [B, n, m]`` (contiguous)."""
+    return t.permute(2, 0, 1).contiguous()
 
 
 @torch.no_grad()
@@ -122,6 +119,13 @@ def solve_pf(
 ) -> PFSolution:
     """Solve programs (4) / (9) for a batch.
 
+    Damped Newton steps on the primal-dual pair towards a tenth of the current
+    complementarity (:func:`_newton_step`), the Newton system solved by its structure
+    (:func:`_factorise`). The iterate is kept batch-last (``[n, m, B]``) inside: reductions
+    over agents and resources then run over outer dimensions, several times faster in torch
+    than over a trailing dimension of 2 or 3. Instances that meet the tolerance leave the
+    working batch once they are half of it.
+
     Args:
         values: ``[B, n, m]`` reported values ``v``.
         demands: ``[B, n, m]`` reported demands ``x`` (negative ones count as 0).
@@ -135,144 +139,425 @@ def solve_pf(
         The snapped solutions with duals, residuals and per-instance convergence.
 
     """
-    v, x, b, w, z, free, agent = _prepare(values, demands, budgets, weights, z)
-    B, n, m = v.shape
-    freef = free.to(v.dtype)
-    fixed = 1.0 - freef
-    wv = w.unsqueeze(-1)
+    v0, x0, b0, w0, z0, free0, agent0 = _prepare(values, demands, budgets, weights, z)
+    B, n, m = v0.shape
+    problem = _Program(
+        v=_batch_last(v0 * free0),
+        x=_batch_last(x0 * free0),
+        b=b0.T.contiguous(),
+        w=w0.T.contiguous().unsqueeze(1),
+        z=_batch_last(z0 * free0),
+        free=_batch_last(free0.to(v0.dtype)),
+        budget=(b0.T > ZERO).to(v0.dtype),
+    )
     # Strictly interior start: half of each demand, scaled so every budget is at most half used.
-    total = (x * freef).sum(1, keepdim=True)
-    share = 0.5 * torch.minimum(torch.ones_like(total), b.unsqueeze(1) / total.clamp_min(ZERO))
-    a = x * share * freef
-    # Slacks of fixed variables / absent agents are kept at 1 with zero duals (inert).
-    s1 = torch.where(free, a, torch.ones_like(a))
-    s2 = torch.where(free, x - a, torch.ones_like(a))
-    s3 = b - a.sum(1)
-    bud_active = b > ZERO
-    s3 = torch.where(bud_active, s3, torch.ones_like(s3))
-    mu, nu = freef / s1, freef / s2
-    lam = bud_active.to(v.dtype) / s3
-    count = (2 * freef.sum((-1, -2)) + bud_active.to(v.dtype).sum(-1)).clamp_min(1.0)
-    budf = bud_active.to(v.dtype)
-    step_mask = torch.cat([free] * 4, -1).flatten(1)
-    step_mask = torch.cat([step_mask, bud_active, bud_active], -1)
-    inf = torch.tensor(float("inf"), dtype=v.dtype, device=v.device)
-    done = torch.zeros(B, dtype=torch.bool, device=v.device)
+    total = problem.x.sum(0)
+    share = 0.5 * torch.minimum(torch.ones_like(total), problem.b / total.clamp_min(ZERO))
+    a = problem.x * share
+    s1, s2, s3 = problem.slacks(a)
+    # Duals of fixed variables and of budgets outside the program stay 0 (inert).
+    state = (a, problem.free / s1, problem.free / s2, problem.budget / s3)
+    # Finished instances leave the working batch (``index``: their positions in the whole
+    # one) once they are half of it; their pairs wait in ``result``.
+    whole, result = problem, list(state)
+    index = torch.arange(B, device=v0.device)
+    done = torch.zeros(B, dtype=torch.bool, device=v0.device)
+    parts = problem.residual_parts(*state)
     iterations = 0
-
-    def residual(a, mu, nu, lam, s1, s2, s3, tau):
-        # Masks multiply rather than select: every masked expression is finite (fixed
-        # variables keep unit slacks and zero duals), and it halves the elementwise passes.
-        u = (v * a).sum(-1, keepdim=True)
-        tau3 = tau.view(B, 1, 1)
-        rd = (-wv * v / u.clamp_min(1e-300) + z - mu + nu + lam.unsqueeze(1)) * freef
-        c1 = (mu * s1 - tau3) * freef
-        c2 = (nu * s2 - tau3) * freef
-        c3 = (lam * s3 - tau.view(B, 1)) * budf
-        sq = (rd.square() + c1.square() + c2.square()).sum((-1, -2))
-        return (sq + c3.square().sum(-1)).sqrt(), rd
-
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
-        gap = ((mu * s1 + nu * s2) * freef).sum((-1, -2)) + (lam * s3 * bud_active).sum(-1)
-        eta = gap / count
-        # Stop an instance once its snapped pair or its iterate meets a tenth of the tolerance.
-        # The test costs about as much as a Newton step, and no pair can pass it while the
-        # complementarity gap of every running instance is far above the tolerance.
-        if float(torch.where(done, torch.zeros_like(eta), eta).min()) <= 1e3 * tol:
-            _, snapped_kkt = _snap(
-                a, mu, nu, lam, s1, s2, s3, v, x, b, w, z, free, agent, bud_active
-            )
-            raw_kkt = _kkt(a, mu * freef, nu * freef, lam * bud_active, v, x, b, w, z, free, agent)
-            done = done | (torch.minimum(snapped_kkt, raw_kkt) <= 0.1 * tol)
+        a, mu, nu, lam = state
+        s1, s2, s3 = problem.slacks(a)
+        eta = parts[1] / problem.count
+        # Test an instance once its complementarity is near the tolerance: the test (snap +
+        # KKT residual) costs half a step, and no pair passes it while the gap is large (the
+        # raw pair's complementarity is at least the mean gap; snapping moves each bound
+        # variable by about gap / multiplier).
+        if float(torch.where(done, torch.zeros_like(eta), eta).min()) <= 10 * tol:
+            _, _, least = _pick_pair(problem, a, mu, nu, lam, s1, s2, s3, tol)
+            # A tenth of the tolerance: the snapped pair is then settled on its active sets
+            # (which the backward pass needs) for almost every instance.
+            done = done | (least <= 0.1 * tol)
             if bool(done.all()):
                 break
-        tau = 0.1 * eta
-        u = (v * a).sum(-1, keepdim=True).clamp_min(1e-300)
-        grad = (-wv * v / u + z) * freef
-        # Newton system (H + G^T diag(y/s) G) da = -(grad f + G^T (tau / s)), solved in
-        # closed form (see _newton_direction): no [B, N, N] matrix is ever built.
-        scaled_v = (w.unsqueeze(-1).sqrt() * v / u) * freef  # [B, n, m]
-        coupling = lam / s3 * bud_active  # [B, m]
-        diagonal = (mu / s1 + nu / s2) * freef + fixed + 1e-14
-        tau3 = tau.view(B, 1, 1)
-        barrier = (-tau3 / s1 + tau3 / s2) * freef + (tau.view(B, 1) / s3 * bud_active).unsqueeze(
-            1
-        ) * freef
-        da, info = _newton_direction(diagonal, scaled_v, coupling, freef, -(grad + barrier))
-        da = torch.where((info == 0).view(B, 1, 1), da * freef, torch.zeros_like(da))
-        ds1, ds2 = da, -da
-        ds3 = -da.sum(1) * budf
-        dmu = (tau3 - mu * s1 - mu * ds1) / s1 * freef
-        dnu = (tau3 - nu * s2 - nu * ds2) / s2 * freef
-        dlam = (tau.view(B, 1) - lam * s3 - lam * ds3) / s3 * budf
-        # Fraction to the boundary: every slack and dual stays strictly positive.
-        values = torch.cat([s1, s2, mu, nu], -1).flatten(1)
-        values = torch.cat([values, s3, lam], -1)
-        deltas = torch.cat([ds1, ds2, dmu, dnu], -1).flatten(1)
-        deltas = torch.cat([deltas, ds3, dlam], -1)
-        ratio = torch.where(step_mask & (deltas < 0), -values / deltas, inf)
-        alpha = ratio.amin(1)
-        alpha = torch.clamp(0.99 * alpha, max=1.0)
-        alpha = torch.where(done | (info != 0), torch.zeros_like(alpha), alpha)
-        # Backtracking on the residual norm (vectorised: all instances halve together).
-        r0, _ = residual(a, mu, nu, lam, s1, s2, s3, tau)
-        for _ in range(30):
-            al = alpha.view(B, 1, 1)
-            cand = (
-                a + al * da,
-                mu + al * dmu,
-                nu + al * dnu,
-                lam + alpha.view(B, 1) * dlam,
-                s1 + al * ds1,
-                s2 + al * ds2,
-                s3 + alpha.view(B, 1) * ds3,
-            )
-            r1, _ = residual(*cand, tau)
-            ok = (r1 <= (1 - 0.01 * alpha) * r0) | (alpha == 0)
-            if bool(ok.all()):
-                break
-            alpha = torch.where(ok, alpha, 0.5 * alpha)
-        a, mu, nu, lam, s1, s2, s3 = cand
-        # Keep the slacks exact functions of a (no drift).
-        s1 = a * freef + fixed
-        s2 = (x - a) * freef + fixed
-        s3 = (b - a.sum(1)) * budf + (1.0 - budf)
-
-    snapped, snapped_kkt = _snap(a, mu, nu, lam, s1, s2, s3, v, x, b, w, z, free, agent, bud_active)
-    raw = (a, mu * freef, nu * freef, lam * bud_active)
-    raw_kkt = _kkt(*raw, v, x, b, w, z, free, agent)
-    # Per instance, the snapped pair when it meets the tolerance (exact bounds, clean active
-    # sets for the backward pass), else the interior iterate if that is better.
-    use_snap = (snapped_kkt <= tol) | (snapped_kkt <= raw_kkt)
-    pick = lambda s_, r_: torch.where(use_snap.view(-1, *[1] * (s_.dim() - 1)), s_, r_)  # noqa: E731
-    a, mu, nu, lam = (pick(s_, r_) for s_, r_ in zip(snapped, raw, strict=True))
-    kkt = torch.where(use_snap, snapped_kkt, raw_kkt)
-    objective = _objective(a, v, w, z, agent)
+            if 2 * int(done.sum()) >= done.numel():
+                for k, t in enumerate(state):
+                    result[k] = result[k].index_copy(-1, index, t)
+                keep = (~done).nonzero().squeeze(-1)
+                problem, index = problem.select(keep), index[keep]
+                state = tuple(t.index_select(-1, keep) for t in state)
+                a, mu, nu, lam = state
+                s1, s2, s3 = problem.slacks(a)
+                eta, done, parts = eta[keep], done[keep], parts[:, keep]
+        state, parts = _newton_step(problem, state, parts, (s1, s2, s3), 0.1 * eta, done, tol)
+    for k, t in enumerate(state):
+        result[k] = result[k].index_copy(-1, index, t)
+    a, mu, nu, lam = result
+    s1, s2, s3 = whole.slacks(a)
+    (a, mu, nu, lam), kkt, _ = _pick_pair(whole, a, mu, nu, lam, s1, s2, s3, tol)
+    a, mu, nu = _batch_first(a), _batch_first(mu), _batch_first(nu)
     return PFSolution(
         allocation=a,
         mu=mu,
         nu=nu,
-        lam=lam,
+        lam=lam.T.contiguous(),
         kkt_residual=kkt,
         converged=kkt <= tol,
-        objective=objective,
+        objective=_objective(a, v0, w0, z0, agent0),
         iterations=iterations,
-        free=free,
+        free=free0,
     )
+
+
+def _newton_step(problem, state, parts, slacks, target, done, tol):
+    """One damped Newton step on the KKT system centred at ``target`` (``[B]``).
+
+    Args:
+        problem: the working batch.
+        state: ``(a, mu, nu, lambda)``.
+        parts: ``problem.residual_parts(*state)``.
+        slacks: ``problem.slacks(a)``.
+        target: ``[B]`` the centre (complementarity products aimed at).
+        done: ``[B]`` instances that stay where they are.
+        tol: the KKT tolerance (residuals far below it are rounding noise).
+
+    Returns:
+        The next state and its residual parts.
+
+    """
+    a, mu, nu, lam = state
+    s1, s2, s3 = slacks
+    ft, budf = problem.free, problem.budget
+    B = a.shape[-1]
+    u = (problem.v * a).sum(1, keepdim=True).clamp_min(1e-300)  # [n, 1, B]
+    grad = problem.z - problem.v * (problem.w / u)
+    dual_residual = (grad - mu + nu + lam.unsqueeze(0)) * ft
+    factor = _factorise(
+        mu / s1 + nu / s2 + (1.0 - ft), problem.v * (problem.w.sqrt() / u), lam / s3, ft
+    )
+    target3 = target.view(1, 1, B)
+    r1 = (target3 - mu * s1) * ft
+    r2 = (target3 - nu * s2) * ft
+    r3 = (target.view(1, B) - lam * s3) * budf
+    rhs = (-dual_residual + r1 / s1 - r2 / s2 - (r3 / s3).unsqueeze(0)) * ft
+    # Far from the tolerance the closed form is accurate and the step is safeguarded anyway;
+    # its residual is checked once the centre nears the scale where it can cancel.
+    check = float(target.min()) <= 1e3 * tol
+    da, info = _checked_direction(factor, rhs, refine_tol=NEWTON_REFINE_TOL if check else None)
+    ds3 = -da.sum(0) * budf
+    step = (da, (r1 - mu * da) / s1, (r2 + nu * da) / s2, (r3 - lam * ds3) / s3)
+    alpha = _step_to_boundary(a, mu, nu, lam, s1, s2, s3, da, ds3, *step[1:])
+    alpha = torch.where(done | (info != 0), 0.0, alpha)
+    # Backtracking on the centred residual (all instances halve together; almost every
+    # instance takes its first step). Residuals at the tolerance's scale are rounding noise.
+    before = problem.residual(parts, target)
+    floor = torch.full_like(before, 1e-2 * tol)
+    for _ in range(30):
+        al, alb = alpha.view(1, 1, B), alpha.view(1, B)
+        trial = tuple(
+            s_ + (alb if s_.dim() == 2 else al) * d_ for s_, d_ in zip(state, step, strict=True)
+        )
+        trial_parts = problem.residual_parts(*trial)
+        after = problem.residual(trial_parts, target)
+        ok = (after <= torch.maximum((1 - 0.01 * alpha) * before, floor)) | (alpha == 0)
+        if bool(ok.all()):
+            break
+        alpha = torch.where(ok, alpha, 0.5 * alpha)
+    return trial, trial_parts
+
+
+@dataclass
+class _Program:
+    """One batch of programs, batch-last.
+
+    Variables are ``[n, m, B]``, budgets ``[m, B]``, weights ``[n, 1, B]``; values, demands
+    and ``z`` are zero on fixed variables.
+    """
+
+    v: Tensor
+    x: Tensor
+    b: Tensor
+    w: Tensor
+    z: Tensor
+    free: Tensor
+    budget: Tensor
+
+    @property
+    def count(self) -> Tensor:
+        """``[B]`` number of complementarity pairs in each program."""
+        return (2 * self.free.sum((0, 1)) + self.budget.sum(0)).clamp_min(1.0)
+
+    def select(self, index: Tensor) -> _Program:
+        """The programs ``index`` of the batch."""
+        return _Program(*(getattr(self, f.name).index_select(-1, index) for f in fields(self)))
+
+    def slacks(self, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Slacks of ``a >= 0``, ``a <= x`` and the budgets; 1 where not part of the program.
+
+        They are exact functions of ``a`` (no drift between a and its slacks).
+        """
+        fixed = 1.0 - self.free
+        s3 = (self.b - a.sum(0)) * self.budget + (1.0 - self.budget)
+        return a + fixed, self.x - a + fixed, s3
+
+    def residual_parts(self, a: Tensor, mu: Tensor, nu: Tensor, lam: Tensor) -> Tensor:
+        """``[3, B]`` the parts of the centred KKT residual that do not depend on the centre.
+
+        Squared stationarity, sum and sum of squares of the complementarity products.
+        """
+        u = (self.v * a).sum(1, keepdim=True).clamp_min(1e-300)
+        s1, s2, s3 = self.slacks(a)
+        stationarity = (self.z - self.v * (self.w / u) - mu + nu + lam.unsqueeze(0)) * self.free
+        c12, c3 = mu * s1 + nu * s2, lam * s3  # fixed variables / absent budgets give 0
+        squares = ((mu * s1).square() + (nu * s2).square()).sum((0, 1)) + c3.square().sum(0)
+        return torch.stack(
+            [stationarity.square().sum((0, 1)), c12.sum((0, 1)) + c3.sum(0), squares]
+        )
+
+    def residual(self, parts: Tensor, target: Tensor) -> Tensor:
+        """``[B]`` 2-norm of the KKT system centred at ``target`` (``[B]``) from its parts.
+
+        ``sum_j (c_j - t)^2 = sum c_j^2 - 2 t sum c_j + pairs t^2``.
+        """
+        pairs = 2 * self.free.sum((0, 1)) + self.budget.sum(0)
+        centred = parts[2] - 2 * target * parts[1] + pairs * target.square()
+        return (parts[0] + centred.clamp_min(0.0)).sqrt()
+
+    def kkt(self, a: Tensor, mu: Tensor, nu: Tensor, lam: Tensor) -> Tensor:
+        """``[B]`` KKT residual (max-norm) of a primal-dual pair."""
+        u = (self.v * a).sum(1, keepdim=True).clamp_min(1e-300)
+        grad = self.z - self.v * (self.w / u)
+        load = a.sum(0)
+        terms = (
+            ((grad - mu + nu + lam.unsqueeze(0)) * self.free).abs(),
+            (-a).clamp_min(0.0),
+            (a - self.x).clamp_min(0.0),
+            (mu * a).abs(),
+            (nu * (self.x - a)).abs(),
+            (-mu).clamp_min(0.0),
+            (-nu).clamp_min(0.0),
+        )
+        worst = torch.stack([t.amax((0, 1)) for t in terms]).amax(0)
+        budget_terms = (
+            (load - self.b).clamp_min(0.0) * self.budget,
+            (lam * (self.b - load)).abs(),
+            (-lam).clamp_min(0.0),
+        )
+        return torch.maximum(worst, torch.stack([t.amax(0) for t in budget_terms]).amax(0))
+
+
+def _pick_pair(problem: _Program, a, mu, nu, lam, s1, s2, s3, tol: float):
+    """Per instance, the snapped pair or the raw iterate, with KKT residuals.
+
+    Snapping reads the active sets off the pair (``mu > a`` means ``a = 0``, ``nu > x - a``
+    means ``a = x``, ``lambda > slack`` means a tight budget) and puts the allocation exactly
+    on those bounds. The snapped pair is taken where it meets ``tol`` (exact bounds, clean
+    active sets for the backward pass) or beats the interior iterate.
+
+    Returns:
+        ``(a, mu, nu, lam)`` batch-last, the ``[B]`` KKT residual of the pair taken and the
+        ``[B]`` smaller residual of the two.
+
+    """
+    ft = problem.free
+    lower = (mu > s1) & (ft > 0)
+    upper = ~lower & (nu > s2) & (ft > 0)
+    snapped = (
+        torch.where(lower, 0.0, torch.where(upper, problem.x, a)),
+        torch.where(lower, mu, 0.0),
+        torch.where(upper, nu, 0.0),
+        torch.where(lam > s3, lam, 0.0) * problem.budget,
+    )
+    raw = (a, mu, nu, lam)
+    snapped_kkt, raw_kkt = problem.kkt(*snapped), problem.kkt(*raw)
+    use_snap = (snapped_kkt <= tol) | (snapped_kkt <= raw_kkt)
+    pair = tuple(torch.where(use_snap, s_, r_) for s_, r_ in zip(snapped, raw, strict=True))
+    kkt = torch.where(use_snap, snapped_kkt, raw_kkt)
+    return pair, kkt, torch.minimum(snapped_kkt, raw_kkt)
+
+
+def _step_to_boundary(a, mu, nu, lam, s1, s2, s3, da, ds3, dmu, dnu, dlam) -> Tensor:
+    """``[B]`` step length in ``(0, 1]``: 0.995 of the way to the nearest slack or dual bound."""
+    shrink = torch.stack(
+        [
+            (-da / s1).amax((0, 1)),
+            (da / s2).amax((0, 1)),
+            (-dmu / mu.clamp_min(1e-300)).amax((0, 1)),
+            (-dnu / nu.clamp_min(1e-300)).amax((0, 1)),
+            (-ds3 / s3).amax(0),
+            (-dlam / lam.clamp_min(1e-300)).amax(0),
+        ]
+    ).amax(0)
+    return 0.995 / shrink.clamp_min(0.995)
+
+
+@dataclass
+class _Factor:
+    """The structured factorisation of one batch of Newton matrices (see :func:`_factorise`)."""
+
+    diagonal: Tensor
+    scaled_v: Tensor
+    coupling: Tensor
+    free: Tensor
+    inverse_diagonal: Tensor
+    scaled_d: Tensor
+    kappa: Tensor
+    active: Tensor
+    cholesky: Tensor
+    info: Tensor
+
+    def agent_solve(self, y: Tensor) -> Tensor:
+        """``A^-1 y`` for ``A = diag(d) + blockdiag(s_i s_i^T)`` (Sherman-Morrison per agent)."""
+        q = y * self.inverse_diagonal
+        return q - self.scaled_d * (self.kappa * (self.scaled_v * q).sum(1, keepdim=True))
+
+
+#: Resources up to which the m x m Schur complements are factorised elementwise over the batch
+#: (a few dozen [B]-vector ops beat LAPACK's per-matrix overhead on thousands of 3 x 3 systems).
+UNROLLED_SCHUR = 8
+
+
+def _factorise(diagonal: Tensor, scaled_v: Tensor, coupling: Tensor, free: Tensor) -> _Factor:
+    """Factorise ``K = diag(d) + sum_i s_i s_i^T + sum_m c_m f_m f_m^T`` (batch-last).
+
+    The bound barriers sit on the diagonal, each agent's rank-1 log Hessian (``s_i`` lives on
+    agent i's m entries) and each budget's barrier (``f_m`` marks the free variables of item
+    m). The agent blocks are inverted by Sherman-Morrison; the budgets by Woodbury in the form
+    ``(C^-1 + F^T A^-1 F)`` (an m x m SPD matrix per instance), which stays well conditioned
+    both when a budget's barrier is huge (active budget, ``1/c -> 0``) and when it is tiny.
+    Cost: O(n m^2) per instance instead of a Cholesky of the ``nm x nm`` matrix.
+
+    Args:
+        diagonal: ``[n, m, B]`` positive diagonal ``d``.
+        scaled_v: ``[n, m, B]`` ``s`` (zero on fixed variables).
+        coupling: ``[m, B]`` ``c >= 0`` (zero for budgets outside the program).
+        free: ``[n, m, B]`` 1 on free variables, 0 on fixed ones.
+
+    """
+    m, B = coupling.shape
+    inverse_diagonal = 1.0 / diagonal
+    scaled_d = scaled_v * inverse_diagonal
+    kappa = 1.0 / (1.0 + (scaled_v * scaled_d).sum(1, keepdim=True))  # [n, 1, B]
+    fp = free * scaled_d
+    inner = -((kappa * fp).unsqueeze(2) * fp.unsqueeze(1)).sum(0)  # [m, m, B]
+    active = coupling > 0
+    pair = active.unsqueeze(0) & active.unsqueeze(1)
+    inverse = torch.where(active, 1.0 / coupling.clamp_min(1e-300), torch.ones_like(coupling))
+    schur = torch.where(pair, inner, 0.0)
+    index = torch.arange(m, device=coupling.device)
+    diag = torch.where(active, (free * inverse_diagonal).sum(0), 0.0)
+    schur[index, index] += diag + inverse
+    if m <= UNROLLED_SCHUR:
+        cholesky, info = _unrolled_cholesky(schur)
+    else:
+        cholesky, info = torch.linalg.cholesky_ex(schur.permute(2, 0, 1))
+    return _Factor(
+        diagonal,
+        scaled_v,
+        coupling,
+        free,
+        inverse_diagonal,
+        scaled_d,
+        kappa,
+        active,
+        cholesky,
+        info,
+    )
+
+
+def _unrolled_cholesky(schur: Tensor) -> tuple[Tensor, Tensor]:
+    """Cholesky factors ``[m, m, B]`` of SPD ``[m, m, B]``; ``[B]`` info (nonzero: bad pivot)."""
+    m, _, B = schur.shape
+    L = [[None] * m for _ in range(m)]
+    failed = torch.zeros(B, dtype=torch.bool, device=schur.device)
+    for j in range(m):
+        pivot = schur[j, j] - sum(L[j][k] ** 2 for k in range(j))
+        failed |= ~(pivot > 0)
+        L[j][j] = pivot.clamp_min(1e-300).sqrt()
+        for i in range(j + 1, m):
+            L[i][j] = (schur[i, j] - sum(L[i][k] * L[j][k] for k in range(j))) / L[j][j]
+    zero = torch.zeros_like(schur[0, 0])
+    factor = torch.stack([torch.stack([zero if c is None else c for c in row]) for row in L])
+    return factor, failed.to(torch.int32)
+
+
+def _schur_solve(factor: _Factor, rhs: Tensor) -> Tensor:
+    """``S^-1 rhs`` for the Schur complements of ``factor``; ``rhs`` ``[m, B]``."""
+    L = factor.cholesky
+    m = rhs.shape[0]
+    if m > UNROLLED_SCHUR:
+        return torch.cholesky_solve(rhs.T.unsqueeze(-1), L).squeeze(-1).T
+    forward: list[Tensor] = []
+    for j in range(m):
+        forward.append((rhs[j] - sum(L[j, k] * forward[k] for k in range(j))) / L[j, j])
+    back: list[Tensor] = [None] * m
+    for j in reversed(range(m)):
+        back[j] = (forward[j] - sum(L[k, j] * back[k] for k in range(j + 1, m))) / L[j, j]
+    return torch.stack(back)
+
+
+def _solve_factorised(factor: _Factor, rhs: Tensor) -> Tensor:
+    """``K^-1 rhs`` (``[n, m, B]``) by Woodbury on the factorisation."""
+    first = factor.agent_solve(rhs)
+    projected = torch.where(factor.active, (factor.free * first).sum(0), 0.0)
+    weights = _schur_solve(factor, projected)
+    return first - factor.agent_solve(factor.free * weights.unsqueeze(0))
+
+
+def _checked_direction(
+    factor: _Factor, rhs: Tensor, refine_tol: float | None
+) -> tuple[Tensor, Tensor]:
+    """``K^-1 rhs`` with its residual checked; failures are re-solved densely.
+
+    The closed form cancels large terms when a block is nearly singular (an agent whose
+    variables are all interior near convergence: tiny d, rank-1 Hessian). Such instances are
+    recognised by their residual (above ``refine_tol`` relative to the size of the terms) and
+    re-solved by a dense Cholesky of K (``refine_tol=None``: only failed factorisations).
+
+    Returns:
+        ``da`` ``[n, m, B]`` and ``[B]`` info (nonzero where even the dense solve failed).
+
+    """
+    da = _solve_factorised(factor, rhs)
+    info = factor.info
+    if refine_tol is None:
+        bad = info != 0
+    else:
+        bad = _relative_residual(factor, da, rhs) > refine_tol
+        bad |= info != 0
+    if bool(bad.any()):
+        index = bad.nonzero().squeeze(-1)
+        pick = lambda t: _batch_first(t[..., index])  # noqa: E731
+        dense, dense_info = _dense_newton_direction(
+            pick(factor.diagonal),
+            pick(factor.scaled_v),
+            factor.coupling[:, index].T,
+            pick(factor.free),
+            pick(rhs),
+        )
+        da = da.index_copy(2, index, _batch_last(dense))
+        info = info.index_copy(0, index, dense_info.to(info.dtype))
+    return da, info
+
+
+def _relative_residual(factor: _Factor, da: Tensor, rhs: Tensor) -> Tensor:
+    """``[B]`` max-norm of ``K da - rhs`` over the size of its terms."""
+    terms = (
+        factor.diagonal * da,
+        factor.scaled_v * (factor.scaled_v * da).sum(1, keepdim=True),
+        factor.free * (factor.coupling * (factor.free * da).sum(0)).unsqueeze(0),
+    )
+    scale = rhs.abs().amax((0, 1)) + sum(t.abs().amax((0, 1)) for t in terms)
+    residual = (terms[0] + terms[1] + terms[2] - rhs).abs().amax((0, 1))
+    return residual / scale.clamp_min(1e-300)
 
 
 def _newton_direction(
     diagonal: Tensor, scaled_v: Tensor, coupling: Tensor, freef: Tensor, rhs: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Solve the interior-point Newton system ``K da = rhs`` by its structure.
+    """Solve the interior-point Newton system ``K da = rhs`` by its structure (batch-first).
 
-    ``K = diag(d) + sum_i s_i s_i^T + sum_m c_m f_m f_m^T``: the bound barriers on the
-    diagonal, each agent's rank-1 log Hessian (``s_i`` lives on agent i's m entries) and each
-    budget's barrier (``f_m`` marks the free variables of item m). The agent blocks are
-    inverted by Sherman-Morrison; the budgets by Woodbury in the form
-    ``(C^-1 + F^T A^-1 F)`` (an m x m SPD matrix per instance), which stays well conditioned
-    both when a budget's barrier is huge (active budget, ``1/c -> 0``) and when it is tiny.
-    Cost: O(n m^2) per instance instead of a Cholesky of the ``nm x nm`` matrix.
+    See :func:`_factorise` for ``K``; the residual of every instance is checked and failures
+    are re-solved by :func:`_dense_newton_direction`.
 
     Args:
         diagonal: ``[B, n, m]`` positive diagonal ``d``.
@@ -282,49 +567,14 @@ def _newton_direction(
         rhs: ``[B, n, m]``.
 
     Returns:
-        ``da`` ``[B, n, m]`` and ``[B]`` info (nonzero where the m x m factorisation failed).
+        ``da`` ``[B, n, m]`` and ``[B]`` info (nonzero where the factorisation failed).
 
     """
-    B, n, m = diagonal.shape
-    scaled_d = scaled_v / diagonal  # P = s / d
-    kappa = 1.0 / (1.0 + (scaled_v * scaled_d).sum(-1, keepdim=True))  # [B, n, 1]
-
-    def agent_solve(y: Tensor) -> Tensor:  # A^-1 y, A = diag(d) + blockdiag(s_i s_i^T)
-        q = y / diagonal
-        return q - scaled_d * (kappa * (scaled_v * q).sum(-1, keepdim=True))
-
-    fp = freef * scaled_d  # [B, n, m]
-    inner = torch.diag_embed((freef / diagonal).sum(1)) - torch.einsum(
-        "bik,bil->bkl", kappa * fp, fp
+    factor = _factorise(
+        _batch_last(diagonal), _batch_last(scaled_v), coupling.T.contiguous(), _batch_last(freef)
     )
-    active = coupling > 0
-    inverse = torch.where(active, 1.0 / coupling.clamp_min(1e-300), torch.ones_like(coupling))
-    pair = active.unsqueeze(-1) & active.unsqueeze(-2)
-    schur = torch.where(pair, inner, torch.zeros_like(inner)) + torch.diag_embed(inverse)
-    first = agent_solve(rhs)
-    projected = torch.where(active, (freef * first).sum(1), torch.zeros_like(coupling))
-    chol, info = torch.linalg.cholesky_ex(schur)
-    weights = torch.cholesky_solve(projected.unsqueeze(-1), chol).squeeze(-1)
-    da = first - agent_solve(freef * weights.unsqueeze(1))
-    # The closed form cancels large terms when a block is nearly singular (an agent whose
-    # variables are all interior near convergence: tiny d, rank-1 Hessian). Such instances
-    # are recognised by their residual and re-solved by a dense Cholesky of K.
-    terms = (
-        diagonal * da,
-        scaled_v * (scaled_v * da).sum(-1, keepdim=True),
-        freef * (coupling * (freef * da).sum(1)).unsqueeze(1),
-    )
-    scale = rhs.abs().amax((-1, -2)) + sum(t.abs().amax((-1, -2)) for t in terms)
-    residual = (terms[0] + terms[1] + terms[2] - rhs).abs().amax((-1, -2))
-    bad = (residual > 1e-10 * scale.clamp_min(1e-300)) | (info != 0)
-    if bool(bad.any()):
-        index = bad.nonzero().squeeze(-1)
-        dense, dense_info = _dense_newton_direction(
-            diagonal[index], scaled_v[index], coupling[index], freef[index], rhs[index]
-        )
-        da = da.index_copy(0, index, dense)
-        info = info.index_copy(0, index, dense_info)
-    return da, info
+    da, info = _checked_direction(factor, _batch_last(rhs), refine_tol=1e-10)
+    return _batch_first(da), info
 
 
 def _dense_newton_direction(
@@ -340,25 +590,6 @@ def _dense_newton_direction(
     K = K.reshape(B, N, N) + (F * coupling.unsqueeze(1)) @ F.transpose(1, 2)
     chol, info = torch.linalg.cholesky_ex(K)
     return torch.cholesky_solve(rhs.reshape(B, N, 1), chol).view(B, n, m), info
-
-
-def _snap(a, mu, nu, lam, s1, s2, s3, v, x, b, w, z, free, agent, bud_active):
-    """Snap a primal-dual iterate onto the active sets read off it (``mu > a`` means ``a = 0``).
-
-    Returns:
-        ``(a, mu, nu, lam)`` snapped and its ``[B]`` KKT residual.
-
-    """
-    freef = free.to(a.dtype)
-    lower = free & (mu > s1)
-    upper = free & ~lower & (nu > s2)
-    a = torch.where(lower, torch.zeros_like(a), torch.where(upper, x, a)) * freef
-    mu = torch.where(lower, mu, torch.zeros_like(mu))
-    nu = torch.where(upper, nu, torch.zeros_like(nu))
-    lam = torch.where(bud_active & (lam > s3), lam, torch.zeros_like(lam))
-    # Fixed variables are not part of the program: no stationarity, zero duals.
-    mu, nu = mu * freef, nu * freef
-    return (a, mu, nu, lam), _kkt(a, mu, nu, lam, v, x, b, w, z, free, agent)
 
 
 #: Pivot ratio of the LU factor below which ``M`` is treated as singular.
@@ -438,6 +669,40 @@ def solve_transposed(M: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
     return g, singular
 
 
+def _compressed_solve_transposed(
+    M: Tensor, rhs: Tensor, keep: Tensor, max_fraction: float = 0.75
+) -> Tensor:
+    """:func:`solve_transposed` on the rows and columns ``keep`` (``[B, K]``) of ``M``.
+
+    The others must be identity rows and columns with a zero right-hand side (fixed
+    variables, budgets outside the program): they decouple, so solving the kept block alone
+    (padded with identity to the batch's largest block) gives the same ``g``, minimal-norm
+    included, at a fraction of the LU cost (the whole matrix is solved when the block is
+    more than ``max_fraction`` of it).
+    """
+    order, valid = _front(keep)
+    if order.shape[1] > max_fraction * M.shape[-1]:
+        # Gathering the block costs more than the LU it saves.
+        return solve_transposed(M, rhs)[0]
+    batch = torch.arange(M.shape[0], device=M.device).view(-1, 1, 1)
+    sub = M[batch, order.unsqueeze(-1), order.unsqueeze(-2)]
+    pair = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+    sub = torch.where(pair, sub, 0.0) + torch.diag_embed((~valid).to(M.dtype))
+    g_sub, _ = solve_transposed(sub, torch.where(valid, rhs.gather(1, order), 0.0))
+    return torch.zeros_like(rhs).scatter(1, order, torch.where(valid, g_sub, 0.0))
+
+
+def _front(keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices ``[B, k]`` putting each row's kept entries first, and which of them are kept.
+
+    ``k`` is the most entries kept in a row (at least 1).
+    """
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    size = max(int(keep.sum(1).max()), 1) if keep.numel() else 1
+    order = order[:, :size]
+    return order, keep.gather(1, order)
+
+
 class PFFunction(torch.autograd.Function):
     """``(v, x, b, w, z) -> a*`` of program (9) with implicit KKT gradients (App. C-D).
 
@@ -488,7 +753,8 @@ def _full_gradients(sol: PFSolution, grad_a, v, x, b, w, z) -> tuple[Tensor, ...
     M = kkt_matrix(sol, v, x, b, z)
     rhs = torch.zeros(B, 3 * N + m, dtype=torch.float64, device=a.device)
     rhs[:, :N] = (grad_a * free).reshape(B, N)
-    g, _ = solve_transposed(M, rhs)
+    keep = torch.cat([free.reshape(B, N)] * 3 + [b > ZERO], -1)
+    g = _compressed_solve_transposed(M, rhs, keep)
     g_a = g[:, :N].view(B, n, m) * free
     g_nu = g[:, 2 * N : 3 * N].view(B, n, m) * free
     g_lam = g[:, 3 * N :]
@@ -536,24 +802,41 @@ def _reduced_gradients(sol: PFSolution, grad_a, v, x, b, w, z) -> tuple[Tensor, 
     u = (v * a).sum(-1, keepdim=True)  # [B, n, 1]
     If = interior.to(dtype)
     Jf = tight.to(dtype)
-    P = N + m
-    R = torch.zeros(B, P, P, dtype=dtype, device=device)
     scaled = If * w.unsqueeze(-1).sqrt() * v / u.clamp_min(1e-300)  # [B, n, m]
-    index = torch.arange(n, device=device)
-    R[:, :N, :N].unflatten(1, (n, m)).unflatten(3, (n, m))[:, index, :, index, :] = (
-        scaled.unsqueeze(-1) * scaled.unsqueeze(-2)
-    ).transpose(0, 1)
     incidence = If * Jf.unsqueeze(1)  # [B, n, m]
-    R[:, :N, N:].unflatten(1, (n, m)).diagonal(dim1=-2, dim2=-1).copy_(incidence)
-    R[:, N:, :N].unflatten(2, (n, m)).diagonal(dim1=1, dim2=3).copy_(incidence)
-    R.diagonal(dim1=-2, dim2=-1).add_(1.0 - torch.cat([If.reshape(B, N), Jf], -1))
-    rhs = torch.cat(
-        [(grad_a * If).reshape(B, N), torch.zeros(B, m, dtype=dtype, device=device)], -1
+    # R is identity outside the interior variables and tight budgets (a handful per
+    # instance): only that block is built, padded with identity to the batch's largest.
+    order, valid = _front(torch.cat([interior.reshape(B, N), tight], -1))
+    is_var = valid & (order < N)
+    flat = order.clamp_max(N - 1)
+    owner = torch.where(is_var, torch.div(order, m, rounding_mode="floor"), -1)  # agent
+    resource = torch.where(is_var, order % m, order - N)
+    s_p = torch.where(is_var, scaled.reshape(B, N).gather(1, flat), 0.0)
+    e_p = torch.where(is_var, incidence.reshape(B, N).gather(1, flat), 0.0)
+    is_budget = valid & ~is_var
+    same_agent = is_var.unsqueeze(-1) & (owner.unsqueeze(-1) == owner.unsqueeze(-2))
+    meets = (
+        is_var.unsqueeze(-1)
+        & is_budget.unsqueeze(-2)
+        & (resource.unsqueeze(-1) == resource.unsqueeze(-2))
     )
+    R = torch.where(same_agent, s_p.unsqueeze(-1) * s_p.unsqueeze(-2), 0.0)
+    R = (
+        R
+        + torch.where(meets, e_p.unsqueeze(-1), 0.0)
+        + torch.where(meets.transpose(1, 2), e_p.unsqueeze(-2), 0.0)
+    )
+    R = R + torch.diag_embed((~valid).to(dtype))
+    rhs = torch.where(is_var, grad_a.reshape(B, N).gather(1, flat), 0.0)
     LU, pivots, info = torch.linalg.lu_factor_ex(R)
     pivot = LU.diagonal(dim1=-2, dim2=-1).abs()
-    singular = (info != 0) | (pivot.amin(-1) <= SINGULAR_PIVOT * pivot.amax(-1).clamp_min(1e-300))
-    g = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+    # The identity rows left out count as unit pivots, as in the whole matrix.
+    largest = pivot.amax(-1).clamp_min(1.0)
+    singular = (info != 0) | (pivot.amin(-1) <= SINGULAR_PIVOT * largest)
+    g_p = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+    g = torch.zeros(B, N + m, dtype=dtype, device=device).scatter(
+        1, order, torch.where(valid, g_p, 0.0)
+    )
     g_a = g[:, :N].view(B, n, m) * If
     g_lam = g[:, N:] * Jf
     wv = w.unsqueeze(-1) / u.clamp_min(1e-300)  # [B, n, 1]

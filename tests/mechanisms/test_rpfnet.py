@@ -46,7 +46,7 @@ def test_pa_scales_pf_and_mixture_interpolates():
 def test_rpfnet_gradients_reach_the_trunk_and_start_near_pf():
     env = AllocationEnv("t", 2, 2)
     torch.manual_seed(0)
-    net = RPFNet(env, hidden=[16], z_scale=1e-3)
+    net = RPFNet(env, hidden=[16], z_scale=1e-3, start_at_pf=False)
     types = env.sample(32, torch.Generator().manual_seed(2))
     allocation = net(types.values, types.public).allocation
     with torch.no_grad():
@@ -56,6 +56,20 @@ def test_rpfnet_gradients_reach_the_trunk_and_start_near_pf():
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(float(g.abs().max()) > 0 for g in grads)
+
+
+def test_rpfnet_start_at_pf_is_exactly_pf_until_trained():
+    env = AllocationEnv("t", 3, 2)
+    torch.manual_seed(0)
+    net = RPFNet(env, hidden=[16], start_at_pf=True)
+    types = env.sample(16, torch.Generator().manual_seed(5))
+    allocation = net(types.values, types.public).allocation
+    with torch.no_grad():
+        pf = ProportionalFairness(env)(types.values, types.public).allocation
+    torch.testing.assert_close(allocation.detach(), pf, atol=1e-9, rtol=0)
+    env.objective(net.outcome(allocation), types).backward()
+    # Only the zeroed output layer's weight moves z; it gets a nonzero gradient.
+    assert float(net.trunk[-1].weight.grad.abs().max()) > 0
 
 
 def test_pf_exploitability_positive_and_attack_budget_reported():

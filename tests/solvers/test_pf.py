@@ -9,7 +9,9 @@ import torch
 from auctionlab.envs.allocation import AllocationEnv, split_reports
 from auctionlab.errors import NonFiniteError
 from auctionlab.solvers.pf import (
+    UNROLLED_SCHUR,
     PFSolveError,
+    _compressed_solve_transposed,
     _dense_newton_direction,
     _full_gradients,
     _newton_direction,
@@ -122,10 +124,14 @@ def test_failures_are_surfaced():
         pf_allocate(bad, x, b, w)
 
 
-@pytest.mark.parametrize(("n", "m"), [(2, 2), (10, 3), (4, 5)])
+@pytest.mark.parametrize(("n", "m"), [(2, 2), (10, 3), (4, 5), (3, 9)])
 def test_structured_newton_direction_equals_dense_cholesky(n, m):
     """The closed-form Newton solve matches a dense solve, also in the ill-conditioned regime
-    of late iterations (tiny barrier diagonals, huge budget barriers) where it falls back."""
+    of late iterations (tiny barrier diagonals, huge budget barriers) where it falls back.
+
+    ``m = 9`` takes LAPACK's Cholesky for the budget Schur complements instead of the
+    unrolled one.
+    """
     g = torch.Generator().manual_seed(n * 10 + m)
     B = 64
     free = torch.rand(B, n, m, generator=g) > 0.2
@@ -169,3 +175,23 @@ def test_reduced_gradients_equal_full_kkt_gradients(n, m, with_z):
     reduced = _reduced_gradients(solution, grad_a, v, x, b, w, z)
     for name, f, r in zip("vxbwz", full, reduced, strict=True):
         assert float((f - r).abs().max()) <= 1e-4 * float(f.abs().max()), name
+
+
+def test_compressed_adjoint_solve_equals_the_whole_matrix():
+    """Dropping the identity rows of M' (fixed variables, absent budgets) changes nothing,
+    on invertible and on singular (minimal-norm) instances alike."""
+    assert UNROLLED_SCHUR < 9
+    v, x, b, w, z = _instances(2, 2, 64, seed=21, with_z=True)
+    b[::7, 1] = 0.0  # a budget outside the program
+    # Instance 0: equal values, slack demands: PF's solution set is a face (M' singular).
+    v[0], x[0], b[0], z[0] = 0.5, 2.0, 1.0, 0.0
+    solution = solve_pf(v, x, b, w, z)
+    M = kkt_matrix(solution, v, x, b, z)
+    rhs = torch.randn(M.shape[:2], generator=torch.Generator().manual_seed(0), dtype=v.dtype)
+    B, n, m = v.shape
+    keep = torch.cat([solution.free.reshape(B, n * m)] * 3 + [b > 0], -1)
+    rhs = torch.where(keep, rhs, 0.0)
+    whole, singular = solve_transposed(M, rhs)
+    compressed = _compressed_solve_transposed(M, rhs, keep, max_fraction=1.0)
+    assert bool(singular.any()) and bool((~singular).any())
+    torch.testing.assert_close(compressed, whole, atol=1e-8, rtol=1e-6)

@@ -24,6 +24,7 @@ from auctionlab.types import Outcome, Types
 
 EMPTY_DEMAND = ("resample", "keep")
 VARIANTS = ("truthful", "cauchy", "adversarial_pf")
+OBJECTIVES = ("log_nsw", "nsw")
 
 
 def split_reports(reports: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,12 +96,13 @@ class AllocationEnv:
         cauchy_scale: scale of the Cauchy perturbation (0.01).
         adversarial_restarts: restarts of the attacker that builds eq. 19 data.
         adversarial_steps: its steps.
+        objective: what training maximises: ``log_nsw`` (mean log-NSW, seed 002's Algorithm 1)
+            or ``nsw`` (mean NSW, the reported metric itself).
 
     """
 
     family = "allocation"
     demand = "capped_linear"
-    objective_name = "log_nsw"
 
     def __init__(
         self,
@@ -116,7 +118,13 @@ class AllocationEnv:
         cauchy_scale: float = 0.01,
         adversarial_restarts: int = 4,
         adversarial_steps: int = 50,
+        objective: str = "log_nsw",
     ) -> None:
+        if objective not in OBJECTIVES:
+            raise ConfigError(
+                f"env.objective={objective} is not valid; choose one of {', '.join(OBJECTIVES)}"
+            )
+        self.objective_name = objective
         if n_agents < 1 or n_resources < 1:
             raise ConfigError(
                 f"env {name}: n_agents={n_agents} and n_resources={n_resources} must be >= 1"
@@ -256,7 +264,9 @@ class AllocationEnv:
         return (weights * logs).sum(-1)
 
     def objective(self, outcome: Outcome, types: Types) -> Tensor:
-        """The training objective: mean log-NSW of the batch (scalar)."""
+        """The training objective: mean log-NSW (or NSW, ``objective=nsw``) of the batch."""
+        if self.objective_name == "nsw":
+            return self.outcome_metrics(outcome, types)["nsw"].mean()
         return self.log_nsw(outcome, types).mean()
 
     def welfare(self, outcome: Outcome, values: Tensor) -> Tensor:

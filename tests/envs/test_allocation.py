@@ -70,3 +70,19 @@ def test_bad_arguments_name_the_option():
         AllocationEnv("t", 2, 2, empty_demand="drop")
     with pytest.raises(ConfigError, match="env.variant=noisy"):
         AllocationEnv("t", 2, 2, variant="noisy")
+    with pytest.raises(ConfigError, match="env.objective=welfare .*log_nsw, nsw"):
+        AllocationEnv("t", 2, 2, objective="welfare")
+
+
+@pytest.mark.parametrize("objective", ["log_nsw", "nsw"])
+def test_training_objective_option(objective):
+    env, _ = build_env_and_mechanism(
+        compose_cfg("train", ["mechanism=pf", "env=allocation/2x2", f"env.objective={objective}"])
+    )
+    types = env.sample(8, torch.Generator().manual_seed(0))
+    v, x = split_reports(types.values)
+    outcome = Outcome(0.5 * x, torch.zeros(8, 2))
+    metrics = env.outcome_metrics(outcome, types)
+    expected = metrics[objective].mean()
+    assert env.objective_name == objective
+    torch.testing.assert_close(env.objective(outcome, types), expected)

@@ -20,9 +20,10 @@ Gradients (:class:`PFFunction`) follow §4 / App. D: with ``F`` the KKT system i
 paper's matrix ``M'``, one solve ``M^T g = [dl/da, 0, 0, 0]`` per instance gives every input's
 gradient ``dl/dtheta = -(dF/dtheta)^T g``. When ``M`` is singular (fewer than ``NM - N`` tight
 constraints, or no strict complementarity: Theorem 1) the minimal-norm solution is used
-(LAPACK ``gelsy``, complete orthogonal decomposition), as in Prop. 1's remark; invertible
-instances use an LU solve. Fixed variables and absent agents are eliminated from ``M`` (their
-rows and columns become identity): their allocation does not move locally.
+(LAPACK ``gelsd``, SVD; ``gelsy`` returned different solutions of one singular system from
+call to call here), as in Prop. 1's remark; invertible instances use an LU solve. Fixed
+variables and absent agents are eliminated from ``M`` (their rows and columns become
+identity): their allocation does not move locally.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ def solve_pf(
         z=_batch_last(z0 * free0),
         free=_batch_last(free0.to(v0.dtype)),
         budget=(b0.T > ZERO).to(v0.dtype),
+        pairs=2 * free0.sum((1, 2)).to(v0.dtype) + (b0 > ZERO).sum(-1).to(v0.dtype),
     )
     # Strictly interior start: half of each demand, scaled so every budget is at most half used.
     total = problem.x.sum(0)
@@ -162,12 +164,12 @@ def solve_pf(
     whole, result = problem, list(state)
     index = torch.arange(B, device=v0.device)
     done = torch.zeros(B, dtype=torch.bool, device=v0.device)
-    parts = problem.residual_parts(*state)
+    parts, slacks = problem.residual_parts(*state)
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
         a, mu, nu, lam = state
-        s1, s2, s3 = problem.slacks(a)
-        eta = parts[1] / problem.count
+        s1, s2, s3 = slacks
+        eta = parts[1] / problem.pairs.clamp_min(1.0)
         # Test an instance once its complementarity is near the tolerance: the test (snap +
         # KKT residual) costs half a step, and no pair passes it while the gap is large (the
         # raw pair's complementarity is at least the mean gap; snapping moves each bound
@@ -185,10 +187,9 @@ def solve_pf(
                 keep = (~done).nonzero().squeeze(-1)
                 problem, index = problem.select(keep), index[keep]
                 state = tuple(t.index_select(-1, keep) for t in state)
-                a, mu, nu, lam = state
-                s1, s2, s3 = problem.slacks(a)
+                slacks = tuple(t.index_select(-1, keep) for t in slacks)
                 eta, done, parts = eta[keep], done[keep], parts[:, keep]
-        state, parts = _newton_step(problem, state, parts, (s1, s2, s3), 0.1 * eta, done, tol)
+        state, parts, slacks = _newton_step(problem, state, parts, slacks, 0.1 * eta, done, tol)
     for k, t in enumerate(state):
         result[k] = result[k].index_copy(-1, index, t)
     a, mu, nu, lam = result
@@ -221,7 +222,7 @@ def _newton_step(problem, state, parts, slacks, target, done, tol):
         tol: the KKT tolerance (residuals far below it are rounding noise).
 
     Returns:
-        The next state and its residual parts.
+        The next state, its residual parts and its slacks.
 
     """
     a, mu, nu, lam = state
@@ -245,7 +246,7 @@ def _newton_step(problem, state, parts, slacks, target, done, tol):
     da, info = _checked_direction(factor, rhs, refine_tol=NEWTON_REFINE_TOL if check else None)
     ds3 = -da.sum(0) * budf
     step = (da, (r1 - mu * da) / s1, (r2 + nu * da) / s2, (r3 - lam * ds3) / s3)
-    alpha = _step_to_boundary(a, mu, nu, lam, s1, s2, s3, da, ds3, *step[1:])
+    alpha = _step_to_boundary(mu, nu, lam, s1, s2, s3, da, ds3, *step[1:])
     alpha = torch.where(done | (info != 0), 0.0, alpha)
     # Backtracking on the centred residual (all instances halve together; almost every
     # instance takes its first step). Residuals at the tolerance's scale are rounding noise.
@@ -256,13 +257,13 @@ def _newton_step(problem, state, parts, slacks, target, done, tol):
         trial = tuple(
             s_ + (alb if s_.dim() == 2 else al) * d_ for s_, d_ in zip(state, step, strict=True)
         )
-        trial_parts = problem.residual_parts(*trial)
+        trial_parts, trial_slacks = problem.residual_parts(*trial)
         after = problem.residual(trial_parts, target)
         ok = (after <= torch.maximum((1 - 0.01 * alpha) * before, floor)) | (alpha == 0)
         if bool(ok.all()):
             break
         alpha = torch.where(ok, alpha, 0.5 * alpha)
-    return trial, trial_parts
+    return trial, trial_parts, trial_slacks
 
 
 @dataclass
@@ -280,11 +281,8 @@ class _Program:
     z: Tensor
     free: Tensor
     budget: Tensor
-
-    @property
-    def count(self) -> Tensor:
-        """``[B]`` number of complementarity pairs in each program."""
-        return (2 * self.free.sum((0, 1)) + self.budget.sum(0)).clamp_min(1.0)
+    #: ``[B]`` number of complementarity pairs (two per free variable, one per budget).
+    pairs: Tensor
 
     def select(self, index: Tensor) -> _Program:
         """The programs ``index`` of the batch."""
@@ -299,27 +297,32 @@ class _Program:
         s3 = (self.b - a.sum(0)) * self.budget + (1.0 - self.budget)
         return a + fixed, self.x - a + fixed, s3
 
-    def residual_parts(self, a: Tensor, mu: Tensor, nu: Tensor, lam: Tensor) -> Tensor:
-        """``[3, B]`` the parts of the centred KKT residual that do not depend on the centre.
+    def residual_parts(
+        self, a: Tensor, mu: Tensor, nu: Tensor, lam: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """The parts of the centred KKT residual that do not depend on the centre.
 
-        Squared stationarity, sum and sum of squares of the complementarity products.
+        Returns:
+            ``[3, B]`` squared stationarity, sum and sum of squares of the complementarity
+            products; and the slacks of ``a`` they were computed with.
+
         """
         u = (self.v * a).sum(1, keepdim=True).clamp_min(1e-300)
         s1, s2, s3 = self.slacks(a)
         stationarity = (self.z - self.v * (self.w / u) - mu + nu + lam.unsqueeze(0)) * self.free
         c12, c3 = mu * s1 + nu * s2, lam * s3  # fixed variables / absent budgets give 0
         squares = ((mu * s1).square() + (nu * s2).square()).sum((0, 1)) + c3.square().sum(0)
-        return torch.stack(
+        parts = torch.stack(
             [stationarity.square().sum((0, 1)), c12.sum((0, 1)) + c3.sum(0), squares]
         )
+        return parts, (s1, s2, s3)
 
     def residual(self, parts: Tensor, target: Tensor) -> Tensor:
         """``[B]`` 2-norm of the KKT system centred at ``target`` (``[B]``) from its parts.
 
         ``sum_j (c_j - t)^2 = sum c_j^2 - 2 t sum c_j + pairs t^2``.
         """
-        pairs = 2 * self.free.sum((0, 1)) + self.budget.sum(0)
-        centred = parts[2] - 2 * target * parts[1] + pairs * target.square()
+        centred = parts[2] - 2 * target * parts[1] + self.pairs * target.square()
         return (parts[0] + centred.clamp_min(0.0)).sqrt()
 
     def kkt(self, a: Tensor, mu: Tensor, nu: Tensor, lam: Tensor) -> Tensor:
@@ -375,7 +378,7 @@ def _pick_pair(problem: _Program, a, mu, nu, lam, s1, s2, s3, tol: float):
     return pair, kkt, torch.minimum(snapped_kkt, raw_kkt)
 
 
-def _step_to_boundary(a, mu, nu, lam, s1, s2, s3, da, ds3, dmu, dnu, dlam) -> Tensor:
+def _step_to_boundary(mu, nu, lam, s1, s2, s3, da, ds3, dmu, dnu, dlam) -> Tensor:
     """``[B]`` step length in ``(0, 1]``: 0.995 of the way to the nearest slack or dual bound."""
     shrink = torch.stack(
         [
@@ -644,26 +647,48 @@ def kkt_matrix(sol: PFSolution, v: Tensor, x: Tensor, b: Tensor, z: Tensor) -> T
     return M
 
 
-def solve_transposed(M: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
+def _lu_solve_checked(
+    A: Tensor, rhs: Tensor, unit_pivots_left_out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``A^-1 rhs`` by LU, and ``[B]`` whether ``A`` counts as singular (pivot ratio).
+
+    Args:
+        A: ``[B, K, K]``.
+        rhs: ``[B, K]``.
+        unit_pivots_left_out: ``[B]`` where ``A`` is a block of a larger matrix whose other
+            rows and columns are identity: their unit pivots take part in the ratio, as in
+            the whole matrix.
+
+    """
+    LU, pivots, info = torch.linalg.lu_factor_ex(A)
+    pivot = LU.diagonal(dim1=-2, dim2=-1).abs()
+    largest = pivot.amax(-1).clamp_min(1e-300)
+    if unit_pivots_left_out is not None:
+        largest = torch.where(unit_pivots_left_out, largest.clamp_min(1.0), largest)
+    singular = (info != 0) | (pivot.amin(-1) <= SINGULAR_PIVOT * largest)
+    return torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1), singular
+
+
+def solve_transposed(
+    M: Tensor, rhs: Tensor, unit_pivots_left_out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Solve ``M^T g = rhs`` per instance: LU where ``M`` is invertible, else minimal norm.
 
     Args:
         M: ``[B, K, K]``.
         rhs: ``[B, K]``.
+        unit_pivots_left_out: see :func:`_lu_solve_checked`.
 
     Returns:
         ``g`` ``[B, K]`` and ``[B]`` whether the instance was singular (minimal-norm solve).
 
     """
     Mt = M.transpose(-1, -2)
-    LU, pivots, info = torch.linalg.lu_factor_ex(Mt)
-    pivot = LU.diagonal(dim1=-2, dim2=-1).abs()
-    singular = (info != 0) | (pivot.amin(-1) <= SINGULAR_PIVOT * pivot.amax(-1).clamp_min(1e-300))
-    g = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+    g, singular = _lu_solve_checked(Mt, rhs, unit_pivots_left_out)
     if bool(singular.any()):
         index = singular.nonzero().squeeze(-1)
         least = torch.linalg.lstsq(
-            Mt[index], rhs[index].unsqueeze(-1), rcond=1e-10, driver="gelsy"
+            Mt[index], rhs[index].unsqueeze(-1), rcond=1e-10, driver="gelsd"
         ).solution.squeeze(-1)
         g = g.index_copy(0, index, least)
     return g, singular
@@ -688,7 +713,11 @@ def _compressed_solve_transposed(
     sub = M[batch, order.unsqueeze(-1), order.unsqueeze(-2)]
     pair = valid.unsqueeze(-1) & valid.unsqueeze(-2)
     sub = torch.where(pair, sub, 0.0) + torch.diag_embed((~valid).to(M.dtype))
-    g_sub, _ = solve_transposed(sub, torch.where(valid, rhs.gather(1, order), 0.0))
+    g_sub, _ = solve_transposed(
+        sub,
+        torch.where(valid, rhs.gather(1, order), 0.0),
+        unit_pivots_left_out=keep.sum(1) < keep.shape[1],
+    )
     return torch.zeros_like(rhs).scatter(1, order, torch.where(valid, g_sub, 0.0))
 
 
@@ -828,12 +857,7 @@ def _reduced_gradients(sol: PFSolution, grad_a, v, x, b, w, z) -> tuple[Tensor, 
     )
     R = R + torch.diag_embed((~valid).to(dtype))
     rhs = torch.where(is_var, grad_a.reshape(B, N).gather(1, flat), 0.0)
-    LU, pivots, info = torch.linalg.lu_factor_ex(R)
-    pivot = LU.diagonal(dim1=-2, dim2=-1).abs()
-    # The identity rows left out count as unit pivots, as in the whole matrix.
-    largest = pivot.amax(-1).clamp_min(1.0)
-    singular = (info != 0) | (pivot.amin(-1) <= SINGULAR_PIVOT * largest)
-    g_p = torch.linalg.lu_solve(LU, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+    g_p, singular = _lu_solve_checked(R, rhs, unit_pivots_left_out=valid.sum(1) < N + m)
     g = torch.zeros(B, N + m, dtype=dtype, device=device).scatter(
         1, order, torch.where(valid, g_p, 0.0)
     )

@@ -132,6 +132,7 @@ def test_structured_newton_direction_equals_dense_cholesky(n, m):
     ``m = 9`` takes LAPACK's Cholesky for the budget Schur complements instead of the
     unrolled one.
     """
+    assert (m > UNROLLED_SCHUR) == (m == 9)
     g = torch.Generator().manual_seed(n * 10 + m)
     B = 64
     free = torch.rand(B, n, m, generator=g) > 0.2
@@ -180,7 +181,6 @@ def test_reduced_gradients_equal_full_kkt_gradients(n, m, with_z):
 def test_compressed_adjoint_solve_equals_the_whole_matrix():
     """Dropping the identity rows of M' (fixed variables, absent budgets) changes nothing,
     on invertible and on singular (minimal-norm) instances alike."""
-    assert UNROLLED_SCHUR < 9
     v, x, b, w, z = _instances(2, 2, 64, seed=21, with_z=True)
     b[::7, 1] = 0.0  # a budget outside the program
     # Instance 0: equal values, slack demands: PF's solution set is a face (M' singular).
@@ -195,3 +195,7 @@ def test_compressed_adjoint_solve_equals_the_whole_matrix():
     compressed = _compressed_solve_transposed(M, rhs, keep, max_fraction=1.0)
     assert bool(singular.any()) and bool((~singular).any())
     torch.testing.assert_close(compressed, whole, atol=1e-8, rtol=1e-6)
+    # The singular instance gets the minimal-norm solution, the same on every call.
+    minimal = torch.linalg.pinv(M[0].T, rtol=1e-10) @ rhs[0]
+    for _ in range(10):
+        torch.testing.assert_close(solve_transposed(M, rhs)[0][0], minimal, atol=1e-8, rtol=1e-6)

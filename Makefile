@@ -21,7 +21,7 @@ test-slow:  ## long checks (learned mechanisms at scale=cpu) and the fuzz tests 
 bench:  ## performance benchmarks, JSON into outputs/bench/
 	$(BIN)/python scripts/bench_train.py --env 2x2 --batch 512 --misreport-steps 50 --threads 2 --out outputs/bench/train_2x2.json
 	$(BIN)/python scripts/bench_train.py --env 2x2 --batch 128 --misreport-steps 25 --local --no-reference --threads 2 --out outputs/bench/train_local_2x2.json
-	$(BIN)/python scripts/bench_pf.py --env 10x3 --batch 128 --solve-batch 1024 --misreport-steps 5 --threads 2 --out outputs/bench/pf_10x3.json
+	$(BIN)/python scripts/bench_pf.py --env 10x3 --batch 128 --solve-batch 1024 --misreport-steps 5 --threads 2 --inference-batches 128 1024 8192 --out outputs/bench/pf_10x3.json
 	$(BIN)/python scripts/bench_wdp.py --threads 2 --out outputs/bench/wdp.json
 	$(BIN)/python scripts/bench_certify.py --train --env 2x2 --iterations 3000 --profiles 50 --out outputs/bench/certify_2x2.json
 

@@ -11,7 +11,10 @@ Reports, for the allocation env ``--env``:
   ``--misreport-steps`` steps, truthful + deviation forward, backward, primal-dual update) for
   ExS-Net, the plain softmax net and RPF-Net, and RPF-Net's ratio to ExS-Net (seed 002: 380.2);
 * ``inference_seconds``: one forward pass on ``--batch`` profiles for every mechanism, and the
-  ratios to ExS-Net (seed 002: PF 40.1, PA 310.0, RPF-Net 114.5).
+  ratios to ExS-Net (seed 002: PF 40.1, PA 310.0, RPF-Net 114.5);
+* ``rpfnet_inference_by_batch``: RPF-Net's and ExS-Net's forward pass and their ratio at each
+  ``--inference-batches`` size (the solver's cost per profile falls with the batch while its
+  per-operation overhead is amortised).
 
 Medians over ``--iterations`` timed repetitions after ``--warmup`` untimed ones.
 """
@@ -56,6 +59,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=128, help="training / inference batch")
     parser.add_argument("--solve-batch", type=int, default=1024)
     parser.add_argument("--misreport-steps", type=int, default=5)
+    parser.add_argument(
+        "--inference-batches",
+        type=int,
+        nargs="*",
+        default=[],
+        help="batch sizes of the RPF-Net / ExS-Net inference sweep (none by default)",
+    )
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -96,6 +106,18 @@ def main(argv: list[str] | None = None) -> dict:
                 mechanism(types.values, types.public)
 
         inference[name] = median_seconds(forward, args.iterations, args.warmup)
+    by_batch = {}
+    for size in args.inference_batches:
+        sweep_types = env.sample(size, generator)
+        seconds = {}
+        for name in ("exsnet", "rpfnet"):
+
+            def forward(mechanism=mechanisms[name], sweep_types=sweep_types):
+                with torch.no_grad():
+                    mechanism(sweep_types.values, sweep_types.public)
+
+            seconds[name] = median_seconds(forward, args.iterations, args.warmup)
+        by_batch[str(size)] = {**seconds, "ratio": seconds["rpfnet"] / seconds["exsnet"]}
     training = {}
     for name in ("exsnet", "softmax_net", "rpfnet"):
         attacker = PGDAttacker(restarts=1, steps=args.misreport_steps, step_size=0.1)
@@ -125,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_ratio_to_exsnet": {k: t / training["exsnet"] for k, t in training.items()},
         "inference_seconds": inference,
         "inference_ratio_to_exsnet": {k: t / inference["exsnet"] for k, t in inference.items()},
+        "rpfnet_inference_by_batch": by_batch,
         "paper_ratios": {
             "train_rpfnet": 380.2,
             "infer_pf": 40.1,

@@ -34,6 +34,8 @@ class _AllocationNet(AllocationMechanism):
         out_per_resource: outputs per resource (agents, plus one for a synthetic agent).
         tol: KKT tolerance of PF solves (RPF-Net).
         max_iter: interior-point iteration cap (RPF-Net).
+        scale_invariant: feed each agent's values divided by their largest entry, so the
+            trunk (and, for RPF-Net, the whole mechanism, like PF) ignores a report's scale.
 
     """
 
@@ -48,8 +50,10 @@ class _AllocationNet(AllocationMechanism):
         out_per_resource: int,
         tol: float = 1e-7,
         max_iter: int = 200,
+        scale_invariant: bool = False,
     ) -> None:
         super().__init__(env, tol=tol, max_iter=max_iter)
+        self.scale_invariant = bool(scale_invariant)
         if not hidden or any(int(h) < 1 for h in hidden):
             raise ConfigError(
                 f"mechanism.hidden={list(hidden)} must be a non-empty list of widths >= 1"
@@ -63,7 +67,13 @@ class _AllocationNet(AllocationMechanism):
 
     def features(self, reports: Tensor, budgets: Tensor) -> Tensor:
         """``[B, out_per_resource, m]`` trunk output on normalised reports and budgets."""
-        B = reports.shape[0]
+        B, m = reports.shape[0], self.n_items
+        if self.scale_invariant:
+            # Program (9) gives the same allocation for c * v_i and v_i when z does not move:
+            # a z that ignores the scale leaves an attacker one direction fewer than PF has.
+            values, demands = reports[..., :m], reports[..., m:]
+            top = values.amax(-1, keepdim=True).clamp_min(1e-12)
+            reports = torch.cat([values / top, demands], -1)
         x = (reports.reshape(B, -1) - self.input_shift) * self.input_scale
         b = budgets / self.default_budget
         return self.trunk(torch.cat([x, b], -1)).view(B, self.out_per_resource, self.n_items)
@@ -82,6 +92,8 @@ class RPFNet(_AllocationNet):
         tol: KKT tolerance of the program (1e-6: the residual the solver is held to against
             the reference; two interior-point iterations fewer than PF's 1e-7).
         max_iter: interior-point iteration cap.
+        scale_invariant: ``z`` sees each agent's values divided by their largest entry, so
+            RPF-Net, like PF, gives the same allocation for ``c * v_i`` as for ``v_i``.
 
     """
 
@@ -96,8 +108,17 @@ class RPFNet(_AllocationNet):
         start_at_pf: bool = True,
         tol: float = 1e-6,
         max_iter: int = 200,
+        scale_invariant: bool = False,
     ) -> None:
-        super().__init__(env, hidden, activation, env.n_bidders, tol=tol, max_iter=max_iter)
+        super().__init__(
+            env,
+            hidden,
+            activation,
+            env.n_bidders,
+            tol=tol,
+            max_iter=max_iter,
+            scale_invariant=scale_invariant,
+        )
         if z_scale <= 0:
             raise ConfigError(f"mechanism.z_scale={z_scale} must be > 0")
         self.z_scale = float(z_scale)
@@ -122,6 +143,7 @@ class ExSNet(_AllocationNet):
         env: an ``AllocationEnv``.
         hidden: hidden layer widths.
         activation: trunk activation.
+        scale_invariant: the trunk sees each agent's values divided by their largest entry.
 
     """
 
@@ -129,10 +151,16 @@ class ExSNet(_AllocationNet):
     synthetic_agent = True
 
     def __init__(
-        self, env, hidden: Sequence[int] = (100, 100, 100), activation: str = "tanh"
+        self,
+        env,
+        hidden: Sequence[int] = (100, 100, 100),
+        activation: str = "tanh",
+        scale_invariant: bool = False,
     ) -> None:
         extra = 1 if self.synthetic_agent else 0
-        super().__init__(env, hidden, activation, env.n_bidders + extra)
+        super().__init__(
+            env, hidden, activation, env.n_bidders + extra, scale_invariant=scale_invariant
+        )
 
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """``[B, n, 2m]`` reports -> ``min(x, b * softmax share)``."""

@@ -10,7 +10,13 @@ from auctionlab.attackers import PGDAttacker
 from auctionlab.cli import resolve_family_env
 from auctionlab.envs.allocation import AllocationEnv, split_reports
 from auctionlab.errors import ConfigError
-from auctionlab.mechanisms import ExSNet, PartialAllocation, ProportionalFairness, RPFNet
+from auctionlab.mechanisms import (
+    ExSNet,
+    PartialAllocation,
+    ProportionalFairness,
+    RPFNet,
+    SoftmaxNet,
+)
 from auctionlab.tasks.common import build_env_and_mechanism
 
 MECHANISMS = ["pf", "pa", "pf_pa_mixture", "rpfnet", "exsnet", "softmax_net"]
@@ -70,6 +76,34 @@ def test_rpfnet_start_at_pf_is_exactly_pf_until_trained():
     env.objective(net.outcome(allocation), types).backward()
     # Only the zeroed output layer's weight moves z; it gets a nonzero gradient.
     assert float(net.trunk[-1].weight.grad.abs().max()) > 0
+
+
+@pytest.mark.parametrize("net_class", [RPFNet, ExSNet, SoftmaxNet])
+@pytest.mark.parametrize("scale_invariant", [True, False])
+def test_scale_invariant_nets_ignore_each_agents_value_scale(net_class, scale_invariant):
+    env = AllocationEnv("t", 3, 2)
+    torch.manual_seed(0)
+    kwargs = {"start_at_pf": False} if net_class is RPFNet else {}
+    net = net_class(env, hidden=[16], scale_invariant=scale_invariant, **kwargs)
+    types = env.sample(32, torch.Generator().manual_seed(6))
+    scaled = types.values.clone()
+    factor = torch.empty(32, 3, 1).uniform_(0.2, 1.0, generator=torch.Generator().manual_seed(7))
+    scaled[..., :2] *= factor
+    with torch.no_grad():
+        gap = net(types.values, types.public).allocation - net(scaled, types.public).allocation
+    # PF itself is scale-invariant; an invariant z keeps RPF-Net so (to solver tolerance).
+    if scale_invariant:
+        assert float(gap.abs().max()) <= 1e-6
+    else:
+        assert float(gap.abs().max()) > 1e-3
+
+
+def test_scale_invariant_is_a_config_option_of_every_learned_allocation_net():
+    for name in ("rpfnet", "exsnet", "softmax_net"):
+        overrides = [f"mechanism={name}", "env=allocation/2x2", "mechanism.scale_invariant=true"]
+        cfg = compose_cfg("evaluate", overrides)
+        _, mechanism = build_env_and_mechanism(cfg)
+        assert mechanism.scale_invariant is True
 
 
 def test_pf_exploitability_positive_and_attack_budget_reported():

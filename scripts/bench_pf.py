@@ -97,26 +97,23 @@ def main(argv: list[str] | None = None) -> dict:
         "pa": PartialAllocation(env),
         "pf_pa_mixture": PFPAMixture(env),
     }
-    inference = {}
-    for name, mechanism in mechanisms.items():
-        mechanism.eval()
 
-        def forward(mechanism=mechanism):
+    def inference_seconds(mechanism, profiles) -> float:
+        def forward():
             with torch.no_grad():
-                mechanism(types.values, types.public)
+                mechanism(profiles.values, profiles.public)
 
-        inference[name] = median_seconds(forward, args.iterations, args.warmup)
+        return median_seconds(forward, args.iterations, args.warmup)
+
+    for mechanism in mechanisms.values():
+        mechanism.eval()
+    inference = {name: inference_seconds(mech, types) for name, mech in mechanisms.items()}
     by_batch = {}
     for size in args.inference_batches:
         sweep_types = env.sample(size, generator)
-        seconds = {}
-        for name in ("exsnet", "rpfnet"):
-
-            def forward(mechanism=mechanisms[name], sweep_types=sweep_types):
-                with torch.no_grad():
-                    mechanism(sweep_types.values, sweep_types.public)
-
-            seconds[name] = median_seconds(forward, args.iterations, args.warmup)
+        seconds = {
+            name: inference_seconds(mechanisms[name], sweep_types) for name in ("exsnet", "rpfnet")
+        }
         by_batch[str(size)] = {**seconds, "ratio": seconds["rpfnet"] / seconds["exsnet"]}
     training = {}
     for name in ("exsnet", "softmax_net", "rpfnet"):

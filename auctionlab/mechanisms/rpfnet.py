@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from auctionlab.envs.allocation import split_reports
 from auctionlab.errors import ConfigError
 from auctionlab.layers import mlp
 from auctionlab.mechanisms.pf import AllocationMechanism
@@ -67,11 +68,11 @@ class _AllocationNet(AllocationMechanism):
 
     def features(self, reports: Tensor, budgets: Tensor) -> Tensor:
         """``[B, out_per_resource, m]`` trunk output on normalised reports and budgets."""
-        B, m = reports.shape[0], self.n_items
+        B = reports.shape[0]
         if self.scale_invariant:
             # Program (9) gives the same allocation for c * v_i and v_i when z does not move:
             # a z that ignores the scale leaves an attacker one direction fewer than PF has.
-            values, demands = reports[..., :m], reports[..., m:]
+            values, demands = split_reports(reports)
             top = values.amax(-1, keepdim=True).clamp_min(1e-12)
             reports = torch.cat([values / top, demands], -1)
         x = (reports.reshape(B, -1) - self.input_shift) * self.input_scale

@@ -31,7 +31,7 @@ def nsw_loss_split(
     seed: int = 7,
     exploitable: float = 1e-3,
     clean: float = 1e-5,
-) -> dict[str, float]:
+) -> dict:
     """NSW of ``mechanism`` over PF's and the share of the loss on PF-exploitable profiles.
 
     Args:
@@ -47,7 +47,7 @@ def nsw_loss_split(
     Returns:
         The NSW ratio, the fractions of exploitable / clean profiles, the shares of the NSW
         loss they and the rest carry (summing to 1; ``nan`` when nothing is lost), the ratio
-        with the loss on clean profiles undone, and the attacker budget.
+        with the loss on clean profiles undone, and the budget of the attack on PF.
 
     """
     device = next(iter(mechanism.buffers())).device
@@ -56,12 +56,11 @@ def nsw_loss_split(
     with torch.no_grad():
         nsw = env.outcome_metrics(mechanism(types.values, types.public), types)["nsw"]
         pf_nsw = env.outcome_metrics(pf(types.values, types.public), types)["nsw"]
-        truthful = env.utility(pf(types.values, types.public), types.values)
     attacker = PGDAttacker(
         restarts=restarts, steps=steps, step_size=0.05, final_step_size=0.002, include_truthful=True
     )
     result = attacker.attack(pf, env, types, make_generator(seed + 1, device), truthful=True)
-    regret = (result.utility.detach() - truthful).clamp_min(0.0).mean(-1).double()  # [B]
+    regret = result.gain.detach().mean(-1).double()  # [B] PF's regret, mean over agents
     nsw, pf_nsw = nsw.double(), pf_nsw.double()
     loss = pf_nsw - nsw  # per profile; negative where the mechanism beats PF
     total = float(loss.sum())
@@ -83,8 +82,7 @@ def nsw_loss_split(
         "other_loss_share": share(~hot & ~cold),
         "ratio_without_collateral_loss": float((nsw + loss * cold).mean() / pf_nsw.mean()),
         "profiles": float(profiles),
-        "pf_attack_restarts": float(restarts),
-        "pf_attack_steps": float(steps),
+        "pf_attack_budget": dict(result.budget),
     }
 
 

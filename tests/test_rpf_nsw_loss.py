@@ -30,7 +30,8 @@ def test_an_untrained_rpfnet_is_pf_and_loses_nothing():
     result = _split()(RPFNet(env, hidden=[8]), env, profiles=32, restarts=1, steps=3)
     assert abs(result["nsw_ratio"] - 1.0) < 1e-5  # the solvers' tolerances apart
     assert math.isnan(result["exploitable_loss_share"])
-    assert result["pf_attack_restarts"] == 1 and result["pf_attack_steps"] == 3
+    budget = result["pf_attack_budget"]
+    assert (budget["restarts"], budget["steps"], budget["include_truthful"]) == (1, 3, True)
 
 
 def test_a_perturbed_rpfnet_splits_its_loss_between_disjoint_profile_sets():

@@ -6,7 +6,10 @@ Example:
 Reports, for the allocation env ``--env``:
 
 * ``pf_solves_per_second``: PF programs (4) solved per second at ``--solve-batch`` (1024 by
-  default), with the iteration count and the worst KKT residual of the timed batch;
+  default) by the solver backend everything else here runs with (``pf_backend``:
+  ``--pf-backend``, ``auto`` by default: the compiled one where it builds), with the
+  iteration count and the worst KKT residual of the timed batch; ``pf_solves_per_second_by_
+  backend``: the same for each backend (``native``: the C solver, ``torch``: batched torch);
 * ``train_seconds_per_iteration``: one training iteration (the one loop: PGD misreports with
   ``--misreport-steps`` steps, truthful + deviation forward, backward, primal-dual update) for
   ExS-Net, the plain softmax net and RPF-Net, and RPF-Net's ratio to ExS-Net (seed 002: 380.2);
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -40,6 +44,7 @@ from auctionlab.mechanisms import (
     RPFNet,
     SoftmaxNet,
 )
+from auctionlab.solvers import pf_native
 from auctionlab.solvers.pf import solve_pf
 from auctionlab.training import Trainer
 from auctionlab.training.constraints import PrimalDual
@@ -69,8 +74,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--pf-backend",
+        choices=pf_native.BACKENDS,
+        default="auto",
+        help="PF solver backend of every mechanism (auto: native where it builds)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    # Every solve inside the mechanisms reads the backend from the environment.
+    previous = os.environ.get("AUCTIONLAB_PF_BACKEND")
+    os.environ["AUCTIONLAB_PF_BACKEND"] = args.pf_backend
+    try:
+        return _run(args)
+    finally:
+        if previous is None:
+            os.environ.pop("AUCTIONLAB_PF_BACKEND")
+        else:
+            os.environ["AUCTIONLAB_PF_BACKEND"] = previous
+
+
+def _run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     n, m = (int(s) for s in args.env.split("x"))
     env = AllocationEnv(f"allocation/{args.env}", n, m)
@@ -86,6 +110,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     solve_seconds = median_seconds(solve, args.iterations, args.warmup)
     solution = last["solution"]
+    backend = "native" if pf_native.use_native(args.pf_backend, v.device) else "torch"
+    by_backend = {}
+    for name in ("native", "torch") if pf_native.library() is not None else ("torch",):
+        seconds = median_seconds(
+            lambda name=name: solve_pf(v, x, b, w, backend=name), args.iterations, args.warmup
+        )
+        by_backend[name] = args.solve_batch / seconds
 
     types = env.sample(args.batch, generator)
     torch.manual_seed(0)
@@ -135,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
         "solve_batch": args.solve_batch,
         "misreport_steps": args.misreport_steps,
         "threads": args.threads,
+        "pf_backend": backend,
         "pf_solves_per_second": args.solve_batch / solve_seconds,
+        "pf_solves_per_second_by_backend": by_backend,
         "pf_solve_batch_seconds": solve_seconds,
         "pf_iterations": solution.iterations,
         "pf_max_kkt_residual": float(solution.kkt_residual.max()),

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from auctionlab.errors import NonFiniteError, RunError
+from auctionlab.solvers import pf_native
 
 #: Weights, budgets and values below this count as zero.
 ZERO = 1e-12
@@ -117,6 +118,7 @@ def solve_pf(
     z: Tensor | None = None,
     tol: float = 1e-7,
     max_iter: int = 200,
+    backend: str | None = None,
 ) -> PFSolution:
     """Solve programs (4) / (9) for a batch.
 
@@ -135,23 +137,79 @@ def solve_pf(
         z: ``[B, n, m]`` linear regulariser of RPF-Net (default 0: the PF program).
         tol: KKT residual an instance must reach.
         max_iter: interior-point iteration cap.
+        backend: ``auto`` (default; ``AUCTIONLAB_PF_BACKEND`` overrides it), ``native`` or
+            ``torch``: who solves on the CPU (:mod:`auctionlab.solvers.pf_native`: the same
+            method, snapping and KKT residual per instance in C). Instances the native solver
+            leaves above ``tol`` are solved again by the torch path.
 
     Returns:
         The snapped solutions with duals, residuals and per-instance convergence.
 
     """
     v0, x0, b0, w0, z0, free0, agent0 = _prepare(values, demands, budgets, weights, z)
+    native = pf_native.use_native(backend, v0.device)
     B, n, m = v0.shape
-    problem = _Program(
-        v=_batch_last(v0 * free0),
-        x=_batch_last(x0 * free0),
-        b=b0.T.contiguous(),
-        w=w0.T.contiguous().unsqueeze(1),
-        z=_batch_last(z0 * free0),
-        free=_batch_last(free0.to(v0.dtype)),
-        budget=(b0.T > ZERO).to(v0.dtype),
-        pairs=2 * free0.sum((1, 2)).to(v0.dtype) + (b0 > ZERO).sum(-1).to(v0.dtype),
+    freef, budget = free0.to(v0.dtype), (b0 > ZERO).to(v0.dtype)
+    pairs = 2 * freef.sum((1, 2)) + budget.sum(-1)
+    if native:
+        a, mu, nu, lam, kkt, counts = pf_native.solve(
+            v0 * freef, x0 * freef, z0 * freef, freef, b0, budget, w0, pairs, tol, max_iter
+        )
+        iterations = int(counts.max()) if B else 0
+    else:
+        problem = _program(v0, x0, b0, w0, z0, freef, budget, pairs)
+        (a, mu, nu, lam), iterations = _iterate(problem, tol, max_iter)
+        s1, s2, s3 = problem.slacks(a)
+        (a, mu, nu, lam), kkt, _ = _pick_pair(problem, a, mu, nu, lam, s1, s2, s3, tol)
+        a, mu, nu, lam = _batch_first(a), _batch_first(mu), _batch_first(nu), lam.T.contiguous()
+    solution = PFSolution(
+        allocation=a,
+        mu=mu,
+        nu=nu,
+        lam=lam,
+        kkt_residual=kkt,
+        converged=kkt <= tol,
+        objective=_objective(a, v0, w0, z0, agent0),
+        iterations=iterations,
+        free=free0,
     )
+    if native and not bool(solution.converged.all()):
+        retry = (~solution.converged).nonzero().squeeze(-1)
+        again = solve_pf(
+            *(t[retry] for t in (v0, x0, b0, w0, z0)), tol=tol, max_iter=max_iter, backend="torch"
+        )
+        solution = _merge(solution, again, retry)
+    return solution
+
+
+def _program(v, x, b, w, z, freef, budget, pairs) -> _Program:
+    """The batch-last :class:`_Program` of prepared batch-first inputs (see :func:`_prepare`)."""
+    return _Program(
+        v=_batch_last(v * freef),
+        x=_batch_last(x * freef),
+        b=b.T.contiguous(),
+        w=w.T.contiguous().unsqueeze(1),
+        z=_batch_last(z * freef),
+        free=_batch_last(freef),
+        budget=budget.T.contiguous(),
+        pairs=pairs,
+    )
+
+
+def _merge(solution: PFSolution, part: PFSolution, index: Tensor) -> PFSolution:
+    """``solution`` with the instances ``index`` replaced by ``part``'s."""
+    merged = {
+        f.name: getattr(solution, f.name).index_copy(0, index, getattr(part, f.name))
+        for f in fields(PFSolution)
+        if f.name != "iterations"
+    }
+    return PFSolution(**merged, iterations=max(solution.iterations, part.iterations))
+
+
+def _iterate(problem: _Program, tol: float, max_iter: int) -> tuple[list[Tensor], int]:
+    """The torch path's interior-point iterations (batch-last); returns the pair and the count."""
+    B = problem.pairs.shape[0]
+    device = problem.v.device
     # Strictly interior start: half of each demand, scaled so every budget is at most half used.
     total = problem.x.sum(0)
     share = 0.5 * torch.minimum(torch.ones_like(total), problem.b / total.clamp_min(ZERO))
@@ -161,9 +219,9 @@ def solve_pf(
     state = (a, problem.free / s1, problem.free / s2, problem.budget / s3)
     # Finished instances leave the working batch (``index``: their positions in the whole
     # one) once they are half of it; their pairs wait in ``result``.
-    whole, result = problem, list(state)
-    index = torch.arange(B, device=v0.device)
-    done = torch.zeros(B, dtype=torch.bool, device=v0.device)
+    result = list(state)
+    index = torch.arange(B, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     parts, slacks = problem.residual_parts(*state)
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
@@ -192,21 +250,7 @@ def solve_pf(
         state, parts, slacks = _newton_step(problem, state, parts, slacks, 0.1 * eta, done, tol)
     for k, t in enumerate(state):
         result[k] = result[k].index_copy(-1, index, t)
-    a, mu, nu, lam = result
-    s1, s2, s3 = whole.slacks(a)
-    (a, mu, nu, lam), kkt, _ = _pick_pair(whole, a, mu, nu, lam, s1, s2, s3, tol)
-    a, mu, nu = _batch_first(a), _batch_first(mu), _batch_first(nu)
-    return PFSolution(
-        allocation=a,
-        mu=mu,
-        nu=nu,
-        lam=lam.T.contiguous(),
-        kkt_residual=kkt,
-        converged=kkt <= tol,
-        objective=_objective(a, v0, w0, z0, agent0),
-        iterations=iterations,
-        free=free0,
-    )
+    return result, iterations
 
 
 def _newton_step(problem, state, parts, slacks, target, done, tol):

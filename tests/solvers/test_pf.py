@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +24,17 @@ from auctionlab.solvers.pf import (
     solve_pf,
     solve_transposed,
 )
+
+#: Both ways of running the iterations (native: the compiled C loop, needs a C compiler).
+BACKENDS = [
+    pytest.param(
+        "native",
+        marks=pytest.mark.skipif(
+            shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler"
+        ),
+    ),
+    "torch",
+]
 
 
 def _instances(n, m, count, seed, with_z):
@@ -47,9 +61,9 @@ def reference_objective(v, x, b, w, z) -> float:
     return float(problem.value)
 
 
-def check_against_reference(n, m, count, seed, with_z):
+def check_against_reference(n, m, count, seed, with_z, backend):
     v, x, b, w, z = _instances(n, m, count, seed, with_z)
-    solution = solve_pf(v, x, b, w, z, tol=1e-7)
+    solution = solve_pf(v, x, b, w, z, tol=1e-7, backend=backend)
     assert bool(solution.converged.all()) and float(solution.kkt_residual.max()) <= 1e-6
     zz = np.zeros((n, m)) if z is None else z.numpy()
     gaps = [
@@ -64,17 +78,19 @@ def check_against_reference(n, m, count, seed, with_z):
     assert max(gaps) <= 1e-6, max(gaps)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("n", "m", "with_z"), [(2, 2, False), (2, 2, True), (10, 3, False)])
-def test_matches_reference_solver(n, m, with_z):
-    check_against_reference(n, m, 40, seed=n + m, with_z=with_z)
+def test_matches_reference_solver(n, m, with_z, backend):
+    check_against_reference(n, m, 40, seed=n + m, with_z=with_z, backend=backend)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("n", "m", "with_z"), [(2, 2, False), (2, 2, True), (10, 3, False), (10, 3, True)]
 )
-def test_matches_reference_solver_1000(n, m, with_z):
-    check_against_reference(n, m, 1000, seed=100 + n, with_z=with_z)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_reference_solver_1000(n, m, with_z, backend):
+    check_against_reference(n, m, 1000, seed=100 + n, with_z=with_z, backend=backend)
 
 
 def test_feasible_and_fig1_example():

@@ -18,6 +18,7 @@
 
 #define TINY 1e-300
 #define NEWTON_REFINE_TOL 1e-9
+/* Always inlined, so that the copies of solve_one for a fixed m (below) unroll every loop. */
 #define INLINE static inline __attribute__((always_inline))
 
 /* max that propagates NaN (as torch.amax does). */

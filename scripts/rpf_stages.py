@@ -25,28 +25,38 @@ import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from auctionlab.cli import CONF_DIR
+
 #: The README's schedule (iterations:epsilon per stage): 13 000 iterations, 20-25 minutes on
 #: one core of the shared machine here.
 DEFAULT_SCHEDULE = (
     "2000:1e-3,3000:1e-3,4000:1.5e-3,5000:1.5e-3,6000:1.2e-3,7000:1.2e-3,8000:1.2e-3,"
     "9000:1.2e-3,10000:1.2e-3,11000:1.6e-3,12000:1.6e-3,13000:1.6e-3"
 )
-#: Training settings of the README's "multipliers from zero" rows (rpf_table1's).
-TRAIN = [
-    "mechanism=rpfnet",
-    "env=2x2",
-    "trainer=primal_dual",
-    "mechanism.start_at_pf=true",
-    "env.empty_demand=resample",
-    "train.batch_size=64",
-    "train.num_samples=6400",
-    "attack_budget.steps=25",
-    "scale.validation.profiles=256",
-    "scale.validation.restarts=2",
-    "scale.validation.steps=50",
-    "trainer.constraint.dual_lr=10",
-    "trainer.constraint.gamma_init=0",
-]
+#: What the stages change per run; rpf_table1 sets them too.
+PER_STAGE = ("train.iterations", "trainer.constraint.epsilon")
+
+
+def table1_training() -> list[str]:
+    """2x2 RPF-Net's training overrides: rpf_table1's at ``scale=cpu`` (less :data:`PER_STAGE`).
+
+    The README's "multipliers from zero" rows were trained with them, so they are read from
+    ``conf/experiment/rpf_table1.yaml`` rather than written out again.
+    """
+    spec = OmegaConf.merge(
+        OmegaConf.load(CONF_DIR / "experiment" / "rpf_table1.yaml"), {"scale": {"name": "cpu"}}
+    )
+    train = OmegaConf.to_container(spec.experiment.overrides.train, resolve=True)
+    kept = [o for o in train if o.split("=", 1)[0] not in PER_STAGE]
+    return [
+        "mechanism=rpfnet",
+        "env=2x2",
+        "mechanism.start_at_pf=true",
+        "env.empty_demand=resample",
+        *kept,
+    ]
 
 
 def parse_schedule(text: str) -> list[tuple[int, float]]:
@@ -102,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stages = parse_schedule(args.schedule)
     # An override replaces the default of its key (Hydra takes one value per key).
     overridden = {o.split("=", 1)[0] for o in args.train_override}
-    base = [t for t in TRAIN if t.split("=", 1)[0] not in overridden]
+    base = [t for t in table1_training() if t.split("=", 1)[0] not in overridden]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     common = [f"threads={args.threads}", "progress=false"]

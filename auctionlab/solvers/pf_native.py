@@ -116,7 +116,7 @@ def backend_choice(backend: str | None) -> str:
 
 
 def use_native(backend: str | None, device: torch.device) -> bool:
-    """Whether a solve on ``device`` runs the native iterations.
+    """Whether a solve on ``device`` runs on the native solver.
 
     Raises:
         ConfigError: bad backend name, or ``native`` asked for where it cannot run.
@@ -186,8 +186,7 @@ def solve(
         B,
         n,
         m,
-        *(_pointer(t) for t in inputs[:7]),
-        _pointer(inputs[7]),
+        *(_pointer(t) for t in inputs),
         float(tol),
         int(max_iter),
         torch.get_num_threads(),

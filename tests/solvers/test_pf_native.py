@@ -62,6 +62,7 @@ def test_native_iterations_match_the_torch_path(n, m, z_scale):
     reference = solve_pf(*programs, backend="torch")
     assert bool(native.converged.all()) and float(native.kkt_residual.max()) <= 1e-7
     _assert_same(native, reference)
+    assert native.iterations == reference.iterations
 
 
 def _torch_kkt(programs, solution: PFSolution):

@@ -54,6 +54,20 @@ def test_stages_resume_copies_and_test_every_stage_against_pf(tmp_path, monkeypa
     assert again == rows and os.stat(out / "6" / "checkpoint.pt").st_mtime_ns == stamp
 
 
+def test_training_overrides_default_to_64000_profiles_and_extras_win():
+    stages = _load()
+    default = stages.training_overrides(stages.NUM_SAMPLES, [])
+    assert "train.num_samples=64000" in default
+    assert sum(o.startswith("train.num_samples=") for o in default) == 1
+    assert "mechanism=rpfnet" in default and "trainer.constraint.gamma_init=0" in default
+    assert not any(
+        o.startswith(("train.iterations=", "trainer.constraint.epsilon=")) for o in default
+    )
+    mine = stages.training_overrides(64000, ["train.num_samples=16", "train.batch_size=8"])
+    assert [o for o in mine if o.startswith("train.num_samples=")] == ["train.num_samples=16"]
+    assert [o for o in mine if o.startswith("train.batch_size=")] == ["train.batch_size=8"]
+
+
 def test_bad_schedule_is_refused():
     stages = _load()
     with pytest.raises(SystemExit, match="iterations must increase"):

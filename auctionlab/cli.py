@@ -15,9 +15,9 @@ import re
 import sys
 from pathlib import Path
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.errors import ConfigError, RunError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TASKS: dict[str, tuple[str, str]] = {
     "train": ("auctionlab.tasks.train", "fit a learned mechanism (RegretNet, RochetNet...)"),
     "evaluate": ("auctionlab.tasks.evaluate", "stress-test a trained run or a classical mechanism"),

@@ -27,10 +27,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from auctionlab.attackers import LocalAttacker, PGDAttacker
+from auctionlab.conf import CONF_DIR
 from auctionlab.mechanisms.regretnet import RegretNet
 from auctionlab.training import AugmentedLagrangian, RegretBudget, Trainer
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = CONF_DIR
 
 
 def time_iterations(step, iterations: int, warmup: int) -> list[float]:

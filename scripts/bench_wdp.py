@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.envs.combinatorial import CombinatorialEnv
 from auctionlab.solvers.wdp import ExactWDP, HighsWDP
 from auctionlab.tasks.common import build
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "env" / "combinatorial"
+CONF = CONF_DIR / "env" / "combinatorial"
 
 
 def load_env(name: str):

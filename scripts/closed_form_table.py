@@ -17,7 +17,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from auctionlab.conf import CONF_DIR
+
+CONF = CONF_DIR
 
 #: (mechanism, env, closed-form revenue, where the number comes from)
 ROWS = [

@@ -12,8 +12,11 @@ import pytest
 import torch
 from hypothesis import settings
 
+from auctionlab.conf import CONF_DIR
+
 REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
+
+CONF = CONF_DIR
 #: Config groups and their yaml options, discovered from disk (new options are picked up).
 GROUPS = ("env", "mechanism", "attacker", "trainer", "scale", "tracking")
 

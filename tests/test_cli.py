@@ -11,9 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.tracking import flatten
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = CONF_DIR
 
 
 def _options(group: str) -> list[str]:

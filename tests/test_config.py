@@ -5,17 +5,16 @@ Options are discovered by globbing ``conf/<group>/*.yaml``, so new ones are cove
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.errors import ConfigError
 from auctionlab.tasks.common import build, build_env_and_mechanism
 from auctionlab.tracking import Tracker
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = CONF_DIR
 TASKS = ("train", "evaluate")
 
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.reporting.tables import BUDGET
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = CONF_DIR
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 #: Experiments whose pipeline runs only train / evaluate jobs: the checks below read their
 #: evaluate metrics and train / evaluate budgets. Pipelines with teacher / certify stages

@@ -13,6 +13,7 @@ import torch
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.envs.allocation import AllocationEnv
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms import ExSNet, ProportionalFairness, RPFNet
@@ -21,7 +22,7 @@ from auctionlab.tasks import reproduce
 from auctionlab.tasks.evaluate import allocation_figures, time_inference
 from auctionlab.utils import make_generator
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = CONF_DIR
 RPF = sorted(p.stem for p in (CONF / "experiment").glob("rpf_*.yaml"))
 
 

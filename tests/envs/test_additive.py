@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -11,10 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.envs.distributions import Triangle
 from auctionlab.types import Outcome
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 ENV_NAMES = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
 HYPOTHESIS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

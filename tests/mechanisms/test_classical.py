@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +19,14 @@ from omegaconf import OmegaConf
 
 from auctionlab.attackers.base import deviation_utility
 from auctionlab.attackers.pgd import PGDAttacker
+from auctionlab.conf import CONF_DIR
 from auctionlab.envs import AuctionEnv
 from auctionlab.envs.distributions import Uniform
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms.classical import VCG, FirstPrice, ManelliVincent, Pavlov, others_best
 from auctionlab.mechanisms.myerson import BundledMyerson, Myerson, MyersonItemwise
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 MECHANISMS = (
     "vcg",
     "second_price",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -11,12 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.envs import AuctionEnv
 from auctionlab.envs.distributions import Uniform
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms.regretnet import RegretNet
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 ENV_NAMES = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
 #: A spread of shapes, demands and supports (bounded, unbounded, correlated).
 PROPERTY_ENVS = ["1x2", "2x2_unit", "3x1_exp", "1x2_triangle", "2x3", "1x2_asym"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -12,10 +10,11 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from auctionlab.attackers import PGDAttacker
+from auctionlab.conf import CONF_DIR
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms.rochetnet import RochetNet
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 ONE_BIDDER = ["1x2", "1x2_unit", "1x2_unit_23", "1x2_triangle", "1x2_asym", "1x10"]
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from auctionlab.conf import CONF_DIR
 from auctionlab.errors import ConfigError
 from auctionlab.reporting import (
     TableSpec,
@@ -21,7 +21,7 @@ from auctionlab.reporting import (
 )
 from auctionlab.reporting.plots import check_plot
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 BUDGET = {
     "restarts": "evaluate.attack_restarts",
     "steps": "evaluate.attack_steps",

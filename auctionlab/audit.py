@@ -67,7 +67,7 @@ def header(mechanism, env, configs: dict[str, Any], batch: int, run: str | None)
     """The log's first line."""
     checkpoint = None
     if run is not None:
-        from auctionlab.tasks.common import sha256_file
+        from auctionlab.runs import sha256_file
 
         path = Path(run) / "checkpoint.pt"
         checkpoint = {"run": str(Path(run).resolve()), "sha256": sha256_file(path)}

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from auctionlab.certify.mip import SolverSettings, solve_instances
+from auctionlab.runs import load_trained
 from auctionlab.solvers.mip_encoding import NetworkSpec, instance_bounds
-from auctionlab.tasks.evaluate import load_trained
 
 
 def stats(values: list[float]) -> dict[str, float]:

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from auctionlab.components import build
 from auctionlab.conf import CONF_DIR
 from auctionlab.envs.combinatorial import CombinatorialEnv
 from auctionlab.solvers.wdp import ExactWDP, HighsWDP
-from auctionlab.tasks.common import build
 
 CONF = CONF_DIR / "env" / "combinatorial"
 

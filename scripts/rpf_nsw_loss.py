@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    from auctionlab.tasks.evaluate import load_trained
+    from auctionlab.runs import load_trained
 
     torch.set_num_threads(args.threads)
     env, mechanism, _ = load_trained(str(args.run), torch.device("cpu"))

@@ -8,10 +8,10 @@ import torch
 from conftest import compose_cfg
 
 from auctionlab.attackers.pgd import PGDAttacker
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.evaluation import evaluate_mechanism
 from auctionlab.reporting.tables import TableSpec, check_budget_columns
 from auctionlab.solvers.wdp import ExactWDP, HighsWDP
-from auctionlab.tasks.common import build_env_and_mechanism
 from auctionlab.tasks.reproduce import _compose, prepare
 
 CA_EXPERIMENTS = ["ca_stress", "ca_scaling", "ca_tolerance"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.conf import CONF_DIR
 from auctionlab.errors import ConfigError
-from auctionlab.tasks.common import build, build_env_and_mechanism
 from auctionlab.tracking import Tracker
 
 CONF = CONF_DIR

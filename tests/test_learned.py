@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from auctionlab.tasks.evaluate import load_trained
+from auctionlab.runs import load_trained
 
 pytestmark = pytest.mark.slow
 

@@ -199,7 +199,7 @@ class RegretNetSparsemax(Mechanism):
         if not self.teacher_dir:
             return None
         if not self._teacher:
-            from auctionlab.tasks.evaluate import load_trained
+            from auctionlab.runs import load_trained
 
             env, teacher, _ = load_trained(self.teacher_dir, device)
             if (env.n_bidders, env.n_items) != (self.n_bidders, self.n_items):

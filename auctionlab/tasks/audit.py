@@ -31,7 +31,7 @@ def prepare(cfg: DictConfig):
     """Env, mechanism and the configs that rebuild them; ``ConfigError`` on bad input."""
     device = setup_runtime(cfg)
     if cfg.run:
-        from auctionlab.tasks.evaluate import load_trained
+        from auctionlab.runs import load_trained
 
         env, mechanism, _ = load_trained(str(cfg.run), device)
         trained = OmegaConf.load(f"{cfg.run}/config.yaml")

@@ -27,6 +27,7 @@ from auctionlab.certify.report import (
     write_rows_csv,
 )
 from auctionlab.errors import ConfigError
+from auctionlab.runs import load_trained
 from auctionlab.solvers.backends import (
     SolveResult,
     check_backend,
@@ -45,7 +46,6 @@ from auctionlab.tasks.common import (
     setup_runtime,
     write_json,
 )
-from auctionlab.tasks.evaluate import load_trained
 from auctionlab.tracking import Tracker
 from auctionlab.utils import make_generator
 

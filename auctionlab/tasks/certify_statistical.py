@@ -34,6 +34,7 @@ from auctionlab.certify.statistical import (
 )
 from auctionlab.errors import ConfigError
 from auctionlab.evaluation import write_curve
+from auctionlab.runs import load_trained
 from auctionlab.tasks.common import (
     build_env_and_mechanism,
     choices,
@@ -46,7 +47,6 @@ from auctionlab.tasks.common import (
     sha256_file,
     write_json,
 )
-from auctionlab.tasks.evaluate import load_trained
 from auctionlab.tracking import Tracker
 from auctionlab.types import Types
 from auctionlab.utils import make_generator

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from auctionlab.errors import ConfigError
 from auctionlab.evaluation import evaluate_mechanism, write_curve
 from auctionlab.reporting.plots import plot_curves, plot_maps
+from auctionlab.runs import load_trained
 from auctionlab.tasks.common import (
     build,
     build_env_and_mechanism,
     choices,
     integer,
-    load_checkpoint,
     log,
     progress_enabled,
     run_dir,
@@ -29,32 +28,6 @@ from auctionlab.tasks.common import (
 )
 from auctionlab.tracking import Tracker
 from auctionlab.utils import make_generator
-
-
-def load_trained(run: str, device):
-    """Env and mechanism of a finished ``train`` run directory, weights loaded."""
-    directory = Path(run).expanduser()
-    config = directory / "config.yaml"
-    if not config.exists():
-        raise ConfigError(f"run={run}: not a train run directory (no config.yaml)")
-    failure = directory / "failure.json"
-    if failure.exists():
-        reason = json.loads(failure.read_text()).get("reason", "see failure.json")
-        raise ConfigError(f"run={run}: that training failed ({reason}); its weights are no result")
-    if not (directory / "metrics.json").exists():
-        raise ConfigError(
-            f"run={run}: training has not finished (no metrics.json); finish it with "
-            f"`auctionlab train resume={run}`"
-        )
-    train_cfg = OmegaConf.load(config)
-    env, mechanism = build_env_and_mechanism(train_cfg)
-    state = load_checkpoint(directory / "checkpoint.pt", device)
-    mechanism.load_state_dict(state["mechanism"])
-    picked_path = directory / "choices.json"
-    picked = json.loads(picked_path.read_text()) if picked_path.exists() else {}
-    picked.setdefault("mechanism", type(mechanism).__name__.lower())
-    # Deployed form: e.g. regretnet_sparsemax clips its free payments only in eval mode.
-    return env, mechanism.to(device).eval(), picked
 
 
 def prepare(cfg: DictConfig):

@@ -8,7 +8,7 @@ from conftest import compose_cfg
 from auctionlab.attackers.cutting_plane import CuttingPlaneAttacker
 from auctionlab.attackers.hybrid import HybridAttacker
 from auctionlab.attackers.pgd import PGDAttacker
-from auctionlab.tasks.common import build_env_and_mechanism
+from auctionlab.components import build_env_and_mechanism
 
 
 def built(mechanism: str):

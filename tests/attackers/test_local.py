@@ -11,8 +11,8 @@ from auctionlab.attackers import (
     reverse_lic_search,
     reverse_lic_violation,
 )
+from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.evaluation import evaluate_mechanism
-from auctionlab.tasks.common import build, build_env_and_mechanism
 from auctionlab.training import RegretBudget, Trainer
 
 

@@ -8,9 +8,9 @@ from conftest import compose_cfg
 from hypothesis import given
 from hypothesis import strategies as st
 
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.envs.allocation import AllocationEnv, split_reports
 from auctionlab.errors import ConfigError
-from auctionlab.tasks.common import build_env_and_mechanism
 from auctionlab.types import Outcome
 
 

@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 
 from auctionlab.attackers.base import deviation_utility, project_deviations
 from auctionlab.attackers.pgd import PGDAttacker
+from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms.budgeted import cap_payment
-from auctionlab.tasks.common import build, build_env_and_mechanism
 from auctionlab.training import Trainer
 from auctionlab.types import Outcome, Types
 

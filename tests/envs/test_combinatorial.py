@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import compose_cfg
 
+from auctionlab.components import build
 from auctionlab.envs.combinatorial import CombinatorialEnv, bundle_language
 from auctionlab.errors import ConfigError
-from auctionlab.tasks.common import build
 
 SETTINGS = ["ca_2x2", "ca_2x3", "ca_2x5", "ca_2x2_sym", "ca_2x2_asym", "ca_3x10"]
 

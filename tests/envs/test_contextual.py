@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import compose_cfg
 
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.envs.contextual import ContextualAdEnv
 from auctionlab.errors import ConfigError
-from auctionlab.tasks.common import build_env_and_mechanism
 from auctionlab.types import Outcome, Types
 
 

@@ -7,9 +7,9 @@ import torch
 from conftest import compose_cfg
 
 from auctionlab.certify.statistical import ir_range, regret_range
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.envs.procurement import ProcurementEnv
 from auctionlab.errors import ConfigError
-from auctionlab.tasks.common import build_env_and_mechanism
 from auctionlab.types import Outcome, Types
 
 

@@ -10,8 +10,8 @@ from conftest import compose_cfg
 
 from auctionlab.attackers.hybrid import HybridAttacker
 from auctionlab.attackers.pgd import PGDAttacker
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.solvers.wdp import feasibility_violation
-from auctionlab.tasks.common import build_env_and_mechanism
 
 
 def built(mechanism: str, env: str = "ca_2x3", *overrides: str):

@@ -9,9 +9,9 @@ from conftest import compose_cfg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.errors import ConfigError
 from auctionlab.solvers.wdp import feasibility_violation
-from auctionlab.tasks.common import build_env_and_mechanism
 
 SETTINGS = ["ca_2x2", "ca_2x3", "ca_2x5", "ca_2x2_asym", "ca_3x10"]
 TOL = 1e-5

@@ -18,8 +18,8 @@ from conftest import compose_cfg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.errors import ConfigError
-from auctionlab.tasks.common import build_env_and_mechanism
 
 VARIANTS = {
     "default": [],

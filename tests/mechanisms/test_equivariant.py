@@ -8,10 +8,10 @@ from conftest import compose_cfg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.envs import AuctionEnv
 from auctionlab.envs.distributions import Uniform
 from auctionlab.mechanisms import EquivariantNet, RegretFormer
-from auctionlab.tasks.common import build_env_and_mechanism
 
 MECHANISMS = {"equivariant_net": EquivariantNet, "regretformer": RegretFormer}
 

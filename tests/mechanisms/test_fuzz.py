@@ -24,8 +24,8 @@ from conftest import compose_cfg, options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.errors import ConfigError
-from auctionlab.tasks.common import build_env_and_mechanism
 from auctionlab.types import Outcome
 
 #: Envs that cover every shape, demand and prior of the env group (a few share a class).

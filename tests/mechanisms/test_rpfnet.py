@@ -8,6 +8,7 @@ from conftest import compose_cfg
 
 from auctionlab.attackers import PGDAttacker
 from auctionlab.cli import resolve_family_env
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.envs.allocation import AllocationEnv, split_reports
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms import (
@@ -17,7 +18,6 @@ from auctionlab.mechanisms import (
     RPFNet,
     SoftmaxNet,
 )
-from auctionlab.tasks.common import build_env_and_mechanism
 
 MECHANISMS = ["pf", "pa", "pf_pa_mixture", "rpfnet", "exsnet", "softmax_net"]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import compose_cfg
 
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.solvers.relaxation import entropic_lp
 from auctionlab.solvers.wdp import feasibility_violation
-from auctionlab.tasks.common import build_env_and_mechanism
 
 SETTINGS = ["ca_2x2", "ca_2x3", "ca_2x5", "ca_2x2_sym", "ca_2x2_asym"]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError
-from auctionlab.tasks.common import build, build_env_and_mechanism
 from auctionlab.training import Trainer
 from auctionlab.training.constrained_erm import ConstrainedERM
 

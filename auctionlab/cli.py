@@ -13,9 +13,15 @@ import logging
 import math
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from auctionlab.conf import CONF_DIR
+from auctionlab.conf import (
+    CONFIG_MODULE,
+    group_options,
+    overrides_only,
+    user_config_dirs,
+)
 from auctionlab.errors import ConfigError, RunError
 
 TASKS: dict[str, tuple[str, str]] = {
@@ -45,8 +51,6 @@ INFO_FLAGS = (
     "-p",
     "--package",
 )
-#: Trainer a problem family trains with when the command names none.
-FAMILY_TRAINERS = {"allocation": "primal_dual"}
 #: Sweeps up to this many points are composed and built point by point before Hydra starts.
 MAX_CHECKED_POINTS = 16
 GROUPS = (
@@ -80,76 +84,9 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def options(group: str) -> list[str]:
+def options(group: str, search_dirs: Sequence[Path] = ()) -> list[str]:
     """Available options of a config group (yaml names; ``family/name`` for nested ones)."""
-    root = CONF_DIR / group
-    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
-
-
-def _target_family(path: Path) -> str | None:
-    """The ``family`` class attribute of a yaml's ``_target_`` (``None`` if it has none)."""
-    from omegaconf import OmegaConf
-
-    target = OmegaConf.load(path).get("_target_") if path.exists() else None
-    if not target:
-        return None
-    module, _, name = str(target).rpartition(".")
-    try:
-        return getattr(getattr(importlib.import_module(module), name), "family", None)
-    except (ImportError, AttributeError):
-        return None  # a bad target is reported by the schema check, with its own message
-
-
-def resolve_family_env(task: str, args: list[str]) -> list[str]:
-    """Resolve ``env=X`` inside the chosen mechanism's problem family.
-
-    ``mechanism=rpfnet env=2x2`` means 2 agents x 2 resources without money: when the
-    mechanism's class declares a ``family`` other than the env's and ``conf/env/<family>/X.yaml``
-    exists, the override becomes ``env=<family>/X`` (so the run's config records what ran).
-    An env option absent from the command line is the task's default. For ``train`` without a
-    ``trainer=``, the family's trainer (``FAMILY_TRAINERS``) is added the same way. Exits in
-    one line when the family has no such env.
-    """
-    plain = [a for a in args if not a.startswith("-")]
-    key = lambda a: a.split("=", 1)[0].lstrip("+~")  # noqa: E731
-    mechanisms = [a.split("=", 1)[1] for a in plain if key(a) == "mechanism" and "=" in a]
-    if len(mechanisms) != 1 or "," in mechanisms[0]:
-        return args  # default mechanism (auction) or a sweep: nothing to resolve here
-    mechanism = mechanisms[0]
-    family = _target_family(CONF_DIR / "mechanism" / f"{mechanism}.yaml")
-    if family is None or family == "auction":
-        return args
-    envs = [a for a in plain if key(a) == "env" and "=" in a]
-    if envs:
-        given = envs[-1].split("=", 1)[1]
-    else:
-        from omegaconf import OmegaConf
-
-        primary = CONF_DIR / f"{task}.yaml"
-        loaded = OmegaConf.to_container(OmegaConf.load(primary)) if primary.exists() else {}
-        defaults = loaded.get("defaults", [])
-        given = next((d["env"] for d in defaults if isinstance(d, dict) and "env" in d), None)
-        if given is None:
-            return args
-    resolved = []
-    for option in given.split(","):
-        if _target_family(CONF_DIR / "env" / f"{option}.yaml") == family:
-            resolved.append(option)
-        elif (CONF_DIR / "env" / family / f"{option}.yaml").exists():
-            resolved.append(f"{family}/{option}")
-        else:
-            valid = [o for o in options("env") if o.startswith(f"{family}/")]
-            fail(
-                f"env={option} has no '{family}' version for mechanism={mechanism} "
-                f"('{family}' problems); choose one of: {', '.join(valid)}"
-            )
-    new = f"env={','.join(resolved)}"
-    args = [*args, new] if not envs else [new if a == envs[-1] else a for a in args]
-    # The family's own trainer when none is named (allocation: seed 002's Algorithm 1).
-    trainer = FAMILY_TRAINERS.get(family)
-    if task == "train" and trainer and not any(key(a) == "trainer" for a in plain):
-        args = [*args, f"trainer={trainer}"]
-    return args
+    return group_options(group, search_dirs)
 
 
 def fail(message: str) -> None:
@@ -189,7 +126,9 @@ def precheck(task: str, args: list[str]) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    plain = [a for a in args if not a.startswith("-")]
+    plain = overrides_only(args)
+    listed = user_config_dirs(args)  # every user dir, for the option lists
+    flag_dirs = user_config_dirs(args, include_searchpath=False)  # hydra.searchpath is an override
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
     except OverrideParseException as err:
@@ -205,19 +144,18 @@ def precheck(task: str, args: list[str]) -> None:
                 )
             except Exception:  # noqa: BLE001 - glob() sweeps: Hydra itself checks the options
                 continue
+            valid = options(key, listed)
             for value in values:
-                if str(value) not in options(key):
-                    fail(
-                        f"{key}={value} is not an option; choose one of: {', '.join(options(key))}"
-                    )
+                if str(value) not in valid:
+                    fail(f"{key}={value} is not an option; choose one of: {', '.join(valid)}")
     module = importlib.import_module(TASKS[task][0])
     # Every point of a small sweep is built here, so a bad combination fails before any job.
     for point in sweep_points(parsed):
         try:
-            cfg = _compose(task, point)
+            cfg = _compose(task, point, flag_dirs)
             OmegaConf.resolve(cfg)
         except (HydraException, OmegaConfBaseException, ValueError) as err:
-            fail(_explain(task, point, err))
+            fail(_explain(task, point, err, flag_dirs))
         module.prepare(cfg)
         from auctionlab.tracking import check_tracking
 
@@ -231,7 +169,7 @@ def resume_overrides(args: list[str]) -> list[str]:
     ``.hydra/overrides.yaml``), with any override given now taking precedence (e.g. a larger
     ``train.iterations``), and writes into the same run directory.
     """
-    plain = [a for a in args if not a.startswith("-")]
+    plain = overrides_only(args)
     given = [a for a in plain if a.split("=", 1)[0].lstrip("+~") == "resume"]
     if not given or given[-1].split("=", 1)[1] in ("", "null"):
         return args
@@ -250,15 +188,25 @@ def resume_overrides(args: list[str]) -> list[str]:
     return [*before, *args, *extra]
 
 
-def _compose(task: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+def _compose(task: str, overrides: list[str], search_dirs: Sequence[Path] = ()):
+    from auctionlab.conf import compose
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=task):
-        return compose(config_name=task, overrides=overrides)
+    return compose(task, overrides, search_dirs)
 
 
-def _explain(task: str, overrides: list[str], err: Exception) -> str:
+def _explain(
+    task: str, overrides: list[str], err: Exception, search_dirs: Sequence[Path] = ()
+) -> str:
     """One line for a composition error; for an unknown key, the keys that do exist there."""
+    variant = re.search(r"Could not find 'env_variants/([^/']+)/([^']+)'", str(err))
+    if variant:
+        name, family = variant.groups()
+        same_family = [o for o in options("env", search_dirs) if o.startswith(f"{family}/")]
+        chosen = next((o for o in overrides if o.split("=", 1)[0] == "mechanism"), "")
+        return (
+            f"env={name} has no '{family}' version ({chosen or 'the mechanism'} solves "
+            f"'{family}' problems); choose one of: {', '.join(same_family)}"
+        )
     text = " ".join(str(err).split()).split(" To append to your config")[0]
     match = re.search(r"override '([^']+)'", text) or re.search(
         r"Key '([^']+)' is not in struct", text
@@ -268,7 +216,7 @@ def _explain(task: str, overrides: list[str], err: Exception) -> str:
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         parent, _, leaf = key.rpartition(".")
         try:
-            node = _compose(task, rest)
+            node = _compose(task, rest, search_dirs)
             for part in filter(None, parent.split(".")):
                 node = node[part]
             valid = ", ".join(str(k) for k in node.keys())
@@ -295,7 +243,6 @@ def main(argv: list[str] | None = None) -> None:
             return
     if task == "train":
         rest = resume_overrides(rest)
-    rest = resolve_family_env(task, rest)
     try:
         if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
             precheck(task, rest)
@@ -317,8 +264,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"auctionlab: run failed: {err}", file=sys.stderr)
             raise SystemExit(1) from None
 
-    sys.argv = [f"auctionlab {task}", *rest]
-    hydra.main(config_path=str(CONF_DIR), config_name=task, version_base="1.3")(task_function)()
+    # Hydra's own flags first: argparse stops collecting overrides at the first flag.
+    overrides = overrides_only(rest)
+    flags = [a for a in rest if a not in overrides]
+    sys.argv = [f"auctionlab {task}", *flags, *overrides]
+    hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=task, version_base="1.3")(
+        task_function
+    )()
 
 
 if __name__ == "__main__":

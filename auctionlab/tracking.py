@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.errors import ConfigError
+from auctionlab.provenance import mlflow_tags, provenance
 
 DEFAULT_DB = Path("outputs") / "mlflow.db"
 #: Words of a transient sqlite failure worth retrying.
@@ -225,6 +226,19 @@ class PrepareStore(Callback):
             raise SystemExit(2) from err
 
 
+def run_provenance(cfg: DictConfig) -> dict[str, str]:
+    """:func:`auctionlab.provenance.provenance` for a task config (device resolved now)."""
+    import torch
+
+    from auctionlab.utils import resolve_device
+
+    try:
+        device = str(resolve_device(str(cfg.get("device", "auto"))))
+    except ConfigError:
+        device = str(cfg.get("device"))
+    return provenance(device, torch.get_num_threads())
+
+
 class Tracker:
     """Context manager around one MLflow run; a no-op when ``tracking.enabled`` is false.
 
@@ -266,6 +280,8 @@ class Tracker:
         self.client = None
         self.logging_error: str | None = None
         self.lost_logging: str | None = None  # after exit: the logging error, if any
+        #: Where the run ran (code version, libraries, device, threads): tags and metrics.json.
+        self.provenance = run_provenance(cfg)
 
     def __enter__(self) -> Tracker:
         if not self.enabled:
@@ -283,10 +299,10 @@ class Tracker:
                 ) from None
             self.run_id = self.resume_run_id
             with_retry(self.client.update_run, self.run_id, status="RUNNING")
-            for key, value in self.tags.items():
+            for key, value in {**self.tags, **self._provenance_tags()}.items():
                 with_retry(self.client.set_tag, self.run_id, key, str(value))
             return self
-        tags = dict(self.tags)
+        tags = {**self._provenance_tags(), **self.tags}
         parent = self.tracking.get("parent_run_id")
         if parent:
             tags["mlflow.parentRunId"] = str(parent)
@@ -299,6 +315,10 @@ class Tracker:
         for lo in range(0, len(params), 100):
             with_retry(self.client.log_batch, self.run_id, params=params[lo : lo + 100])
         return self
+
+    def _provenance_tags(self) -> dict[str, str]:
+        task = str(self.tags.get("task", self.cfg.get("task", "run")))
+        return mlflow_tags(task, self.provenance)
 
     @property
     def active(self) -> bool:

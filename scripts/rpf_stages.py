@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from auctionlab.cli import CONF_DIR
+from auctionlab.conf import CONF_DIR
 
 #: The README's schedule (iterations:epsilon per stage): 13 000 iterations, 20-25 minutes on
 #: one core of the shared machine here.

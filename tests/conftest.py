@@ -36,10 +36,9 @@ def options(group: str) -> list[str]:
 
 def compose_cfg(task: str, overrides: list[str] | tuple[str, ...] = ()):
     """The task's primary config composed with ``overrides`` (Hydra's compose API)."""
-    from hydra import compose, initialize_config_dir
+    from auctionlab.conf import compose
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name=task):
-        return compose(config_name=task, overrides=list(overrides))
+    return compose(task, list(overrides))
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,7 @@ def test_hydra_settings_register_the_callback():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from auctionlab.cli import CONF_DIR
+    from auctionlab.conf import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for task in ("train", "evaluate", "reproduce"):

@@ -1,12 +1,166 @@
 """auctionlab's config groups, shipped as package data and found on Hydra's search path.
 
 Users add their own options (an experiment, a mechanism, an env...) in a directory of their
-own and pass it with ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``.
+own laid out like this one (``<dir>/mechanism/my_net.yaml``...) and pass it with
+``--config-dir <dir>`` or ``hydra.searchpath=[file://<dir>]``; their options are then chosen by
+name like the packaged ones (``mechanism=my_net``), and may extend a packaged option
+(``defaults: [regretnet, _self_]``).
+
+Problem families are config too: every env option declares its family
+(``/family@_global_.family``), a mechanism of another family overrides it, and an env name
+that exists in several families (``2x2``) resolves to that family's version
+(``conf/env_variants/<name>/<family>.yaml``). ``train`` takes the family's default trainer
+(``trainer: family/${family}``). So the console script, the compose API and ``reproduce``
+compose the same config from the same overrides.
 """
 
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 #: Hydra's name for this package on the config search path.
 CONFIG_MODULE = "auctionlab.conf"
 #: The package's own config directory (files in the installed package).
 CONF_DIR = Path(__file__).resolve().parent
+#: Hydra flags that take a value in the next argument (or after ``=``).
+VALUE_FLAGS = (
+    "--config-dir",
+    "-cd",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+)
+
+
+def user_config_dirs(args: Sequence[str], include_searchpath: bool = True) -> list[Path]:
+    """User config directories named on a command line.
+
+    Args:
+        args: command-line arguments (``--config-dir D`` / ``-cd D`` / ``--config-dir=D`` and
+            ``hydra.searchpath=[file://D,...]`` overrides; ``pkg://`` entries are skipped).
+        include_searchpath: also read ``hydra.searchpath`` overrides (off when the overrides
+            themselves go on to the compose API, which reads them).
+
+    Returns:
+        The directories, in search order.
+
+    """
+    dirs: list[Path] = []
+    items = list(args)
+    for i, arg in enumerate(items):
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config-dir", "-cd"):
+            value = value if eq else (items[i + 1] if i + 1 < len(items) else "")
+            if value:
+                dirs.append(Path(value).expanduser().resolve())
+        elif include_searchpath and flag.lstrip("+~") == "hydra.searchpath" and eq:
+            for entry in value.strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if entry.startswith("file://"):
+                    dirs.append(Path(entry.removeprefix("file://")).expanduser().resolve())
+    return dirs
+
+
+def overrides_only(args: Sequence[str]) -> list[str]:
+    """The Hydra overrides of a command line (``key=value``, ``~key``); flags and values dropped."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in VALUE_FLAGS:
+            skip = True
+            continue
+        if arg.startswith("-") or not ("=" in arg or arg.startswith("~")):
+            continue  # a flag, or the value of an optional-value flag (--info defaults)
+        out.append(arg)
+    return out
+
+
+def group_options(group: str, search_dirs: Sequence[Path] = ()) -> list[str]:
+    """Options of a config group, packaged and the user's (``family/name`` for nested ones).
+
+    Args:
+        group: a config group (``env``, ``mechanism``...).
+        search_dirs: user config directories (see :func:`user_config_dirs`).
+
+    """
+    found: set[str] = set()
+    for base in (CONF_DIR, *search_dirs):
+        root = Path(base) / group
+        if root.is_dir():
+            found.update(
+                p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml")
+            )
+    return sorted(found)
+
+
+def searchpath_override(search_dirs: Sequence[Path]) -> list[str]:
+    """``hydra.searchpath=[...]`` for the compose API (``[]`` when there is no user dir)."""
+    if not search_dirs:
+        return []
+    return ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in search_dirs) + "]"]
+
+
+@contextlib.contextmanager
+def hydra_initialized(job_name: str) -> Iterator[Any]:
+    """Hydra's compose API on the packaged configs, also inside a running Hydra job.
+
+    A running app's ``GlobalHydra`` is set aside meanwhile and put back afterwards. User
+    directories are added per call with :func:`searchpath_override`.
+
+    Yields:
+        The config loader (for ``HydraContext``).
+
+    """
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    holder = GlobalHydra.instance()
+    outer = holder.hydra if holder.is_initialized() else None
+    holder.clear()
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3", job_name=job_name):
+            yield GlobalHydra.instance().config_loader()
+    finally:
+        GlobalHydra.instance().clear()
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+
+
+def compose(
+    task: str,
+    overrides: Sequence[str] = (),
+    search_dirs: Sequence[Path] = (),
+    return_hydra_config: bool = False,
+) -> Any:
+    """A task's primary config composed exactly as the console script composes it.
+
+    Args:
+        task: the primary config (``train``, ``evaluate``...).
+        overrides: Hydra overrides.
+        search_dirs: user config directories.
+        return_hydra_config: keep the ``hydra`` node (for running a job from it).
+
+    Returns:
+        The composed ``DictConfig`` (unresolved).
+
+    """
+    from hydra import compose as hydra_compose
+
+    with hydra_initialized(task):
+        return hydra_compose(
+            config_name=task,
+            overrides=[*overrides, *searchpath_override(search_dirs)],
+            return_hydra_config=return_hydra_config,
+        )

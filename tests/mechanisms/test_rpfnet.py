@@ -7,7 +7,6 @@ import torch
 from conftest import compose_cfg
 
 from auctionlab.attackers import PGDAttacker
-from auctionlab.cli import resolve_family_env
 from auctionlab.components import build_env_and_mechanism
 from auctionlab.envs.allocation import AllocationEnv, split_reports
 from auctionlab.errors import ConfigError
@@ -145,25 +144,3 @@ def test_exsnet_withholds_softmax_net_does_not_exceed_budget():
     with torch.no_grad():
         a = ExSNet(env, hidden=[8])(types.values, types.public).allocation
     assert (a.sum(1) <= types.public["budgets"] + 1e-7).all()
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["mechanism=rpfnet", "env=2x2"], ["mechanism=rpfnet", "env=allocation/2x2"]),
-        (["mechanism=pf", "env=allocation/10x3"], ["mechanism=pf", "env=allocation/10x3"]),
-        (["mechanism=regretnet", "env=2x2"], ["mechanism=regretnet", "env=2x2"]),
-        (["mechanism=pf"], ["mechanism=pf", "env=allocation/2x2"]),
-    ],
-)
-def test_cli_resolves_env_inside_the_mechanism_family(args, expected):
-    assert resolve_family_env("evaluate", args) == expected
-
-
-def test_cli_adds_the_family_trainer_and_refuses_missing_envs(capsys):
-    resolved = resolve_family_env("train", ["mechanism=rpfnet", "env=2x2"])
-    assert resolved == ["mechanism=rpfnet", "env=allocation/2x2", "trainer=primal_dual"]
-    with pytest.raises(SystemExit):
-        resolve_family_env("train", ["mechanism=rpfnet", "env=1x2_asym"])
-    message = capsys.readouterr().err.strip()
-    assert "\n" not in message and "env=1x2_asym" in message and "allocation/2x2" in message

@@ -1,0 +1,103 @@
+"""Where a run's numbers came from: code version, library versions, device and threads.
+
+Every task records this as MLflow tags (MLflow's own ``mlflow.source.*`` tags included, which
+its automatic detection leaves empty for a console script) and in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+#: Distributions whose versions a run records.
+LIBRARIES = ("torch", "hydra-core", "omegaconf", "mlflow", "numpy", "highspy", "pyomo")
+#: The directory that holds the ``auctionlab`` package (a git checkout's root when editable).
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(SOURCE_ROOT), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.cache
+def code_version() -> dict[str, str]:
+    """The package version and, when it runs from a git checkout, the commit.
+
+    Returns:
+        ``auctionlab_version``; from a checkout also ``git_commit`` (40 hex digits) and
+        ``git_dirty`` (``"true"`` when tracked files differ from the commit). An installed
+        wheel has no commit: its version is the code version.
+
+    """
+    from auctionlab import __version__
+
+    found = {"auctionlab_version": _version("auctionlab")}
+    if found["auctionlab_version"] == "not installed":
+        found["auctionlab_version"] = __version__
+    # Only a checkout whose root holds this very package: a wheel inside some other repository
+    # (a virtualenv in a project folder) must not borrow that repository's commit.
+    top = _git("rev-parse", "--show-toplevel")
+    if top and Path(top).resolve() == SOURCE_ROOT:
+        commit = _git("rev-parse", "HEAD")
+        if commit:
+            found["git_commit"] = commit
+            found["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+            found["git_dirty"] = found["git_dirty"].lower()
+    return found
+
+
+def provenance(device: str, threads: int) -> dict[str, str]:
+    """Everything a run records about where it ran.
+
+    Args:
+        device: the torch device the run uses (``cpu``, ``cuda:0``).
+        threads: torch's intra-op thread count.
+
+    Returns:
+        Flat string values: code version (see :func:`code_version`), ``python``, one
+        ``<library>_version`` per entry of ``LIBRARIES``, ``device`` and ``threads``.
+
+    """
+    found = dict(code_version())
+    found["python"] = platform.python_version()
+    for name in LIBRARIES:
+        found[f"{name.replace('-', '_')}_version"] = _version(name)
+    found["device"] = device
+    found["threads"] = str(threads)
+    return found
+
+
+def mlflow_tags(task: str, found: dict[str, str]) -> dict[str, str]:
+    """MLflow tags for a provenance record, MLflow's own source tags included.
+
+    Args:
+        task: the task's name (``train``...), the run's source name ``auctionlab <task>``.
+        found: a :func:`provenance` record.
+
+    """
+    tags = {f"provenance.{key}": value for key, value in found.items()}
+    tags["mlflow.source.name"] = f"auctionlab {task}"
+    tags["mlflow.source.type"] = "LOCAL"
+    if "git_commit" in found:
+        tags["mlflow.source.git.commit"] = found["git_commit"]
+    return tags

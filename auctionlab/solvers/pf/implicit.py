@@ -15,6 +15,8 @@ instances are differentiated through the smaller active-set system instead
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -83,7 +85,16 @@ class PFFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values, demands, budgets, weights, z, tol, max_iter):  # noqa: D102
+    def forward(  # noqa: D102
+        ctx: Any,
+        values: Tensor,
+        demands: Tensor,
+        budgets: Tensor,
+        weights: Tensor,
+        z: Tensor,
+        tol: float,
+        max_iter: int,
+    ) -> Tensor:
         for name, t in (
             ("values", values),
             ("demands", demands),
@@ -107,7 +118,7 @@ class PFFunction(torch.autograd.Function):
         return sol.allocation.to(values.dtype)
 
     @staticmethod
-    def backward(ctx, grad_a):  # noqa: D102
+    def backward(ctx: Any, grad_a: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
         values, demands, budgets, weights, z = ctx.saved_tensors
         v, x, b, w = (t.to(torch.float64) for t in (values, demands, budgets, weights))
         z64 = z.to(torch.float64)
@@ -117,7 +128,9 @@ class PFFunction(torch.autograd.Function):
         return (*(g.to(dtype) for g in grads), None, None)
 
 
-def _full_gradients(sol: PFSolution, grad_a, v, x, b, w, z) -> tuple[Tensor, ...]:
+def _full_gradients(
+    sol: PFSolution, grad_a: Tensor, v: Tensor, x: Tensor, b: Tensor, w: Tensor, z: Tensor
+) -> tuple[Tensor, ...]:
     """``(dl/dv, dl/dx, dl/db, dl/dw, dl/dz)`` from the full KKT matrix ``M'`` (App. D)."""
     a, free = sol.allocation, sol.free
     B, n, m = a.shape
@@ -141,7 +154,9 @@ def _full_gradients(sol: PFSolution, grad_a, v, x, b, w, z) -> tuple[Tensor, ...
     return grad_v, grad_x, grad_b, grad_w, grad_z
 
 
-def _reduced_gradients(sol: PFSolution, grad_a, v, x, b, w, z) -> tuple[Tensor, ...]:
+def _reduced_gradients(
+    sol: PFSolution, grad_a: Tensor, v: Tensor, x: Tensor, b: Tensor, w: Tensor, z: Tensor
+) -> tuple[Tensor, ...]:
     """The gradients of :func:`_full_gradients` from the active-set reduced system.
 
     Under strict complementarity, ``M'`` eliminates to the KKT system of the equality-

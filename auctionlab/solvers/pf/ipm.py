@@ -77,7 +77,20 @@ class PFSolution:
     free: Tensor
 
 
-def _prepare(values, demands, budgets, weights, z):
+def _prepare(
+    values: Tensor,
+    demands: Tensor,
+    budgets: Tensor,
+    weights: Tensor | None,
+    z: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The inputs in float64 with their defaults, and which variables and agents take part.
+
+    Returns:
+        ``v, x, b, w, z`` (negative demands clamped to 0), ``[B, n, m]`` the free variables
+        and ``[B, n]`` the agents that are part of the program.
+
+    """
     dtype = torch.float64
     v, x, b = values.to(dtype), demands.to(dtype), budgets.to(dtype)
     B, n, m = v.shape
@@ -92,7 +105,8 @@ def _prepare(values, demands, budgets, weights, z):
     return v, x, b, w, z, free, agent
 
 
-def _objective(a, v, w, z, agent):
+def _objective(a: Tensor, v: Tensor, w: Tensor, z: Tensor, agent: Tensor) -> Tensor:
+    """``[B]`` objective of program (9) at ``a``; agents outside the program contribute 0."""
     u = (v * a).sum(-1)
     logs = torch.where(agent, u.clamp_min(1e-300).log(), torch.zeros_like(u))
     return -(w * logs).sum(-1) + (z * a).sum((-1, -2))
@@ -171,7 +185,16 @@ def solve_pf(
     return solution
 
 
-def _program(v, x, b, w, z, freef, budget, pairs) -> _Program:
+def _program(
+    v: Tensor,
+    x: Tensor,
+    b: Tensor,
+    w: Tensor,
+    z: Tensor,
+    freef: Tensor,
+    budget: Tensor,
+    pairs: Tensor,
+) -> _Program:
     """The batch-last :class:`_Program` of prepared batch-first inputs (see :func:`_prepare`)."""
     return _Program(
         v=_batch_last(v * freef),
@@ -242,7 +265,15 @@ def _iterate(problem: _Program, tol: float, max_iter: int) -> tuple[list[Tensor]
     return result, iterations
 
 
-def _newton_step(problem, state, parts, slacks, target, done, tol):
+def _newton_step(
+    problem: _Program,
+    state: tuple[Tensor, Tensor, Tensor, Tensor],
+    parts: Tensor,
+    slacks: tuple[Tensor, Tensor, Tensor],
+    target: Tensor,
+    done: Tensor,
+    tol: float,
+) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, Tensor, Tensor]]:
     """One damped Newton step on the KKT system centred at ``target`` (``[B]``).
 
     Args:
@@ -381,7 +412,17 @@ class _Program:
         return torch.maximum(worst, torch.stack([t.amax(0) for t in budget_terms]).amax(0))
 
 
-def _pick_pair(problem: _Program, a, mu, nu, lam, s1, s2, s3, tol: float):
+def _pick_pair(
+    problem: _Program,
+    a: Tensor,
+    mu: Tensor,
+    nu: Tensor,
+    lam: Tensor,
+    s1: Tensor,
+    s2: Tensor,
+    s3: Tensor,
+    tol: float,
+) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
     """Per instance, the snapped pair or the raw iterate, with KKT residuals.
 
     Snapping reads the active sets off the pair (``mu > a`` means ``a = 0``, ``nu > x - a``
@@ -411,7 +452,19 @@ def _pick_pair(problem: _Program, a, mu, nu, lam, s1, s2, s3, tol: float):
     return pair, kkt, torch.minimum(snapped_kkt, raw_kkt)
 
 
-def _step_to_boundary(mu, nu, lam, s1, s2, s3, da, ds3, dmu, dnu, dlam) -> Tensor:
+def _step_to_boundary(
+    mu: Tensor,
+    nu: Tensor,
+    lam: Tensor,
+    s1: Tensor,
+    s2: Tensor,
+    s3: Tensor,
+    da: Tensor,
+    ds3: Tensor,
+    dmu: Tensor,
+    dnu: Tensor,
+    dlam: Tensor,
+) -> Tensor:
     """``[B]`` step length in ``(0, 1]``: 0.995 of the way to the nearest slack or dual bound."""
     shrink = torch.stack(
         [

@@ -135,7 +135,8 @@ def use_native(backend: str | None, device: torch.device) -> bool:
     return available
 
 
-def _pointer(t: Tensor, kind=_double_p):
+def _pointer(t: Tensor, kind: type = _double_p) -> ctypes._Pointer:
+    """``t``'s data as a ctypes pointer of type ``kind`` (``t`` must stay alive meanwhile)."""
     return ctypes.cast(t.data_ptr(), kind)
 
 

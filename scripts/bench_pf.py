@@ -44,7 +44,7 @@ from auctionlab.mechanisms import (
     RPFNet,
     SoftmaxNet,
 )
-from auctionlab.solvers import pf_native
+from auctionlab.solvers.pf import native as pf_native
 from auctionlab.solvers.pf import solve_pf
 from auctionlab.training import Trainer
 from auctionlab.training.constraints import PrimalDual

@@ -1,4 +1,4 @@
-"""The compiled PF iterations (auctionlab/solvers/pf_native.c) against the torch path."""
+"""The compiled PF iterations (auctionlab/solvers/pf/native.c) against the torch path."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from auctionlab.errors import ConfigError
-from auctionlab.solvers import pf_native
 from auctionlab.solvers.pf import (
     ZERO,
     PFSolution,
@@ -22,6 +21,7 @@ from auctionlab.solvers.pf import (
     _program,
     solve_pf,
 )
+from auctionlab.solvers.pf import native as pf_native
 
 needs_compiler = pytest.mark.skipif(
     shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler"

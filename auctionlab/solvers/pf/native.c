@@ -1,11 +1,11 @@
 /* The PF / RPF programs (4) / (9) solved one instance at a time in C (CPU).
  *
- * The same method as auctionlab/solvers/pf.py's torch path (see its solve_pf): damped Newton
+ * The same method as auctionlab/solvers/pf/ipm.py's torch path (see its solve_pf): damped Newton
  * steps on the primal-dual pair towards a tenth of the mean complementarity, the Newton
  * system solved by Sherman-Morrison per agent and an m x m Woodbury system for the budgets
  * (re-solved densely when its residual is poor), fraction-to-boundary 0.995 and backtracking
  * on the centred residual; then the pair is snapped onto its active sets and its KKT residual
- * computed as in pf.py's _pick_pair and _Program.kkt (tests/solvers/test_pf_native.py holds
+ * computed as in ipm.py's _pick_pair and _Program.kkt (tests/solvers/test_pf_native.py holds
  * pairs, residuals and convergence flags to the torch path's). Per-instance loops replace the
  * torch path's few dozen batched ops per Newton step, whose dispatch cost is what a small
  * program (2x2, 10x3) costs there.
@@ -166,7 +166,7 @@ INLINE double snap(const prob_t *P, const double *a, const double *mu, const dou
     return kkt(P, W->sa, W->smu, W->snu, W->slam, W->u);
 }
 
-/* Factorise K = diag(d) + sum_i s_i s_i^T + sum_m c_m f_m f_m^T (see pf.py's _factorise).
+/* Factorise K = diag(d) + sum_i s_i s_i^T + sum_m c_m f_m f_m^T (see linalg.py's _factorise).
  * Returns nonzero when a Schur pivot is not positive. */
 INLINE int factorise(const prob_t *P, work_t *W) {
     int n = P->n, m = P->m, failed = 0;

@@ -1,4 +1,4 @@
-"""The PF solver compiled from ``pf_native.c`` (CPU), loaded with ctypes.
+"""The PF solver compiled from ``native.c`` (CPU), loaded with ctypes.
 
 The torch path of :func:`auctionlab.solvers.pf.solve_pf` spends most of its time dispatching
 a few dozen batched ops per Newton step, which is what a 2x2 or 10x3 program costs: the
@@ -29,7 +29,7 @@ from auctionlab.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("pf_native.c")
+SOURCE = Path(__file__).with_name("native.c")
 #: Backends of the PF solver (``AUCTIONLAB_PF_BACKEND`` / ``solve_pf(backend=...)``).
 BACKENDS = ("auto", "native", "torch")
 _FLAGS = (
@@ -135,7 +135,8 @@ def use_native(backend: str | None, device: torch.device) -> bool:
     return available
 
 
-def _pointer(t: Tensor, kind=_double_p):
+def _pointer(t: Tensor, kind: type = _double_p) -> ctypes._Pointer:
+    """``t``'s data as a ctypes pointer of type ``kind`` (``t`` must stay alive meanwhile)."""
     return ctypes.cast(t.data_ptr(), kind)
 
 

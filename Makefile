@@ -25,9 +25,10 @@ bench:  ## performance benchmarks, JSON into outputs/bench/
 	$(BIN)/python scripts/bench_wdp.py --threads 2 --out outputs/bench/wdp.json
 	$(BIN)/python scripts/bench_certify.py --train --env 2x2 --iterations 3000 --profiles 50 --out outputs/bench/certify_2x2.json
 
-lint:  ## ruff
+lint:  ## ruff, and the import layers (pyproject's [tool.importlinter])
 	$(BIN)/ruff check auctionlab scripts tests
 	$(BIN)/ruff format --check auctionlab scripts tests
+	$(BIN)/lint-imports
 
 format:
 	$(BIN)/ruff format auctionlab scripts tests

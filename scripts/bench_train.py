@@ -24,14 +24,11 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from auctionlab.attackers import LocalAttacker, PGDAttacker
-from auctionlab.conf import CONF_DIR
+from auctionlab.conf import compose
 from auctionlab.mechanisms.regretnet import RegretNet
 from auctionlab.training import AugmentedLagrangian, RegretBudget, Trainer
-
-CONF = CONF_DIR
 
 
 def time_iterations(step, iterations: int, warmup: int) -> list[float]:
@@ -103,7 +100,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    env = instantiate(OmegaConf.load(CONF / "env" / f"{args.env}.yaml"))
+    env = instantiate(compose("train", [f"env={args.env}"]).env)
     hidden = [int(h) for h in args.hidden.split(",")]
 
     def make_trainer(attacker) -> Trainer:

@@ -19,18 +19,15 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from auctionlab.components import build
-from auctionlab.conf import CONF_DIR
+from auctionlab.conf import compose
 from auctionlab.envs.combinatorial import CombinatorialEnv
 from auctionlab.solvers.wdp import ExactWDP, HighsWDP
 
-CONF = CONF_DIR / "env" / "combinatorial"
-
 
 def load_env(name: str):
-    return build(OmegaConf.load(CONF / f"{name}.yaml"), "env")
+    return build(compose("train", [f"env=combinatorial/{name}"]).env, "env")
 
 
 def quantiles(x: torch.Tensor) -> dict[str, float]:

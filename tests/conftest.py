@@ -34,6 +34,17 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+def env_names(family: str = "auction") -> list[str]:
+    """Top-level env options whose declared problem family is ``family``."""
+    names = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
+    return [n for n in names if compose_cfg("train", [f"env={n}"]).family.name == family]
+
+
+def env_node(name: str):
+    """The ``env`` config node of ``env=<name>`` as Hydra composes it (family defaults applied)."""
+    return compose_cfg("train", [f"env={name}"]).env
+
+
 def compose_cfg(task: str, overrides: list[str] | tuple[str, ...] = ()):
     """The task's primary config composed with ``overrides`` (Hydra's compose API)."""
     from auctionlab.conf import compose

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import env_names, env_node
 from hydra.utils import instantiate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 from auctionlab.conf import CONF_DIR
 from auctionlab.envs.distributions import Triangle
 from auctionlab.types import Outcome
 
 CONF = CONF_DIR
-ENV_NAMES = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
+ENV_NAMES = env_names("auction")
 HYPOTHESIS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -24,7 +24,7 @@ _ENVS: dict = {}
 def make_env(name: str):
     """The env of ``conf/env/<name>.yaml`` (cached; envs are stateless after construction)."""
     if name not in _ENVS:
-        _ENVS[name] = instantiate(OmegaConf.load(CONF / "env" / f"{name}.yaml"))
+        _ENVS[name] = instantiate(env_node(name))
     return _ENVS[name]
 
 

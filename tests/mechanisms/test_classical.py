@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import env_node
 from hydra.utils import instantiate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -45,7 +46,7 @@ def gen(seed: int) -> torch.Generator:
 
 
 def load_env(name: str):
-    return instantiate(OmegaConf.load(CONF / "env" / f"{name}.yaml"))
+    return instantiate(env_node(name))
 
 
 @functools.cache

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import env_names, env_node
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 from auctionlab.conf import CONF_DIR
 from auctionlab.envs import AuctionEnv
@@ -16,14 +16,14 @@ from auctionlab.errors import ConfigError
 from auctionlab.mechanisms.regretnet import RegretNet
 
 CONF = CONF_DIR
-ENV_NAMES = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
+ENV_NAMES = env_names("auction")
 #: A spread of shapes, demands and supports (bounded, unbounded, correlated).
 PROPERTY_ENVS = ["1x2", "2x2_unit", "3x1_exp", "1x2_triangle", "2x3", "1x2_asym"]
 
 
 def make(env_name: str, seed: int = 0, **kwargs):
     torch.manual_seed(seed)
-    env = instantiate(OmegaConf.load(CONF / "env" / f"{env_name}.yaml"))
+    env = instantiate(env_node(env_name))
     return env, RegretNet(env, hidden=kwargs.pop("hidden", (32, 32)), **kwargs).eval()
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import env_node
 from hydra.utils import instantiate
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 
 from auctionlab.attackers import PGDAttacker
 from auctionlab.conf import CONF_DIR
@@ -19,7 +19,7 @@ ONE_BIDDER = ["1x2", "1x2_unit", "1x2_unit_23", "1x2_triangle", "1x2_asym", "1x1
 
 
 def make_env(name: str):
-    return instantiate(OmegaConf.load(CONF / "env" / f"{name}.yaml"))
+    return instantiate(env_node(name))
 
 
 @pytest.mark.parametrize("env_name", ONE_BIDDER)

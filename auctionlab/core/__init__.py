@@ -1,0 +1,1 @@
+"""Core: types, errors and contracts every layer above builds on."""

@@ -38,6 +38,9 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
 
 def build_env_and_mechanism(cfg: DictConfig):
     """The environment and a mechanism checked against it (raises ``ConfigError`` early)."""
+    from auctionlab.attackers.best_response import install_best_response
+
     env = build(cfg.env, "env")
+    install_best_response(env)  # e.g. adversarial training data (envs cannot build it)
     mechanism = build(cfg.mechanism, "mechanism", env=env)
     return env, mechanism

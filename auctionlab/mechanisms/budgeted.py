@@ -109,13 +109,14 @@ class Budgeted(Mechanism):
         self.cap_kind, self.cap_temperature = cap, float(cap_temperature)
         self.budget_high = float(env.budget_high)
         #: Payments are at most the largest reportable budget (what the certifier's ranges use).
+        base_bound = self.base.payment_bound
         self.payment_bound = min(
-            float(getattr(self.base, "payment_bound", math.inf)), self.budget_high
+            math.inf if base_bound is None else float(base_bound), self.budget_high
         )
         # The cap keeps a base's IR (t <= t~); a phantom budget column can break it (a
         # fractional payment would then charge for the phantom "item").
-        self.ir_by_design = bool(getattr(self.base, "ir_by_design", False)) and not budget_feature
-        self.symmetric_in = tuple(getattr(self.base, "symmetric_in", ()))
+        self.ir_by_design = bool(self.base.ir_by_design) and not budget_feature
+        self.symmetric_in = tuple(self.base.symmetric_in)
 
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Outcome for ``[B, n, m + 1]`` reports: allocation ``[B, n, m]``, payment ``[B, n]``."""
@@ -158,7 +159,7 @@ class Budgeted(Mechanism):
 
     def describe(self) -> dict[str, object]:
         """Architecture facts for the certificate."""
-        inner = self.base.describe() if hasattr(self.base, "describe") else {}
+        inner = self.base.describe() or {}
         return {
             "class": f"budget-capped {self.base_name}",
             "budget_feature": self.budget_feature,

@@ -6,6 +6,7 @@ shared code (trainer, evaluation, audits) reads it instead of probing for it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -69,6 +70,22 @@ class Mechanism(nn.Module):
                 f"mechanism={self.config_name} supports demand {'/'.join(self.demands)}; "
                 f"env={env.name} is {env.demand}"
             )
+
+    @classmethod
+    def config_children(cls, node: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Component nodes this mechanism builds itself from its options (default: none).
+
+        The config builder schema-checks each returned ``_target_`` node like a top-level
+        one before the mechanism is built (mechanisms do not import the config checker).
+
+        Args:
+            node: this mechanism's config node, resolved (``_target_`` and options).
+
+        Returns:
+            ``{option path: node}``, e.g. ``{"mechanism.base_options": {"_target_": ...}}``.
+
+        """
+        return {}
 
     def wdp_membership(self) -> Tensor | None:
         """``[n, k, m]`` bool: which goods bundle ``k`` of bidder ``n`` holds, or ``None``.

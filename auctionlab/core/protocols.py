@@ -20,23 +20,29 @@ Shapes: ``B`` profiles, ``n`` bidders, ``m`` items (the allocation's last axis),
 coordinates per bidder (``d = m`` for item auctions; allocation envs report values and
 demands, ``d = 2m``; budget envs add the budget, ``d = m + 1``), ``R`` restarts.
 
-This module imports nothing from the layers above it (annotations only).
+This module imports nothing from the layers above it: the data classes of higher layers
+appear as documented ``Any`` aliases.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from auctionlab.types import Outcome, Types
 
-if TYPE_CHECKING:  # annotations only: the implementations sit in higher layers
-    from auctionlab.attackers.base import AttackResult
-    from auctionlab.envs.base import ReportSpace
-    from auctionlab.training.constraints import DualState
+#: ``auctionlab.envs.base.ReportSpace``: bounds ``low`` / ``high`` ``[n, d]``, ``project``,
+#: ``restrict``, ``width``, ``draw`` (its class sits a layer up, so it is not imported here).
+ReportSpace = Any
+#: ``auctionlab.attackers.base.AttackResult``: misreports ``[B, n, d]``, utility ``[B, n]``,
+#: truthful_utility ``[B, n]`` or ``None``, budget, curve ``{(restarts, steps): [B, n]}``.
+AttackResult = Any
+#: ``auctionlab.training.constraints.DualState``: iteration, objective ``[]``, regret ``[n]``,
+#: mechanism, env, attacker.
+DualState = Any
 
 
 @runtime_checkable

@@ -38,6 +38,17 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
 
 def build_env_and_mechanism(cfg: DictConfig):
     """The environment and a mechanism checked against it (raises ``ConfigError`` early)."""
+    from auctionlab.attackers.best_response import install_best_response
+    from auctionlab.schema import check_component, check_target
+
     env = build(cfg.env, "env")
+    install_best_response(env)  # e.g. adversarial training data (envs cannot build it)
+    node = OmegaConf.to_container(cfg.mechanism, resolve=True)
+    if isinstance(node, dict) and "_target_" in node:
+        # Nested nodes a mechanism builds itself (e.g. budgeted's base) get the same check.
+        for path, child in (
+            check_target(node["_target_"], "mechanism").config_children(node).items()
+        ):
+            check_component(child, path)
     mechanism = build(cfg.mechanism, "mechanism", env=env)
     return env, mechanism

@@ -56,11 +56,8 @@ def evaluate_mechanism(
     # the truthful forward's winner determination, before the attacker's forwards replace it
     solved = wdp_metrics(mechanism, values, wdp_instances)
     revenue = outcome.payment.sum(-1)
-    # Families define their own welfare (allocation: sum of capped-linear utilities).
-    welfare_of = getattr(env, "welfare", None)
-    welfare = (
-        welfare_of(outcome, values) if welfare_of else (outcome.allocation * values).sum((-1, -2))
-    )
+    # Families may define their own welfare (allocation: sum of capped-linear utilities).
+    welfare = env.welfare(outcome, values)
     ir_violation = (-utility).clamp_min(0.0)
     result = attacker.attack(mechanism, env, types, generator)
     regret = result.gain  # [B, n]
@@ -84,10 +81,8 @@ def evaluate_mechanism(
         "attack_step_size": float(budget["step_size"]),
         "attack_gradient": float(bool(budget.get("gradient", True))),
     }
-    outcome_metrics = getattr(env, "outcome_metrics", None)  # e.g. NSW, log-NSW, efficiency
-    for key, per_profile_value in (
-        outcome_metrics(outcome, types) if outcome_metrics else {}
-    ).items():
+    # e.g. NSW, log-NSW, efficiency
+    for key, per_profile_value in env.outcome_metrics(outcome, types).items():
         metrics[key] = float(per_profile_value.mean())
         metrics[f"{key}_se"] = float(per_profile_value.std() / math.sqrt(B)) if B > 1 else 0.0
     metrics.update(_local_metrics(mechanism, env, types, generator, local_attacker))
@@ -149,14 +144,14 @@ def wdp_metrics(mechanism, reports: torch.Tensor, instances: int = 0) -> dict[st
     from auctionlab.errors import ConfigError
     from auctionlab.solvers.wdp import ExactWDP, HighsWDP
 
-    last = getattr(mechanism, "last_wdp", None)
-    membership = getattr(mechanism, "membership", None)
+    last = mechanism.last_wdp
+    membership = mechanism.wdp_membership()
     if last is None or membership is None:
         return {}
     scores = (last.scores if last.scores is not None else reports).detach().double().cpu()
-    tie_tol = float(getattr(mechanism, "tie_tol", 1e-6))
-    seed = int(getattr(mechanism, "priority_seed", 0))
-    gap = float(getattr(mechanism, "mip_rel_gap", 0.0))
+    tie_tol = float(mechanism.tie_tol)
+    seed = int(mechanism.priority_seed)
+    gap = float(mechanism.mip_rel_gap)
     out: dict[str, float] = {}
     certificate = last.certificate
     if "seconds" in certificate:

@@ -1,12 +1,22 @@
-"""Shared machinery: utilities of unilateral deviations for all bidders at once."""
+"""The attacker contract and its shared machinery.
+
+``Attacker`` is the base of every misreport search: it owns the loop over chunks of profiles,
+the progress bar, the budget report and the regret-vs-budget curve; a subclass implements
+``attack_chunk`` (its search on one chunk). The module also holds the deviation arithmetic
+every attacker and the trainer share: utilities of unilateral deviations for all bidders at
+once.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
 
 
@@ -38,7 +48,7 @@ def project_deviations(env, types: Types, misreports: Tensor) -> Tensor:
     """Map misreports into the deviation set of the true types, where it depends on them.
 
     Most report spaces are boxes (the attackers' own projection suffices); an env whose
-    report space defines ``restrict(misreports, truth)`` narrows the set per profile, e.g.
+    report space overrides ``restrict(misreports, truth)`` narrows the set per profile, e.g.
     verifiable budgets (``B' <= B``, seed 000 §8). Maximising utility at the restricted
     point over the box is maximising it over the deviation set (``restrict`` is onto it and
     the identity on it), so every attacker applies unchanged.
@@ -52,8 +62,7 @@ def project_deviations(env, types: Types, misreports: Tensor) -> Tensor:
         Misreports of the same shape inside the deviation set.
 
     """
-    restrict = getattr(env.report_space, "restrict", None)
-    return misreports if restrict is None else restrict(misreports, types.values)
+    return env.report_space.restrict(misreports, types.values)
 
 
 def deviation_utility(mechanism, env, types: Types, misreports: Tensor) -> Tensor:
@@ -130,3 +139,223 @@ class AttackResult:
         if self.truthful_utility is None:
             raise ValueError("this attack was run without the truthful utility")
         return (self.utility - self.truthful_utility).clamp_min(0.0)
+
+
+class Attacker:
+    """Base class of every misreport search (the ``Attacker`` contract of ``auctionlab.core``).
+
+    ``attack`` splits the profiles into chunks of ``chunk_profiles()`` (all at once when
+    ``None``), shows a progress bar over them when ``progress`` is set, runs
+    ``attack_chunk`` on each, in order, with the same generator, and concatenates the
+    results. Subclasses implement ``attack_chunk`` and, where their budget has more knobs
+    than restarts / steps / step size, extend ``budget`` and ``describe``.
+
+    Attributes:
+        name: the attacker's name in budgets and messages.
+        exact: the search is an exact best-response oracle (its regret is not a lower bound).
+        uses_init: explicit starts (the trainer's cached misreports) are used; when ``False``
+            the trainer keeps no cache.
+        two_sided: training only: the trainer's regret also counts the reverse LIC condition
+            at the misreport found (seed 003 §3.1).
+        include_truthful: the truthful report is among the starts.
+        restarts: starts per bidder and profile.
+        steps: search steps from each start.
+        step_size: first step size, as a fraction of each coordinate's report range.
+        chunk_size: profiles per chunk (``None``: all at once).
+        curve_restarts: restart counts at which the regret-vs-budget curve is recorded.
+        curve_steps: step counts at which the regret-vs-budget curve is recorded.
+        progress: show a progress bar over chunks.
+
+    """
+
+    name: str = "attacker"
+    exact: bool = False
+    uses_init: bool = True
+    two_sided: bool = False
+    include_truthful: bool = False
+    restarts: int = 1
+    steps: int = 0
+    step_size: float = 0.0
+    chunk_size: int | None = None
+    curve_restarts: list[int] = []  # noqa: RUF012 - read-only default, set per instance
+    curve_steps: list[int] = []  # noqa: RUF012 - read-only default, set per instance
+    progress: bool = False
+
+    # -- budget ---------------------------------------------------------------------------
+    @property
+    def budget(self) -> dict:
+        """The attacker budget, logged next to every regret it produces."""
+        return {
+            "attacker": self.name,
+            "restarts": self.restarts,
+            "steps": self.steps,
+            "step_size": self.step_size,
+        }
+
+    def describe(self) -> str:
+        """Short human-readable budget, e.g. ``pgd 100 restarts x 1000 steps``."""
+        return f"{self.name} {self.restarts} restarts x {self.steps} steps"
+
+    def as_cutting_plane(self) -> Attacker:
+        """A cutting-plane training attacker whose witness refresh has this attacker's budget.
+
+        Used by mechanisms with a ``cutting_plane`` gradient strategy (``trainer.grad``).
+
+        Raises:
+            ConfigError: this attacker has no PGD budget to refresh witnesses with.
+
+        """
+        raise ConfigError(
+            f"trainer.grad=cutting_plane refreshes its witnesses with PGD; "
+            f"attacker={self.name} is not pgd "
+            "(use attacker=pgd or attacker=cutting_plane)"
+        )
+
+    # -- the search -----------------------------------------------------------------------
+    def chunk_profiles(self) -> int | None:
+        """Profiles per chunk of ``attack`` (``None``: every profile in one chunk)."""
+        return self.chunk_size
+
+    def attack(
+        self,
+        mechanism,
+        env,
+        types: Types,
+        generator: torch.Generator,
+        init: Tensor | None = None,
+        truthful: bool = True,
+    ) -> AttackResult:
+        """Search misreports for every bidder of every profile in ``types``.
+
+        Args:
+            mechanism: the mechanism under attack (its parameters are not updated).
+            env: the environment (utility, report space).
+            types: ``B`` true profiles; ``values`` is ``[B, n, m]``.
+            generator: source of the random restarts.
+            init: optional ``[R0, B, n, m]`` explicit starting misreports.
+            truthful: also compute the truthful utility (needed for regret).
+
+        Returns:
+            The best misreport ``[B, n, m]`` and utility ``[B, n]`` per bidder, with the
+            budget that found them and the regret-vs-budget curve.
+
+        """
+        B = types.batch_size
+        chunk = self.chunk_profiles() or B
+        chunks: Iterable[int] = range(0, B, chunk)
+        if self.progress and len(chunks) > 1:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc=f"attack ({self.describe()})", unit="chunk", leave=False)
+        pieces = []
+        for lo in chunks:
+            sub = types[lo : lo + chunk]
+            sub_init = None if init is None else init[:, lo : lo + chunk]
+            pieces.append(self.attack_chunk(mechanism, env, sub, generator, sub_init, truthful))
+        if len(pieces) == 1:
+            return pieces[0]
+        budget = dict(self.budget)
+        if all("gradient" in p.budget for p in pieces):
+            budget["gradient"] = all(p.budget["gradient"] for p in pieces)
+        return AttackResult(
+            misreports=torch.cat([p.misreports for p in pieces]),
+            utility=torch.cat([p.utility for p in pieces]),
+            truthful_utility=None
+            if not truthful
+            else torch.cat([p.truthful_utility for p in pieces]),
+            budget=budget,
+            curve={k: torch.cat([p.curve[k] for p in pieces]) for k in pieces[0].curve},
+        )
+
+    def attack_chunk(
+        self,
+        mechanism,
+        env,
+        types: Types,
+        generator: torch.Generator,
+        init: Tensor | None,
+        truthful: bool,
+    ) -> AttackResult:
+        """The search on one chunk of profiles (arguments as in ``attack``).
+
+        Returns:
+            ``AttackResult`` with misreports ``[B, n, m]``, utilities ``[B, n]`` and, when
+            ``truthful``, truthful utilities ``[B, n]`` and the curve.
+
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement attack_chunk")
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def starts(self, env, types: Types, generator: torch.Generator, init: Tensor | None) -> Tensor:
+        """``[R, B, n, m]`` starting misreports, ``R = restarts``.
+
+        The portfolio: the truthful report (if ``include_truthful``), then the explicit starts
+        ``init`` (e.g. cached misreports), then draws from the report space until ``restarts``
+        starts are reached.
+        """
+        values = types.values
+        parts = [values.unsqueeze(0)] if self.include_truthful else []
+        if init is not None:
+            parts.append(init.to(values))
+        have = sum(p.shape[0] for p in parts)
+        if have < self.restarts:
+            count = (self.restarts - have) * values.shape[0]
+            draws = env.report_space.draw(count, generator).to(values)
+            parts.append(draws.view(self.restarts - have, *values.shape))
+        return torch.cat(parts)[: self.restarts]
+
+    @staticmethod
+    def no_utility(x: Tensor) -> Tensor:
+        """``[R, B, n]`` of ``-inf``: the best utility before any candidate of ``x`` is tried."""
+        return torch.full(x.shape[:-1], -math.inf, device=x.device, dtype=x.dtype)
+
+    @staticmethod
+    def keep_best(u: Tensor, x: Tensor, best_u: Tensor, best_x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per start, keep the better of the incumbent and the candidate.
+
+        Args:
+            u: ``[R, B, n]`` utilities of the candidates ``x`` ``[R, B, n, m]``.
+            x: the candidates.
+            best_u: ``[R, B, n]`` incumbent utilities.
+            best_x: ``[R, B, n, m]`` incumbents.
+
+        Returns:
+            The new ``(best_u, best_x)``.
+
+        """
+        better = u > best_u
+        return torch.where(better, u, best_u), torch.where(better.unsqueeze(-1), x, best_x)
+
+    @staticmethod
+    def pick_best(best_u: Tensor, best_x: Tensor) -> tuple[Tensor, Tensor]:
+        """Best start per bidder: ``[R, B, n]`` / ``[R, B, n, m]`` -> ``[B, n, m]``, ``[B, n]``."""
+        pick = best_u.argmax(0)  # [B, n]
+        utility = best_u.gather(0, pick.unsqueeze(0)).squeeze(0)
+        index = pick.view(1, *pick.shape, 1).expand(1, *pick.shape, best_x.shape[-1])
+        return best_x.gather(0, index).squeeze(0), utility
+
+    @staticmethod
+    def truthful_utility(mechanism, env, types: Types) -> Tensor:
+        """``[B, n]`` utilities when everyone reports truthfully (no gradient)."""
+        with torch.no_grad():
+            return env.utility(mechanism(types.values, types.public), types.values)
+
+    def regret_curve(
+        self, curve_best: dict[int, Tensor], truthful_utility: Tensor
+    ) -> dict[tuple[int, int], Tensor]:
+        """The regret-vs-budget curve from the best utilities recorded after some steps.
+
+        Args:
+            curve_best: ``{steps: [R, B, n]}`` best utility per start after that many steps.
+            truthful_utility: ``[B, n]``.
+
+        Returns:
+            ``{(restarts, steps): [B, n]}`` regret using the first ``restarts`` starts, for
+            every ``restarts`` in ``curve_restarts``.
+
+        """
+        curve: dict[tuple[int, int], Tensor] = {}
+        for s, u_s in curve_best.items():
+            for r in self.curve_restarts:
+                curve[(r, s)] = (u_s[:r].max(0).values - truthful_utility).clamp_min(0.0)
+        return curve

@@ -20,13 +20,13 @@ import math
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import AttackResult, deviation_utility
+from auctionlab.attackers.base import Attacker, AttackResult, deviation_utility
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.errors import ConfigError
 from auctionlab.types import Types
 
 
-class CuttingPlaneAttacker:
+class CuttingPlaneAttacker(Attacker):
     """Witness sets per profile, refreshed by PGD (see the module docstring).
 
     Args:
@@ -92,6 +92,16 @@ class CuttingPlaneAttacker:
         lambda self: self.pgd.steps, lambda self, v: setattr(self.pgd, "steps", int(v))
     )
 
+    step_size = property(lambda self: self.pgd.step_size)
+
+    def chunk_profiles(self) -> None:
+        """Every profile at once: the witness table is keyed by profile; PGD chunks itself."""
+        return None
+
+    def as_cutting_plane(self) -> Attacker:
+        """Already one."""
+        return self
+
     @property
     def budget(self) -> dict:
         """The attacker budget, logged next to every regret it produces."""
@@ -142,16 +152,21 @@ class CuttingPlaneAttacker:
             position = torch.searchsorted(self.keys, keys)
         return position
 
-    def attack(
+    def attack_chunk(
         self,
         mechanism,
         env,
         types: Types,
         generator: torch.Generator,
-        init: Tensor | None = None,
-        truthful: bool = True,
+        init: Tensor | None,
+        truthful: bool,
     ) -> AttackResult:
-        """Each bidder's best witness on the current mechanism (refreshing the set first)."""
+        """Each bidder's best witness on the current mechanism (refreshing the set first).
+
+        Returns:
+            Misreports ``[B, n, d]`` and utilities ``[B, n]`` of the best witness (no curve).
+
+        """
         values = types.values
         rows = self._rows(values)
         unseen = not bool(self.filled[rows].any(-1).all())
@@ -170,8 +185,5 @@ class CuttingPlaneAttacker:
         best, pick = utility.max(0)  # [B, n]
         index = pick.view(1, *pick.shape, 1).expand(1, *pick.shape, witnesses.shape[-1])
         misreports = witnesses.gather(0, index).squeeze(0)
-        truthful_utility = None
-        if truthful:
-            with torch.no_grad():
-                truthful_utility = env.utility(mechanism(values, types.public), values)
+        truthful_utility = self.truthful_utility(mechanism, env, types) if truthful else None
         return AttackResult(misreports, best, truthful_utility, self.budget)

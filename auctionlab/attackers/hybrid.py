@@ -21,13 +21,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import AttackResult, deviation_utility
+from auctionlab.attackers.base import Attacker, AttackResult, deviation_utility
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.errors import ConfigError
 from auctionlab.types import Types
 
 
-class HybridAttacker:
+class HybridAttacker(Attacker):
     """PGD + random + local random + coordinate search (see the module docstring).
 
     Args:
@@ -94,6 +94,7 @@ class HybridAttacker:
         self.progress = progress
 
     # The PGD phase's settings, read and set as on a PGDAttacker.
+    step_size = property(lambda self: self.pgd.step_size)
     restarts = property(
         lambda self: self.pgd.restarts, lambda self, v: setattr(self.pgd, "restarts", int(v))
     )
@@ -130,35 +131,6 @@ class HybridAttacker:
             f"{self.coordinate_rounds} coordinate rounds x {self.grid} levels"
         )
 
-    def attack(
-        self,
-        mechanism,
-        env,
-        types: Types,
-        generator: torch.Generator,
-        init: Tensor | None = None,
-        truthful: bool = True,
-    ) -> AttackResult:
-        """Best misreport per bidder of every profile (see ``PGDAttacker.attack``)."""
-        B = types.batch_size
-        chunk = self.chunk_size or B
-        pieces = []
-        chunks = range(0, B, chunk)
-        if self.progress and len(chunks) > 1:
-            from tqdm.auto import tqdm
-
-            chunks = tqdm(chunks, desc=f"attack ({self.describe()})", unit="chunk", leave=False)
-        for lo in chunks:
-            sub_init = None if init is None else init[:, lo : lo + chunk]
-            sub = types[lo : lo + chunk]
-            pieces.append(self._attack_chunk(mechanism, env, sub, generator, sub_init, truthful))
-        misreports = torch.cat([p[0] for p in pieces])
-        utility = torch.cat([p[1] for p in pieces])
-        truthful_utility = torch.cat([p[2] for p in pieces]) if truthful else None
-        # The curve holds the PGD phase alone (restarts x steps); the result is the full search.
-        curve = {key: torch.cat([p[3][key] for p in pieces]) for key in pieces[0][3]}
-        return AttackResult(misreports, utility, truthful_utility, dict(self.budget), curve)
-
     def _better(self, mechanism, env, types, candidates: Tensor, best_x, best_u):
         """Evaluate ``[R, B, n, k]`` candidates in passes; keep each bidder's best."""
         with torch.no_grad():
@@ -173,7 +145,20 @@ class HybridAttacker:
                 best_x = torch.where(better.unsqueeze(-1), chosen, best_x)
         return best_x, best_u
 
-    def _attack_chunk(self, mechanism, env, types: Types, generator, init, truthful):
+    def attack_chunk(
+        self,
+        mechanism,
+        env,
+        types: Types,
+        generator: torch.Generator,
+        init: Tensor | None,
+        truthful: bool,
+    ) -> AttackResult:
+        """The four phases of the module docstring on one chunk of profiles.
+
+        The curve holds the PGD phase alone (restarts x steps); the misreports ``[B, n, m]``
+        and utilities ``[B, n]`` are the full search's.
+        """
         values = types.values
         space = env.report_space
         low, high = space.low.to(values), space.high.to(values)
@@ -208,4 +193,4 @@ class HybridAttacker:
                 candidates = best_x.unsqueeze(0).repeat(options.shape[0], 1, 1, 1)
                 candidates[..., c] = options
                 best_x, best_u = self._better(mechanism, env, types, candidates, best_x, best_u)
-        return best_x, best_u, pgd.truthful_utility, pgd.curve
+        return AttackResult(best_x, best_u, pgd.truthful_utility, dict(self.budget), pgd.curve)

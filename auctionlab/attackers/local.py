@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import AttackResult, deviation_utility, own_utility
+from auctionlab.attackers.base import (
+    Attacker,
+    AttackResult,
+    deviation_profiles,
+    deviation_utility,
+    expand_public,
+    own_utility,
+)
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
@@ -84,9 +91,21 @@ class LocalAttacker(PGDAttacker):
         """``[1, B, n, m]``: the truthful report (``init`` is ignored)."""
         return types.values.unsqueeze(0).clone()
 
-    def _attack_chunk(self, mechanism, env, types, generator, init, truthful) -> AttackResult:
+    def as_cutting_plane(self) -> Attacker:
+        """Refused: a local search has no PGD budget to refresh witnesses with."""
+        return Attacker.as_cutting_plane(self)
+
+    def attack_chunk(  # noqa: D102 - PGD from the truth; training skips the best-iterate pass
+        self,
+        mechanism,
+        env,
+        types: Types,
+        generator: torch.Generator,
+        init: Tensor | None,
+        truthful: bool,
+    ) -> AttackResult:
         if truthful:  # evaluation: best iterate, truthful utility, curve
-            return super()._attack_chunk(mechanism, env, types, generator, init, truthful)
+            return super().attack_chunk(mechanism, env, types, generator, init, truthful)
         # Training: the trainer evaluates the misreport itself (and floors regret at 0), so
         # the last iterate is returned without the extra forward pass that picks the best one.
         x = types.values.unsqueeze(0).detach()
@@ -134,8 +153,6 @@ def reverse_lic_violation(mechanism, env, types: Types, misreports: Tensor) -> T
         ``[B, n]`` violations (0 where the reverse condition holds).
 
     """
-    from auctionlab.attackers.base import deviation_profiles, expand_public
-
     values = types.values
     B, n, m = values.shape
     with torch.no_grad():
@@ -170,8 +187,6 @@ def reverse_lic_search(
         ``[B, n]`` the best violation found (0 where none was).
 
     """
-    from auctionlab.attackers.base import deviation_profiles, expand_public
-
     values = types.values
     B, n, m = values.shape
     with torch.no_grad():

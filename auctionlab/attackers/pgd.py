@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import AttackResult, deviation_utility
+from auctionlab.attackers.base import Attacker, AttackResult, deviation_utility
 from auctionlab.errors import ConfigError
 from auctionlab.types import Types
 
 OPTIMIZERS = ("adam", "sgd")
 
 
-class PGDAttacker:
+class PGDAttacker(Attacker):
     """Multi-start projected gradient ascent on each bidder's utility.
 
     The start portfolio is: the truthful report (if ``include_truthful``), then any explicit
@@ -77,15 +76,12 @@ class PGDAttacker:
     @property
     def budget(self) -> dict:
         """The attacker budget, logged next to every regret it produces."""
-        return {
-            "attacker": self.name,
-            "restarts": self.restarts,
-            "steps": self.steps,
-            "step_size": self.step_size,
-            "final_step_size": self.final_step_size,
-            "optimizer": self.optimizer,
-            "include_truthful": self.include_truthful,
-        }
+        return dict(
+            super().budget,
+            final_step_size=self.final_step_size,
+            optimizer=self.optimizer,
+            include_truthful=self.include_truthful,
+        )
 
     def describe(self) -> str:
         """Short human-readable budget, e.g. ``pgd 100x1000``."""
@@ -100,64 +96,17 @@ class PGDAttacker:
         ratio = (self.final_step_size / self.step_size) ** (1.0 / (self.steps - 1))
         return [self.step_size * ratio**t for t in range(self.steps)]
 
-    def starts(self, env, types: Types, generator: torch.Generator, init: Tensor | None) -> Tensor:
-        """``[R, B, n, m]`` starting misreports (the portfolio described in the class doc)."""
-        values = types.values
-        parts = [values.unsqueeze(0)] if self.include_truthful else []
-        if init is not None:
-            parts.append(init.to(values))
-        have = sum(p.shape[0] for p in parts)
-        if have < self.restarts:
-            count = (self.restarts - have) * values.shape[0]
-            draws = env.report_space.draw(count, generator).to(values)
-            parts.append(draws.view(self.restarts - have, *values.shape))
-        return torch.cat(parts)[: self.restarts]
+    def as_cutting_plane(self) -> Attacker:
+        """A ``CuttingPlaneAttacker`` refreshing its witnesses with this PGD budget."""
+        from auctionlab.attackers.cutting_plane import CuttingPlaneAttacker
 
-    def attack(
-        self,
-        mechanism,
-        env,
-        types: Types,
-        generator: torch.Generator,
-        init: Tensor | None = None,
-        truthful: bool = True,
-    ) -> AttackResult:
-        """Search misreports for every bidder of every profile in ``types``.
-
-        Args:
-            mechanism: the mechanism under attack (its parameters are not updated).
-            env: the environment (utility, report space).
-            types: ``B`` true profiles.
-            generator: source of the random restarts.
-            init: optional ``[R0, B, n, m]`` explicit starting misreports.
-            truthful: also compute the truthful utility (needed for regret).
-
-        Returns:
-            The best misreport and utility per bidder, with the budget that found them.
-
-        """
-        B = types.batch_size
-        chunk = self.chunk_size or B
-        pieces = []
-        chunks = range(0, B, chunk)
-        if self.progress and len(chunks) > 1:
-            from tqdm.auto import tqdm
-
-            chunks = tqdm(chunks, desc=f"attack ({self.describe()})", unit="chunk", leave=False)
-        for lo in chunks:
-            sub = types[lo : lo + chunk]
-            sub_init = None if init is None else init[:, lo : lo + chunk]
-            pieces.append(self._attack_chunk(mechanism, env, sub, generator, sub_init, truthful))
-        if len(pieces) == 1:
-            return pieces[0]
-        return AttackResult(
-            misreports=torch.cat([p.misreports for p in pieces]),
-            utility=torch.cat([p.utility for p in pieces]),
-            truthful_utility=None
-            if not truthful
-            else torch.cat([p.truthful_utility for p in pieces]),
-            budget=dict(self.budget, gradient=all(p.budget["gradient"] for p in pieces)),
-            curve={k: torch.cat([p.curve[k] for p in pieces]) for k in pieces[0].curve},
+        return CuttingPlaneAttacker(
+            restarts=self.restarts,
+            steps=self.steps,
+            step_size=self.step_size,
+            final_step_size=self.final_step_size,
+            include_truthful=self.include_truthful,
+            chunk_size=self.chunk_size,
         )
 
     def _fill_curve(self, curve_best: dict[int, Tensor], best_u: Tensor, t: int) -> None:
@@ -166,12 +115,20 @@ class PGDAttacker:
             if s > t:
                 curve_best[s] = best_u.clone()
 
-    def _attack_chunk(self, mechanism, env, types, generator, init, truthful) -> AttackResult:
+    def attack_chunk(  # noqa: D102 - the search of the class docstring on one chunk
+        self,
+        mechanism,
+        env,
+        types: Types,
+        generator: torch.Generator,
+        init: Tensor | None,
+        truthful: bool,
+    ) -> AttackResult:
         values = types.values
         x = env.report_space.project(self.starts(env, types, generator, init))
         scale = env.report_space.width(values.device)  # [n, m]
         best_x = x.clone()
-        best_u = torch.full(x.shape[:-1], -math.inf, device=x.device, dtype=x.dtype)  # [R, B, n]
+        best_u = self.no_utility(x)  # [R, B, n]
         curve_best: dict[int, Tensor] = {}
         differentiable = True
         m1 = torch.zeros_like(x)
@@ -187,9 +144,7 @@ class PGDAttacker:
                 if not last and u.requires_grad:
                     (grad,) = torch.autograd.grad(u.sum(), x, allow_unused=True)
             u = u.detach()
-            better = u > best_u
-            best_u = torch.where(better, u, best_u)
-            best_x = torch.where(better.unsqueeze(-1), x.detach(), best_x)
+            best_u, best_x = self.keep_best(u, x.detach(), best_u, best_x)
             if t in self.curve_steps:
                 curve_best[t] = best_u.clone()
             if last:
@@ -212,17 +167,11 @@ class PGDAttacker:
                 self._fill_curve(curve_best, best_u, t)
                 break
             x = env.report_space.project(x.detach() + sizes[t] * scale * direction)
-        pick = best_u.argmax(0)  # [B, n]
-        utility = best_u.gather(0, pick.unsqueeze(0)).squeeze(0)
-        index = pick.view(1, *pick.shape, 1).expand(1, *pick.shape, x.shape[-1])
-        misreports = best_x.gather(0, index).squeeze(0)
+        misreports, utility = self.pick_best(best_u, best_x)
         truthful_utility = None
         curve: dict[tuple[int, int], Tensor] = {}
         if truthful:
-            with torch.no_grad():
-                truthful_utility = env.utility(mechanism(values, types.public), values)
-            for s, u_s in curve_best.items():
-                for r in self.curve_restarts:
-                    curve[(r, s)] = (u_s[:r].max(0).values - truthful_utility).clamp_min(0.0)
+            truthful_utility = self.truthful_utility(mechanism, env, types)
+            curve = self.regret_curve(curve_best, truthful_utility)
         budget = dict(self.budget, gradient=differentiable)
         return AttackResult(misreports, utility, truthful_utility, budget, curve)

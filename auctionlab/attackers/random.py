@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from auctionlab.attackers.pgd import PGDAttacker
+import torch
+from torch import Tensor
+
+from auctionlab.attackers.base import Attacker, AttackResult, deviation_utility
+from auctionlab.errors import ConfigError
+from auctionlab.types import Types
 
 
-class RandomAttacker(PGDAttacker):
+class RandomAttacker(Attacker):
     """``samples`` uniform misreports per bidder (plus the truthful report); keeps the best.
+
+    The candidates are the start portfolio of ``Attacker.starts`` (truthful report, explicit
+    starts, then draws from the report space), all evaluated in one batched forward pass.
+    Its budget reads as a PGD budget with ``restarts = samples`` and ``steps = 0`` (how it
+    has always been reported, so regret tables stay comparable).
 
     Args:
         samples: number of random reports tried per bidder and profile.
@@ -21,6 +31,10 @@ class RandomAttacker(PGDAttacker):
     """
 
     name = "random"
+    #: Reported step size and optimizer: the PGD defaults of a zero-step search.
+    step_size = 0.1
+    optimizer = "adam"
+    final_step_size = None
 
     def __init__(
         self,
@@ -31,12 +45,57 @@ class RandomAttacker(PGDAttacker):
         curve_steps: Sequence[int] = (0,),
         progress: bool = False,
     ) -> None:
-        super().__init__(
-            restarts=samples,
-            steps=0,
-            include_truthful=include_truthful,
-            chunk_size=chunk_size,
-            curve_restarts=curve_restarts,
-            curve_steps=(0,),
-            progress=progress,
+        if samples < 1:
+            raise ConfigError(f"attacker.restarts={samples} must be >= 1")
+        self.restarts, self.steps = int(samples), 0
+        self.include_truthful = include_truthful
+        self.chunk_size = chunk_size
+        self.curve_restarts = sorted({int(r) for r in curve_restarts if 0 < r <= samples})
+        self.curve_steps = [0]
+        self.progress = progress
+
+    @property
+    def samples(self) -> int:
+        """Random reports tried per bidder and profile (``restarts``)."""
+        return self.restarts
+
+    @property
+    def budget(self) -> dict:
+        """The attacker budget, logged next to every regret it produces."""
+        return dict(
+            super().budget,
+            final_step_size=self.final_step_size,
+            optimizer=self.optimizer,
+            include_truthful=self.include_truthful,
         )
+
+    def describe(self) -> str:
+        """Short human-readable budget, e.g. ``random 1000 restarts x 0 steps (adam)``."""
+        return f"{self.name} {self.restarts} restarts x {self.steps} steps ({self.optimizer})"
+
+    def attack_chunk(  # noqa: D102 - one batched evaluation of every candidate
+        self,
+        mechanism,
+        env,
+        types: Types,
+        generator: torch.Generator,
+        init: Tensor | None,
+        truthful: bool,
+    ) -> AttackResult:
+        x = env.report_space.project(self.starts(env, types, generator, init))
+        best_x = x.clone()
+        best_u = self.no_utility(x)  # [R, B, n]
+        # The same autograd mode as a zero-step PGD, so the forward pass is the same one.
+        with torch.enable_grad():
+            x.requires_grad_(False)
+            u = deviation_utility(mechanism, env, types, x)  # [R, B, n]
+        best_u, best_x = self.keep_best(u.detach(), x.detach(), best_u, best_x)
+        curve_best = {0: best_u.clone()}
+        misreports, utility = self.pick_best(best_u, best_x)
+        truthful_utility = None
+        curve: dict[tuple[int, int], Tensor] = {}
+        if truthful:
+            truthful_utility = self.truthful_utility(mechanism, env, types)
+            curve = self.regret_curve(curve_best, truthful_utility)
+        budget = dict(self.budget, gradient=True)
+        return AttackResult(misreports, utility, truthful_utility, budget, curve)

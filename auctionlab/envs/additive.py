@@ -7,7 +7,7 @@ import re
 import torch
 from torch import Tensor
 
-from auctionlab.envs.base import ReportSpace
+from auctionlab.envs.base import Env, ReportSpace
 from auctionlab.envs.distributions import ValueDistribution
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
@@ -15,7 +15,7 @@ from auctionlab.types import Outcome, Types
 DEMANDS = ("additive", "unit")
 
 
-class AuctionEnv:
+class AuctionEnv(Env):
     """``n`` bidders with private values for ``m`` items, quasi-linear utilities.
 
     Args:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from auctionlab.envs.base import ReportSpace
+from auctionlab.envs.base import Env, ReportSpace
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
 
@@ -72,7 +72,7 @@ class AllocationBox:
         return self.low.to(u) + (self.high - self.low).to(u) * u
 
 
-class AllocationEnv:
+class AllocationEnv(Env):
     """``n`` agents, ``m`` divisible resources, no money (eq. 17 of seed 002).
 
     Values ``v_im ~ U(value_low, value_high)``; demands ``x_im = Bern(demand_prob) *
@@ -217,22 +217,31 @@ class AllocationEnv:
         u = torch.rand(*shape, generator=generator, device=generator.device)
         return self.cauchy_scale * torch.tan(torch.pi * (u - 0.5))
 
+    def training_adversary(self) -> dict | None:
+        """Eq. 19 (``variant=adversarial_pf``): best responses to PF found by PGD; else ``None``."""
+        if self.variant != "adversarial_pf":
+            return None
+        return {
+            "mechanism": "auctionlab.mechanisms.pf.ProportionalFairness",
+            "attacker": {
+                "restarts": self.adversarial_restarts,
+                "steps": self.adversarial_steps,
+                "step_size": 0.05,
+                "final_step_size": 0.002,
+                "include_truthful": True,
+            },
+        }
+
     def _adversarial_pf(self, batch: int, generator: torch.Generator) -> Types:
         """Eq. 19: every agent reports its best response to PF against the others' truth."""
-        from auctionlab.attackers.pgd import PGDAttacker
-        from auctionlab.mechanisms.pf import ProportionalFairness
-
+        if self.best_response is None:
+            raise ConfigError(
+                f"env={self.name}: variant=adversarial_pf training data need the best-response "
+                "search of training_adversary(); install it with set_best_response "
+                "(auctionlab.attackers.best_response.install_best_response)"
+            )
         truth = self.sample(batch, generator)
-        attacker = PGDAttacker(
-            restarts=self.adversarial_restarts,
-            steps=self.adversarial_steps,
-            step_size=0.05,
-            final_step_size=0.002,
-            include_truthful=True,
-        )
-        pf = ProportionalFairness(self)
-        result = attacker.attack(pf, self, truth, generator, truthful=False)
-        return Types(result.misreports.detach(), truth.public)
+        return Types(self.best_response(truth, generator).detach(), truth.public)
 
     # -- outcomes -------------------------------------------------------------------------
     @staticmethod

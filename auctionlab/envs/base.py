@@ -1,8 +1,13 @@
-"""What every environment shares: the report space the attackers search over."""
+"""The environment contract: the ``Env`` base class and the report space attackers search.
+
+Every optional capability of an environment is declared here with its default, so shared
+code (trainer, evaluation, attackers) calls it instead of probing for it.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -38,6 +43,22 @@ class ReportSpace:
         """Project ``[..., n, m]`` reports onto the report space."""
         return self.distribution.project(reports)
 
+    def restrict(self, misreports: Tensor, truth: Tensor) -> Tensor:
+        """Map misreports into the deviation set of the true types (default: all of them).
+
+        A report space whose deviation set depends on the truth (verifiable budgets,
+        ``B' <= B``) overrides this; it must be onto that set and the identity on it.
+
+        Args:
+            misreports: ``[..., B, n, m]`` (any leading axes, e.g. restarts).
+            truth: ``[B, n, m]`` true types.
+
+        Returns:
+            Misreports of the same shape; the default returns ``misreports`` itself.
+
+        """
+        return misreports
+
     def draw(self, count: int, generator: torch.Generator) -> Tensor:
         """``[count, n, m]`` restart points: uniform over a bounded space, else from the prior."""
         if self.bounded and self.distribution.independent:
@@ -47,17 +68,100 @@ class ReportSpace:
         return self.distribution.sample(count, generator)
 
 
-class Env(Protocol):
-    """The contract every environment meets."""
+class Env:
+    """Base class of every environment (the ``Env`` contract of ``auctionlab.core``).
 
-    family: str
+    Subclasses set the attributes below and implement ``sample`` and ``utility``; the other
+    methods and attributes are optional capabilities with a default here.
+
+    Attributes:
+        family: the problem family (``auction``, ``allocation``, ``budgets``...); mechanisms
+            declare the family they solve.
+        name: the env's config name.
+        n_bidders: ``n``.
+        n_items: ``m``, the allocation's last axis.
+        demand: demand type (``additive``, ``unit``, ``capped_linear``, ``bundles``...).
+        report_space: the reports a bidder may submit (``[n, d]`` bounds).
+        objective: ``None``, or ``objective(outcome, types) -> []`` the scalar batch
+            objective the trainer maximises instead of revenue (allocation: weighted
+            log-NSW). An attribute, not a method, so that "no objective" is visible.
+        objective_name: metric name of ``objective``.
+        fairness: ``None``, or ``fairness(outcome, types) -> [B]`` a per-profile fairness
+            statistic that constrained ERM bounds (seed 000 §5).
+        fairness_range: a priori bound on ``fairness`` (certificates); ``inf`` if unknown.
+        ir_violation_range: a priori bound on a bidder's IR violation, or ``None``.
+        context_dim: width ``d`` of the public context ``[B, d]`` (0: none).
+
+    """
+
+    family: str = "auction"
     name: str
     n_bidders: int
     n_items: int
+    demand: str = "additive"
     report_space: ReportSpace
+    objective: Callable[[Outcome, Types], Tensor] | None = None
+    objective_name: str = "objective"
+    fairness: Callable[[Outcome, Types], Tensor] | None = None
+    fairness_range: float = math.inf
+    ir_violation_range: float | None = None
+    context_dim: int = 0
+    #: The search installed by ``set_best_response`` (``None``: none).
+    best_response: Callable[[Types, torch.Generator], Tensor] | None = None
 
     def sample(self, batch: int, generator: torch.Generator) -> Types:
-        """Draw a batch of types."""
+        """Draw ``batch`` test profiles; ``Types.values`` is ``[batch, n, d]``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement sample")
+
+    def sample_training(self, batch: int, generator: torch.Generator) -> Types:
+        """Draw ``batch`` training profiles ``[batch, n, d]`` (default: ``sample``).
+
+        An env may train on another distribution than it is tested on (seed 002's perturbed
+        or adversarial training data).
+        """
+        return self.sample(batch, generator)
+
+    def training_adversary(self) -> dict | None:
+        """What ``sample_training`` needs a best-response search for, or ``None`` (default).
+
+        An env whose training data are best responses to a reference mechanism (seed 002,
+        eq. 19) names it here instead of importing it (envs sit below mechanisms and
+        attackers): ``{"mechanism": <dotted class path>, "attacker": <PGDAttacker kwargs>}``.
+        The caller that trains (``Trainer``) builds the search and hands it over with
+        ``set_best_response``.
+        """
+        return None
+
+    def set_best_response(self, search: Callable[[Types, torch.Generator], Tensor] | None) -> None:
+        """Install the best-response search of ``training_adversary`` (``None``: remove it).
+
+        Args:
+            search: ``search(types, generator) -> [B, n, d]`` misreports of every bidder
+                against the others' true reports.
+
+        """
+        self.best_response = search
 
     def utility(self, outcome: Outcome, values: Tensor) -> Tensor:
-        """``[..., n]`` utilities of ``outcome`` for agents with ``values``."""
+        """``[..., n]`` utilities of ``outcome`` (``[..., n, m]`` / ``[..., n]``) at ``values``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement utility")
+
+    def welfare(self, outcome: Outcome, values: Tensor) -> Tensor:
+        """``[B]`` welfare of each profile (default: ``sum_ij a_ij v_ij``).
+
+        Args:
+            outcome: allocation ``[B, n, m]``, payment ``[B, n]``.
+            values: ``[B, n, m]`` true values.
+
+        """
+        return (outcome.allocation * values).sum((-1, -2))
+
+    def outcome_metrics(self, outcome: Outcome, types: Types) -> dict[str, Tensor]:
+        """Family-specific per-profile outcome metrics ``{name: [B]}`` (default: none).
+
+        Args:
+            outcome: the mechanism's truthful outcome on ``types``.
+            types: the profiles.
+
+        """
+        return {}

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from auctionlab.envs.base import ReportSpace
+from auctionlab.envs.base import Env, ReportSpace
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
 
@@ -109,7 +109,7 @@ class BudgetReportSpace(ReportSpace):
         return torch.cat([box[..., :-1], budget.unsqueeze(-1)], dim=-1)
 
 
-class BudgetEnv:
+class BudgetEnv(Env):
     """``n`` additive bidders, ``m`` items, private budgets (types ``[B, n, m + 1]``).
 
     Args:

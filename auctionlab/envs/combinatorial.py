@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from auctionlab.envs.base import ReportSpace
+from auctionlab.envs.base import Env, ReportSpace
 from auctionlab.envs.distributions import ValueDistribution
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
@@ -164,7 +164,7 @@ class BundleValues(ValueDistribution):
         return values
 
 
-class CombinatorialEnv:
+class CombinatorialEnv(Env):
     """``n`` bidders, ``m`` items, one bundle per bidder from its language, quasi-linear utility.
 
     Attributes ``n_goods`` (``m``, the items) and ``n_bundles`` (``k``); ``n_items`` is the

@@ -21,13 +21,13 @@ import math
 import torch
 from torch import Tensor
 
-from auctionlab.envs.base import ReportSpace
+from auctionlab.envs.base import Env, ReportSpace
 from auctionlab.envs.distributions import Uniform
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
 
 
-class ProcurementEnv:
+class ProcurementEnv(Env):
     """Suppliers x demand units with private volume-discount costs.
 
     Args:

@@ -1,6 +1,13 @@
-"""The mechanism contract: ``forward(reports, public) -> Outcome``."""
+"""The mechanism contract: ``forward(reports, public) -> Outcome``, plus declared capabilities.
+
+Every optional capability of a mechanism is declared on ``Mechanism`` with its default, so
+shared code (trainer, evaluation, audits) reads it instead of probing for it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -26,6 +33,24 @@ class Mechanism(nn.Module):
     ir_by_design: bool = False
     #: Permutations the rule commutes with when the prior is symmetric: "bidders", "items".
     symmetric_in: tuple[str, ...] = ()
+    #: Truthful reporting is dominant by construction: the trainer skips the regret estimate.
+    dsic_by_design: bool = False
+    #: An a priori bound on every payment (certificates' ranges), or ``None``: unknown.
+    payment_bound: float | None = None
+    #: The last forward pass's winner determination (``solvers.wdp.WDPResult``: ``choice``
+    #: ``[B, n]``, ``scores`` ``[B, n, k]`` or ``None``, ``certificate``), or ``None`` for a
+    #: mechanism that solves none (item auctions, fractional rules).
+    last_wdp: Any = None
+    #: Winner determination's tie rule, used when re-solving ``last_wdp``'s scores: scores
+    #: within ``tie_tol`` of the best total tie, ties broken by priorities from
+    #: ``priority_seed``; ``mip_rel_gap`` is the solver's relative optimality gap.
+    tie_tol: float = 1e-6
+    priority_seed: int = 0
+    mip_rel_gap: float = 0.0
+    #: ``None``, or ``gradient_strategy(strategy, attacker) -> attacker``: the mechanism has a
+    #: discrete forward pass and ``trainer.grad`` picks how gradients flow through it (the
+    #: training attacker to use is returned). An attribute so "no strategies" is visible.
+    gradient_strategy: Any = None
 
     def __init__(self, env) -> None:
         super().__init__()
@@ -45,6 +70,52 @@ class Mechanism(nn.Module):
                 f"mechanism={self.config_name} supports demand {'/'.join(self.demands)}; "
                 f"env={env.name} is {env.demand}"
             )
+
+    @classmethod
+    def config_children(cls, node: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Component nodes this mechanism builds itself from its options (default: none).
+
+        The config builder schema-checks each returned ``_target_`` node like a top-level
+        one before the mechanism is built (mechanisms do not import the config checker).
+
+        Args:
+            node: this mechanism's config node, resolved (``_target_`` and options).
+
+        Returns:
+            ``{option path: node}``, e.g. ``{"mechanism.base_options": {"_target_": ...}}``.
+
+        """
+        return {}
+
+    def wdp_membership(self) -> Tensor | None:
+        """``[n, k, m]`` bool: which goods bundle ``k`` of bidder ``n`` holds, or ``None``.
+
+        Combinatorial mechanisms return their env's membership so evaluation can re-solve
+        ``last_wdp``; every other mechanism returns ``None`` (the default).
+        """
+        return None
+
+    def describe(self) -> dict[str, object] | None:
+        """Architecture facts for certificates and reports, or ``None`` (the default)."""
+        return None
+
+    def teacher_run(self) -> str | None:
+        """The ``train`` run directory of a distillation teacher to load, or ``None``.
+
+        Mechanisms do not load runs themselves (they sit below run I/O): whoever builds the
+        mechanism for training loads this run and passes its mechanism to ``set_teacher``.
+        """
+        return None
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """Accept the loaded teacher of ``teacher_run`` (eval mode, weights loaded).
+
+        Raises:
+            ConfigError: this mechanism distils from no teacher (the default), or the
+                teacher does not fit it.
+
+        """
+        raise ConfigError(f"mechanism={self.config_name} distils from no teacher")
 
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Map ``[B, n, m]`` reports to an ``Outcome``."""

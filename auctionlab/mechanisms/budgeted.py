@@ -15,6 +15,7 @@ only and the budget acts through the cap alone.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -91,12 +92,11 @@ class Budgeted(Mechanism):
             raise ConfigError(f"mechanism.cap={cap} is not valid; choose one of {', '.join(CAPS)}")
         if not (math.isfinite(cap_temperature) and cap_temperature > 0):
             raise ConfigError(f"mechanism.cap_temperature={cap_temperature} must be > 0")
-        from auctionlab.schema import check_component, check_target
-
+        module_name, _, class_name = BASES[base].rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        # The builder checks base_options against the base's schema first
+        # (``config_children``); a direct construction still gets a ConfigError.
         options = dict(base_options or {})
-        # The base's options get the same schema check as a top-level mechanism node.
-        check_component({"_target_": BASES[base], **options}, "mechanism.base_options")
-        cls = check_target(BASES[base], "mechanism.base")
         m = env.n_items
         low, high = [env.value_low] * m, [env.value_high] * m
         if budget_feature:  # the budget is one more input column, in [0, B_bar]
@@ -104,18 +104,32 @@ class Budgeted(Mechanism):
         shadow = AuctionEnv(
             env.name, env.n_bidders, len(low), Uniform([low], [high]), demand="additive"
         )
-        self.base = cls(shadow, **options)
+        try:
+            self.base = cls(shadow, **options)
+        except TypeError as err:
+            raise ConfigError(f"mechanism.base_options: {err}") from None
         self.base_name, self.budget_feature = base, bool(budget_feature)
         self.cap_kind, self.cap_temperature = cap, float(cap_temperature)
         self.budget_high = float(env.budget_high)
         #: Payments are at most the largest reportable budget (what the certifier's ranges use).
+        base_bound = self.base.payment_bound
         self.payment_bound = min(
-            float(getattr(self.base, "payment_bound", math.inf)), self.budget_high
+            math.inf if base_bound is None else float(base_bound), self.budget_high
         )
         # The cap keeps a base's IR (t <= t~); a phantom budget column can break it (a
         # fractional payment would then charge for the phantom "item").
-        self.ir_by_design = bool(getattr(self.base, "ir_by_design", False)) and not budget_feature
-        self.symmetric_in = tuple(getattr(self.base, "symmetric_in", ()))
+        self.ir_by_design = bool(self.base.ir_by_design) and not budget_feature
+        self.symmetric_in = tuple(self.base.symmetric_in)
+
+    @classmethod
+    def config_children(cls, node: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """``mechanism.base_options`` as a node of the base class (an unknown base: none)."""
+        base = node.get("base", "certified_equivariant")
+        if base not in BASES:
+            return {}  # the constructor names the valid bases
+        return {
+            "mechanism.base_options": {"_target_": BASES[base], **(node.get("base_options") or {})}
+        }
 
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Outcome for ``[B, n, m + 1]`` reports: allocation ``[B, n, m]``, payment ``[B, n]``."""
@@ -158,7 +172,7 @@ class Budgeted(Mechanism):
 
     def describe(self) -> dict[str, object]:
         """Architecture facts for the certificate."""
-        inner = self.base.describe() if hasattr(self.base, "describe") else {}
+        inner = self.base.describe() or {}
         return {
             "class": f"budget-capped {self.base_name}",
             "budget_feature": self.budget_feature,

@@ -113,6 +113,10 @@ class SoftCombinatorial(Mechanism):
         self.last_wdp: WDPResult | None = None
         self.argmax_allocation = False
 
+    def wdp_membership(self) -> Tensor:
+        """``[n, k, m]`` the env's bundle membership (``last_wdp`` is re-solvable)."""
+        return self.membership
+
     def fractional(self, reports: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Fractional allocation ``x [B, n, k]``, payment fractions ``alpha [B, n]`` and ``q``.
 

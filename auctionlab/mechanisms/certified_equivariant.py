@@ -187,7 +187,7 @@ class CertifiedEquivariant(Mechanism):
         self.report_bundle_max = float(torch.maximum(low[0].abs(), high[0].abs()).sum())
         n, m = self.n_bidders, self.n_items
         #: Public context features appended to every bidder's input (contextual envs).
-        self.context_dim = int(getattr(env, "context_dim", 0))
+        self.context_dim = int(env.context_dim)
         #: Score channels per bidder: its items, plus its slack (unused capacity) for Sinkhorn.
         self.score_width = m + (1 if allocation == "sinkhorn" else 0)
         width_in = m + self.context_dim

@@ -105,6 +105,10 @@ class CombinatorialMechanism(Mechanism):
         #: Whether the allocation is the tie-ruled maximiser of the scores (audits re-solve it).
         self.argmax_allocation = True
 
+    def wdp_membership(self) -> Tensor:
+        """``[n, k, m]`` the env's bundle membership (``last_wdp`` is re-solvable)."""
+        return self.membership
+
     def winners(self, scores: Tensor) -> WDPResult:
         """Exact winner determination on ``[B, n, k]`` scores (no gradient)."""
         result = self.wdp.solve(scores.detach())

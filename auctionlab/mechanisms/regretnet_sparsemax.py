@@ -194,23 +194,45 @@ class RegretNetSparsemax(Mechanism):
         high = torch.where(eye, self.report_high.view(1, 1, n, m), base).reshape(batch * n, n * m)
         return interval_bounds(self.affine_layers(), low, high)
 
+    def teacher_run(self) -> str | None:
+        """The ``mechanism.teacher`` run directory to distil from (``None``: no teacher)."""
+        return self.teacher_dir
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """Accept the loaded teacher (the mechanism of ``teacher_run``); frozen, eval mode.
+
+        Raises:
+            ConfigError: no ``mechanism.teacher`` is configured, or the teacher's
+                ``n_bidders x n_items`` differ from this mechanism's.
+
+        """
+        if not self.teacher_dir:
+            raise ConfigError(f"mechanism={self.config_name} has no mechanism.teacher to load")
+        shape = (teacher.n_bidders, teacher.n_items)
+        if shape != (self.n_bidders, self.n_items):
+            raise ConfigError(
+                f"mechanism.teacher={self.teacher_dir}: trained on a {shape[0]}x{shape[1]} env; "
+                f"this env is {self.n_bidders}x{self.n_items}"
+            )
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self._teacher[:] = [teacher]
+
     def teacher(self, device: torch.device) -> nn.Module | None:
-        """The distillation teacher, loaded on first use (``weights_only=True``)."""
+        """The distillation teacher on ``device`` (``None`` without ``mechanism.teacher``).
+
+        Raises:
+            ConfigError: a teacher is configured but was never passed to ``set_teacher``.
+
+        """
         if not self.teacher_dir:
             return None
         if not self._teacher:
-            from auctionlab.runs import load_trained
-
-            env, teacher, _ = load_trained(self.teacher_dir, device)
-            if (env.n_bidders, env.n_items) != (self.n_bidders, self.n_items):
-                raise ConfigError(
-                    f"mechanism.teacher={self.teacher_dir}: trained on {env.name}, which has "
-                    f"{env.n_bidders}x{env.n_items}; this env is {self.n_bidders}x{self.n_items}"
-                )
-            teacher.eval()
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            self._teacher.append(teacher)
+            raise ConfigError(
+                f"mechanism.teacher={self.teacher_dir} is not loaded: the caller that trains "
+                "loads teacher_run() (auctionlab.runs.load_trained) and calls set_teacher"
+            )
         return self._teacher[0].to(device)
 
     def auxiliary_loss(self, reports: Tensor, outcome: Outcome) -> Tensor | None:

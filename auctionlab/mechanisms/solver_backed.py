@@ -184,31 +184,16 @@ class SolverBacked(CombinatorialMechanism):
             ConfigError: an unknown strategy, or ``cutting_plane`` without a PGD budget.
 
         """
-        from auctionlab.attackers.cutting_plane import CuttingPlaneAttacker
-        from auctionlab.attackers.pgd import PGDAttacker
-
         if strategy not in STRATEGIES:
             raise ConfigError(
                 f"trainer.grad={strategy} is not valid for mechanism=solver_backed; choose one of "
                 f"{', '.join(STRATEGIES)} (or null: mechanism.grad={self.grad})"
             )
         self.grad = "lp" if strategy == "lp" else "ste"
-        if strategy != "cutting_plane" or isinstance(attacker, CuttingPlaneAttacker):
+        if strategy != "cutting_plane":
             return attacker
-        if not isinstance(attacker, PGDAttacker) or attacker.name != "pgd":  # not a subclass
-            raise ConfigError(
-                f"trainer.grad=cutting_plane refreshes its witnesses with PGD; "
-                f"attacker={getattr(attacker, 'name', type(attacker).__name__)} is not pgd "
-                "(use attacker=pgd or attacker=cutting_plane)"
-            )
-        return CuttingPlaneAttacker(
-            restarts=attacker.restarts,
-            steps=attacker.steps,
-            step_size=attacker.step_size,
-            final_step_size=attacker.final_step_size,
-            include_truthful=attacker.include_truthful,
-            chunk_size=attacker.chunk_size,
-        )
+        # The attacker knows whether it has a PGD budget to refresh witnesses with.
+        return attacker.as_cutting_plane()
 
     def relaxed_allocation(self, exact: Tensor, scores: Tensor) -> Tensor:
         """``grad=lp`` training allocation ``[B, n, k]``: the entropic LP, mixed with ``exact``.

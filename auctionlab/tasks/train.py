@@ -46,6 +46,10 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
             f"mechanism={picked.get('mechanism', mechanism.config_name)} is a fixed rule with "
             "nothing to train; stress-test it with `auctionlab evaluate mechanism=...`"
         )
+    if mechanism.teacher_run() is not None:  # mechanisms do not load runs themselves
+        from auctionlab.runs import load_trained
+
+        mechanism.set_teacher(load_trained(mechanism.teacher_run(), device)[1])
     attacker = build(cfg.attacker, "attacker")
     grad = cfg.trainer.get("grad")
     if grad is not None:  # gradient strategy of a mechanism with a discrete forward pass

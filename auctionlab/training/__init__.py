@@ -4,6 +4,8 @@ from auctionlab.errors import NonFiniteError
 from auctionlab.training.constraints import (
     AugmentedLagrangian,
     ConstraintHandler,
+    DualState,
+    PrimalDual,
     RegretBudget,
     Unconstrained,
 )
@@ -12,7 +14,9 @@ from auctionlab.training.loop import Trainer
 __all__ = [
     "AugmentedLagrangian",
     "ConstraintHandler",
+    "DualState",
     "NonFiniteError",
+    "PrimalDual",
     "RegretBudget",
     "Trainer",
     "Unconstrained",

@@ -27,7 +27,12 @@ import torch
 from torch import Tensor
 
 from auctionlab.errors import ConfigError
-from auctionlab.training.constraints import ConstraintHandler
+from auctionlab.training.constraints import (
+    ConstraintHandler,
+    DualState,
+    Violations,
+    violation_terms,
+)
 from auctionlab.types import Outcome, Types
 
 
@@ -35,7 +40,7 @@ def violations(env, outcome: Outcome, types: Types) -> dict[str, Tensor]:
     """Per-bidder IR violation ``[n]`` and fairness violation (scalar) of a batch.
 
     Args:
-        env: the environment (its ``fairness`` method, if any, gives ``[B]`` statistics).
+        env: the environment (its ``fairness``, unless ``None``, gives ``[B]`` statistics).
         outcome: the mechanism's outcome on the truthful reports (with gradients).
         types: the batch.
 
@@ -45,8 +50,9 @@ def violations(env, outcome: Outcome, types: Types) -> dict[str, Tensor]:
     """
     utility = env.utility(outcome, types.values)  # [B, n]
     ir = (-utility).clamp_min(0.0).mean(0)
-    fairness_of = getattr(env, "fairness", None)
-    fairness = fairness_of(outcome, types).mean() if fairness_of else utility.new_zeros(())
+    fairness = (
+        env.fairness(outcome, types).mean() if env.fairness is not None else utility.new_zeros(())
+    )
     return {"ir": ir, "fairness": fairness}
 
 
@@ -76,7 +82,7 @@ class ConstrainedERM(ConstraintHandler):
     """
 
     name = "constrained_erm"
-    #: The training loop passes IR and fairness violations to ``loss`` and calls ``dual_step``.
+    #: The training loop passes IR and fairness violations to ``loss``.
     needs_violations = True
 
     def __init__(
@@ -169,13 +175,9 @@ class ConstrainedERM(ConstraintHandler):
         self.last_weights = weights
         return weights
 
-    def loss(  # noqa: D102 - eq. (13)
-        self,
-        revenue: Tensor,
-        regret: Tensor,
-        ir: Tensor | None = None,
-        fairness: Tensor | None = None,
-    ) -> Tensor:
+    def loss(self, objective: Tensor, violations: Violations) -> Tensor:  # noqa: D102 - eq. (13)
+        revenue = objective
+        regret, ir, fairness = violation_terms(violations)
         ir = regret.new_zeros(regret.shape) if ir is None else ir
         fairness = regret.new_zeros(()) if fairness is None else fairness
         hinge = lambda z: z.clamp_min(0.0).pow(2)  # noqa: E731
@@ -194,12 +196,6 @@ class ConstrainedERM(ConstraintHandler):
             )
         )
 
-    def update(  # noqa: D102 - the rho schedule; duals move in dual_step
-        self, revenue: Tensor, regret: Tensor, iteration: int, **kwargs
-    ) -> None:
-        if self.rho_increment and (iteration + 1) % self.rho_every == 0:
-            self.rho += self.rho_increment
-
     def _heldout(self, env) -> Types:
         if self.pool is None:
             generator = torch.Generator(device=self.device).manual_seed(self.heldout_seed)
@@ -210,21 +206,26 @@ class ConstrainedERM(ConstraintHandler):
         )
         return self.pool[slice(lo, lo + self.heldout_batch)]
 
-    def dual_step(self, trainer) -> None:
-        """Projected dual ascent on a held-out minibatch, every ``dual_every`` iterations.
+    def dual_step(self, state: DualState) -> None:
+        """The ``rho`` schedule, then every ``dual_every`` iterations projected dual ascent.
+
+        The multipliers move on a held-out minibatch attacked with ``state.attacker``; without
+        one (``update`` outside a trainer) only the schedule moves.
 
         Args:
-            trainer: the running ``Trainer`` (mechanism, env and its attacker).
+            state: the iteration and the mechanism, env and attacker to measure with.
 
         """
-        if trainer.iteration % self.dual_every != 0:
+        if self.rho_increment and (state.iteration + 1) % self.rho_every == 0:
+            self.rho += self.rho_increment
+        if state.attacker is None or state.iteration % self.dual_every != 0:
             return
-        types = self._heldout(trainer.env)
-        mechanism = trainer.mechanism
-        attack = trainer.attacker.attack(mechanism, trainer.env, types, self.generator)
+        env, mechanism = state.env, state.mechanism
+        types = self._heldout(env)
+        attack = state.attacker.attack(mechanism, env, types, self.generator)
         regret = attack.gain.mean(0)  # [n]
         with torch.no_grad():
-            measured = violations(trainer.env, mechanism(types.values, types.public), types)
+            measured = violations(env, mechanism(types.values, types.public), types)
         weights = self.subset_weights()  # only the step's bidders' multipliers move
         self.lambdas = (
             self.lambdas + self.dual_lr * weights * (regret - self.eps_regret)

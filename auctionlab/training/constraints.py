@@ -1,37 +1,95 @@
 """Constraint handlers: how regret enters the loss and how the multipliers move.
 
-Every handler sees the batch revenue and the per-bidder regret ``[n]`` of each iteration,
-returns the loss to minimise and then updates its own state. ``state_dict``/``load_state_dict``
-make them checkpointable.
+The ``ConstraintHandler`` contract (see ``auctionlab.core``): each iteration the trainer calls
+``loss(objective, violations)`` with the batch objective and the measured violations
+(per-bidder regret ``[n]``, and IR / fairness where the handler asks for them), minimises the
+result, then calls ``dual_step(state)`` with a ``DualState``: the iteration, the detached
+objective and regret, and the mechanism / env / attacker a handler may measure held-out data
+with. A handler never sees the trainer itself. ``state_dict``/``load_state_dict`` make
+handlers checkpointable.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from auctionlab.errors import ConfigError
 
+#: What ``loss`` takes as ``violations``: ``{"regret": [n], "ir": [n], "fairness": []}``
+#: (``ir`` and ``fairness`` only for handlers with ``needs_violations``), or the bare regret.
+Violations = Mapping[str, Tensor] | Tensor
+
+
+def violation_terms(violations: Violations) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(regret [n], ir [n] or None, fairness [] or None)`` from a ``Violations`` value."""
+    if isinstance(violations, Tensor):
+        return violations, None, None
+    return violations["regret"], violations.get("ir"), violations.get("fairness")
+
+
+@dataclass
+class DualState:
+    """What a handler's ``dual_step`` may read after a primal step.
+
+    Attributes:
+        iteration: the iteration just taken (0-based; the trainer's counter before it moves).
+        objective: ``[]`` the batch objective (detached).
+        regret: ``[n]`` the batch's per-bidder regret (detached).
+        mechanism: the mechanism being trained (``None`` outside a trainer).
+        env: the environment (``None`` outside a trainer).
+        attacker: the trainer's attacker, for held-out regret (``None`` outside a trainer).
+
+    """
+
+    iteration: int
+    objective: Tensor
+    regret: Tensor
+    mechanism: Any = None
+    env: Any = None
+    attacker: Any = None
+
 
 class ConstraintHandler:
-    """Base: the loss is minus revenue; no regret term."""
+    """Base: the loss is minus the objective; no regret term, nothing to update.
+
+    Attributes:
+        name: the handler's config name.
+        needs_regret: the trainer must estimate regret (an attacker runs every step).
+        needs_violations: the trainer also passes IR ``[n]`` and fairness ``[]``
+            violations of the batch to ``loss``.
+
+    """
 
     name = "none"
-    #: Whether the trainer must estimate regret at all.
     needs_regret = True
+    needs_violations = False
 
     def setup(self, n_bidders: int, iterations: int, device: torch.device) -> None:
         """Called once before training with the problem size and the iteration budget."""
         self.n_bidders, self.iterations, self.device = n_bidders, iterations, device
 
-    def loss(self, revenue: Tensor, regret: Tensor) -> Tensor:
-        """Scalar loss from batch revenue (scalar) and per-bidder regret ``[n]``."""
-        return -revenue
+    def loss(self, objective: Tensor, violations: Violations) -> Tensor:
+        """Scalar loss to minimise.
+
+        Args:
+            objective: ``[]`` batch objective (revenue unless the env defines its own).
+            violations: ``{"regret": [n], ...}`` (see ``Violations``) or the regret ``[n]``.
+
+        """
+        return -objective
+
+    def dual_step(self, state: DualState) -> None:
+        """Multiplier / schedule update after the primal step (default: none)."""
 
     def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:
-        """Dual / schedule update after the primal step (detached inputs)."""
+        """``dual_step`` from the batch numbers alone (no held-out measurement possible)."""
+        self.dual_step(DualState(iteration, revenue, regret))
 
     def metrics(self) -> dict[str, float]:
         """Multipliers and schedules to log."""
@@ -88,10 +146,12 @@ class AugmentedLagrangian(ConstraintHandler):
         self.window = torch.zeros(n_bidders, device=device)
         self.window_count = 0
 
-    def loss(self, revenue: Tensor, regret: Tensor) -> Tensor:  # noqa: D102
-        return -revenue + (self.lambdas * regret).sum() + 0.5 * self.rho * (regret**2).sum()
+    def loss(self, objective: Tensor, violations: Violations) -> Tensor:  # noqa: D102
+        regret = violation_terms(violations)[0]
+        return -objective + (self.lambdas * regret).sum() + 0.5 * self.rho * (regret**2).sum()
 
-    def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:  # noqa: D102
+    def dual_step(self, state: DualState) -> None:  # noqa: D102
+        regret, iteration = state.regret, state.iteration
         self.window += regret
         self.window_count += 1
         if (iteration + 1) % self.lambda_every == 0:
@@ -182,10 +242,12 @@ class RegretBudget(ConstraintHandler):
         self.budget = self.budget_start
         self.gamma = float(self.gamma_init)
 
-    def loss(self, revenue: Tensor, regret: Tensor) -> Tensor:  # noqa: D102
-        return -revenue + self.gamma * (regret.sum() - self.budget)
+    def loss(self, objective: Tensor, violations: Violations) -> Tensor:  # noqa: D102
+        regret = violation_terms(violations)[0]
+        return -objective + self.gamma * (regret.sum() - self.budget)
 
-    def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:  # noqa: D102
+    def dual_step(self, state: DualState) -> None:  # noqa: D102
+        revenue, regret = state.objective, state.regret
         tiny = 1e-12  # a zero regret or revenue must not give log(0)
         total, sold = float(regret.sum()), float(revenue)
         # nothing sold and no regret: the constraint holds; read the revenue as 1, not 0
@@ -244,11 +306,12 @@ class PrimalDual(ConstraintHandler):
         super().setup(n_bidders, iterations, device)
         self.gammas = torch.full((n_bidders,), float(self.gamma_init), device=device)
 
-    def loss(self, revenue: Tensor, regret: Tensor) -> Tensor:  # noqa: D102
-        return -revenue + (self.gammas * regret).sum()
+    def loss(self, objective: Tensor, violations: Violations) -> Tensor:  # noqa: D102
+        regret = violation_terms(violations)[0]
+        return -objective + (self.gammas * regret).sum()
 
-    def update(self, revenue: Tensor, regret: Tensor, iteration: int) -> None:  # noqa: D102
-        self.gammas = (self.gammas + self.dual_lr * (regret - self.epsilon)).clamp_min(0.0)
+    def dual_step(self, state: DualState) -> None:  # noqa: D102
+        self.gammas = (self.gammas + self.dual_lr * (state.regret - self.epsilon)).clamp_min(0.0)
 
     def metrics(self) -> dict[str, float]:  # noqa: D102
         return {"gamma_mean": float(self.gammas.mean()), "gamma_max": float(self.gammas.max())}

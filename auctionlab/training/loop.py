@@ -19,8 +19,10 @@ from auctionlab.attackers.base import (
     own_utility,
     project_deviations,
 )
+from auctionlab.attackers.best_response import install_best_response
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
-from auctionlab.training.constraints import ConstraintHandler, Unconstrained
+from auctionlab.training.constrained_erm import violations as measure_violations
+from auctionlab.training.constraints import ConstraintHandler, DualState, Unconstrained
 from auctionlab.types import Outcome, Types
 
 log = logging.getLogger("auctionlab")
@@ -91,14 +93,12 @@ class Trainer:
             )
         self.device = torch.device(device)
         self.mechanism, self.env, self.attacker = mechanism.to(self.device), env, attacker
-        if getattr(mechanism, "dsic_by_design", False):
+        if mechanism.dsic_by_design:
             constraint = Unconstrained()  # nothing to constrain; skip the attacker's cost
         self.constraint = constraint
         self.iterations, self.batch_size, self.num_samples = iterations, batch_size, num_samples
         # Attackers that always start from the truth (local regret) need no cache.
-        self.cache_misreports = (
-            cache_misreports and num_samples is not None and getattr(attacker, "uses_init", True)
-        )
+        self.cache_misreports = cache_misreports and num_samples is not None and attacker.uses_init
         self.log_every, self.progress = max(1, log_every), progress
         self.detect_anomaly = detect_anomaly
         self.stop_requested = False
@@ -113,6 +113,8 @@ class Trainer:
         self.optimizer = OPTIMIZERS[optimizer](self.mechanism.parameters(), lr=lr)
         self.constraint.setup(env.n_bidders, iterations, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if env.training_adversary() is not None and env.best_response is None:
+            install_best_response(env)  # built here when the env did not come from a config
         self.iteration = 0
         self.train_seconds = 0.0
         self.dataset: Types | None = None
@@ -126,9 +128,8 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------
     def _sample(self, batch: int) -> Types:
         # An env may train on another distribution than it tests on (seed 002's perturbed or
-        # adversarial training data): ``sample_training``; otherwise its own ``sample``.
-        sampler = getattr(self.env, "sample_training", self.env.sample)
-        return sampler(batch, self.generator)
+        # adversarial training data); ``Env.sample_training`` defaults to ``sample``.
+        return self.env.sample_training(batch, self.generator)
 
     def _batch(self) -> tuple[Types, Tensor | None]:
         if self.dataset is None:
@@ -196,7 +197,7 @@ class Trainer:
             deviating = Outcome(outcome.allocation[B:], outcome.payment[B:])
             deviation_utility = own_utility(self.env, deviating, values, 1)[0]  # [B, n]
             gain = (deviation_utility - truthful_utility).clamp_min(0.0)  # [B, n]
-            if getattr(self.attacker, "two_sided", False):
+            if self.attacker.two_sided:
                 # Reverse LIC condition at the same b_i: a bidder of type b_i must not prefer
                 # the truthful profile's outcome to its own.
                 reverse = (
@@ -210,14 +211,12 @@ class Trainer:
             regret = torch.zeros(n, device=self.device)
         revenue = truthful.payment.sum(-1).mean()
         # The objective is revenue unless the env defines its own (allocation: log-NSW).
-        objective_of = getattr(self.env, "objective", None)
-        objective = objective_of(truthful, types) if objective_of else revenue
+        objective_of = self.env.objective
+        objective = objective_of(truthful, types) if objective_of is not None else revenue
         violations = {}
-        if getattr(self.constraint, "needs_violations", False):  # IR / fairness (seed 000 §5)
-            from auctionlab.training.constrained_erm import violations as measure
-
-            violations = measure(self.env, truthful, types)
-        loss = self.constraint.loss(objective, regret, **violations)
+        if self.constraint.needs_violations:  # IR / fairness (seed 000 §5)
+            violations = measure_violations(self.env, truthful, types)
+        loss = self.constraint.loss(objective, {"regret": regret, **violations})
         auxiliary = self.mechanism.auxiliary_loss(values, truthful)
         if auxiliary is not None:
             loss = loss + auxiliary
@@ -233,9 +232,16 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.learning_rate(self.iteration)
         self.optimizer.step()
-        self.constraint.update(objective.detach(), regret.detach(), self.iteration)
-        if hasattr(self.constraint, "dual_step"):  # multipliers measured on held-out data
-            self.constraint.dual_step(self)
+        self.constraint.dual_step(
+            DualState(
+                self.iteration,
+                objective.detach(),
+                regret.detach(),
+                mechanism=self.mechanism,
+                env=self.env,
+                attacker=self.attacker,
+            )
+        )
         multipliers = self.constraint.metrics()
         if any(not math.isfinite(v) for v in multipliers.values()):
             raise NonFiniteError(
@@ -243,8 +249,8 @@ class Trainer:
             )
         self.iteration += 1
         metrics = {"revenue": revenue.item(), "loss": loss.item()}
-        if objective_of:
-            metrics[getattr(self.env, "objective_name", "objective")] = objective.item()
+        if objective_of is not None:
+            metrics[self.env.objective_name] = objective.item()
         if auxiliary is not None:
             metrics["auxiliary_loss"] = auxiliary.item()
         if self.constraint.needs_regret:  # no regret number without the attacker behind it

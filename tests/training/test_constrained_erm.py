@@ -27,8 +27,12 @@ def test_loss_is_the_augmented_lagrangian_of_eq_13():
         + 0.7 * 0.2
         + 0.5 * 4.0 * (0.02**2 + 0.03**2 + 0.2**2)  # hinge: only violated constraints
     )
-    assert float(handler.loss(revenue, regret, ir, fairness)) == pytest.approx(expected)
-    # Without IR / fairness terms (other callers): regret only.
+    violations = {"regret": regret, "ir": ir, "fairness": fairness}
+    assert float(handler.loss(revenue, violations)) == pytest.approx(expected)
+    # Without IR / fairness terms (other callers): regret only, as a dict or the bare tensor.
+    assert float(handler.loss(revenue, {"regret": regret})) == pytest.approx(
+        float(handler.loss(revenue, regret))
+    )
     assert float(handler.loss(revenue, regret)) == pytest.approx(
         -0.8 + 0.01 - 0.5 * 0.0 + 3.0 * -0.02 + 0.5 * -0.02 + 0.7 * -0.1 + 2.0 * 0.02**2
     )

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from auctionlab.attackers import AttackResult, PGDAttacker, deviation_utility
+from auctionlab.attackers import Attacker, AttackResult, PGDAttacker, deviation_utility
 from auctionlab.envs import AuctionEnv
 from auctionlab.envs.distributions import Uniform
 from auctionlab.errors import ConfigError
@@ -60,12 +60,13 @@ class RecordingBudget(RegretBudget):
         super().__init__()
         self.seen: list[tuple[float, torch.Tensor]] = []
 
-    def loss(self, revenue, regret):  # noqa: D102
-        self.seen.append((float(revenue.detach()), regret.detach().clone()))
-        return super().loss(revenue, regret)
+    def loss(self, objective, violations):  # noqa: D102
+        regret = violations["regret"]
+        self.seen.append((float(objective.detach()), regret.detach().clone()))
+        return super().loss(objective, violations)
 
 
-class FixedAttacker:
+class FixedAttacker(Attacker):
     """Random misreports; computes the expected regret with ``deviation_utility`` meanwhile."""
 
     def __init__(self) -> None:
@@ -85,7 +86,7 @@ class FixedAttacker:
         return AttackResult(misreports, deviation, None, {"restarts": 1, "steps": 0})
 
 
-class NoAttacker:
+class NoAttacker(Attacker):
     def attack(self, *args, **kwargs):  # noqa: D102
         raise AssertionError("the attacker must not run for a DSIC-by-design mechanism")
 

@@ -1,4 +1,4 @@
-"""Attackers: misreport search for all bidders at once."""
+"""Attackers: misreport search for all bidders at once (every class registered by name)."""
 
 from auctionlab.attackers.base import (
     Attacker,
@@ -6,6 +6,8 @@ from auctionlab.attackers.base import (
     deviation_profiles,
     deviation_utility,
 )
+from auctionlab.attackers.cutting_plane import CuttingPlaneAttacker
+from auctionlab.attackers.hybrid import HybridAttacker
 from auctionlab.attackers.local import LocalAttacker, reverse_lic_search, reverse_lic_violation
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.attackers.portfolio import PortfolioOracle
@@ -14,6 +16,8 @@ from auctionlab.attackers.random import RandomAttacker
 __all__ = [
     "AttackResult",
     "Attacker",
+    "CuttingPlaneAttacker",
+    "HybridAttacker",
     "LocalAttacker",
     "PGDAttacker",
     "PortfolioOracle",

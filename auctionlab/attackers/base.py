@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -170,6 +171,14 @@ class Attacker:
 
     name: str = "attacker"
     exact: bool = False
+    #: Every attacker class by ``name``, filled as subclasses are defined: a search that converts
+    #: itself into another (PGD into cutting planes) looks it up here rather than importing it.
+    by_name: ClassVar[dict[str, type[Attacker]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Attacker.by_name[cls.name] = cls
     uses_init: bool = True
     two_sided: bool = False
     include_truthful: bool = False

@@ -98,9 +98,9 @@ class PGDAttacker(Attacker):
 
     def as_cutting_plane(self) -> Attacker:
         """A ``CuttingPlaneAttacker`` refreshing its witnesses with this PGD budget."""
-        from auctionlab.attackers.cutting_plane import CuttingPlaneAttacker
-
-        return CuttingPlaneAttacker(
+        # Looked up, not imported: the cutting-plane attacker builds on this module.
+        cutting_plane = Attacker.by_name["cutting_plane"]
+        return cutting_plane(
             restarts=self.restarts,
             steps=self.steps,
             step_size=self.step_size,

@@ -61,3 +61,12 @@ class Env(Protocol):
 
     def utility(self, outcome: Outcome, values: Tensor) -> Tensor:
         """``[..., n]`` utilities of ``outcome`` for agents with ``values``."""
+
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The metrics that summarise a run on this env, most important first.
+
+        Names as ``metrics.json`` writes them for ``evaluate`` (``train`` prefixes them with
+        ``val_``). Summaries (``train``, ``evaluate``, ``auctionlab runs``) print them, each
+        regret with the attacker budget that measured it, and always the IR violation next to
+        them: a family that does not measure revenue must not be summarised by revenue.
+        """

@@ -92,7 +92,8 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
     x_key, hue_key, y_key = plot["x"], plot.get("hue"), plot["y"]
     if isinstance(x_key, list | tuple):  # several row keys: one label per combination
         label = " / ".join(x_key)
-        table = table.assign(**{label: table[list(x_key)].astype(str).agg(" ".join, axis=1)})
+        # map(str), not astype(str): a label missing on some rows (NaN) stays "nan" text
+        table = table.assign(**{label: table[list(x_key)].map(str).agg(" ".join, axis=1)})
         x_key = label
     xs = list(dict.fromkeys(table[x_key].astype(str)))
     hues = list(dict.fromkeys(table[hue_key].astype(str))) if hue_key else [None]

@@ -3,19 +3,26 @@
 An env lists figure kinds (keys of :data:`FIGURES`) in its ``evaluation_figures`` attribute;
 ``evaluate`` draws each into the run directory and adds its metrics. No task branches on an
 env family: seed 002's allocation env asks for ``inference_time`` (Table 2) and
-``allocation_example`` (Figures 1 and 5).
+``allocation_example`` (Figures 1 and 5). ``evaluate figures=[nsw_loss]`` asks for more
+(``nsw_loss``: where a learned allocation mechanism loses NSW against PF).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from auctionlab.errors import ConfigError
 from auctionlab.reporting.plots import plot_curves, plot_maps
+
+#: What a figure kind returns: its metrics and the files it wrote.
+Figure = tuple[dict[str, float], list[Path]]
 
 
 def time_inference(mechanism, types, repeats: int = 3) -> dict[str, float]:
@@ -154,25 +161,130 @@ def allocation_figures(
     return metrics, files
 
 
-def inference_figure(mechanism, env, types, out: Path, title: str) -> tuple[dict, list[Path]]:
+def inference_figure(mechanism, env, types, out: Path, title: str, **_: Any) -> Figure:
     """:func:`time_inference` as a figure kind: metrics only, no file."""
     return time_inference(mechanism, types), []
 
 
-def example_figure(mechanism, env, types, out: Path, title: str) -> tuple[dict, list[Path]]:
+def example_figure(mechanism, env, types, out: Path, title: str, **_: Any) -> Figure:
     """:func:`allocation_figures` as a figure kind (the held-out ``types`` are not used)."""
     return allocation_figures(mechanism, env, out, title)
 
 
-#: Figure kind -> ``(mechanism, env, types [B profiles], out, title) -> (metrics, files)``.
-FIGURES: dict[str, Callable[..., tuple[dict, list[Path]]]] = {
+def nsw_loss_split(
+    mechanism,
+    env,
+    profiles: int,
+    restarts: int,
+    steps: int,
+    seed: int = 7,
+    exploitable: float = 1e-3,
+    clean: float = 1e-5,
+) -> dict:
+    """NSW of ``mechanism`` over PF's and the share of the loss on PF-exploitable profiles.
+
+    Args:
+        mechanism: an allocation mechanism (``[B, n, 2m]`` reports -> outcome).
+        env: its ``AllocationEnv``.
+        profiles: test profiles drawn from eq. 17.
+        restarts: PGD restarts on PF (the truthful start is added).
+        steps: PGD steps per restart.
+        seed: seed of the profiles (the attack uses ``seed + 1``).
+        exploitable: PF regret (mean over agents) above which a profile counts as exploitable.
+        clean: PF regret below which a profile counts as not exploitable.
+
+    Returns:
+        The NSW ratio, the fractions of exploitable / clean profiles, the shares of the NSW
+        loss they and the rest carry (summing to 1; ``nan`` when nothing is lost), the ratio
+        with the loss on clean profiles undone, and the budget of the attack on PF.
+
+    """
+    from auctionlab.attackers.pgd import PGDAttacker
+    from auctionlab.mechanisms.pf import ProportionalFairness
+    from auctionlab.utils import make_generator
+
+    device = next(iter(mechanism.buffers())).device
+    pf = ProportionalFairness(env).to(device)
+    types = env.sample(profiles, make_generator(seed, device))
+    with torch.no_grad():
+        nsw = env.outcome_metrics(mechanism(types.values, types.public), types)["nsw"]
+        pf_nsw = env.outcome_metrics(pf(types.values, types.public), types)["nsw"]
+    attacker = PGDAttacker(
+        restarts=restarts, steps=steps, step_size=0.05, final_step_size=0.002, include_truthful=True
+    )
+    result = attacker.attack(pf, env, types, make_generator(seed + 1, device), truthful=True)
+    regret = result.gain.detach().mean(-1).double()  # [B] PF's regret, mean over agents
+    nsw, pf_nsw = nsw.double(), pf_nsw.double()
+    loss = pf_nsw - nsw  # per profile; negative where the mechanism beats PF
+    total = float(loss.sum())
+    hot, cold = regret > exploitable, regret < clean
+    # Below the solvers' tolerance the split would be rounding noise.
+    lost = total > 1e-5 * float(pf_nsw.sum())
+
+    def share(mask: torch.Tensor) -> float:
+        return float(loss[mask].sum()) / total if lost else float("nan")
+
+    return {
+        "nsw": float(nsw.mean()),
+        "pf_nsw": float(pf_nsw.mean()),
+        "nsw_ratio": float(nsw.mean() / pf_nsw.mean()),
+        "exploitable_fraction": float(hot.double().mean()),
+        "exploitable_loss_share": share(hot),
+        "clean_fraction": float(cold.double().mean()),
+        "clean_loss_share": share(cold),
+        "other_loss_share": share(~hot & ~cold),
+        "ratio_without_collateral_loss": float((nsw + loss * cold).mean() / pf_nsw.mean()),
+        "profiles": float(profiles),
+        "pf_attack_budget": dict(result.budget),
+    }
+
+
+def nsw_loss_figure(mechanism, env, types, out: Path, title: str, **options: Any) -> Figure:
+    """:func:`nsw_loss_split` as a figure kind: ``nsw_loss.json`` and ``nsw_loss_*`` metrics.
+
+    Asked for with ``auctionlab evaluate run=<allocation train run> figures=[nsw_loss]``; its
+    options (``profiles, restarts, steps, seed, exploitable, clean``) are ``evaluate``'s
+    ``nsw_loss`` node. It draws its own profiles (``seed``), not the held-out ``types``.
+    """
+    result = nsw_loss_split(mechanism, env, **options)
+    path = out / "nsw_loss.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    metrics = {f"nsw_loss_{k}": float(v) for k, v in result.items() if isinstance(v, int | float)}
+    budget = result["pf_attack_budget"]
+    metrics.update(
+        nsw_loss_pf_attack_restarts=float(budget["restarts"]),
+        nsw_loss_pf_attack_steps=float(budget["steps"]),
+    )
+    return metrics, [path]
+
+
+#: Figure kind -> ``(mechanism, env, types [B profiles], out, title, **options) -> (metrics,
+#: files)``. An env asks for kinds through ``evaluation_figures``; ``evaluate figures=[...]``
+#: adds more.
+FIGURES: dict[str, Callable[..., Figure]] = {
     "inference_time": inference_figure,
     "allocation_example": example_figure,
+    "nsw_loss": nsw_loss_figure,
 }
 
 
-def evaluation_figures(mechanism, env, types, out: Path, title: str) -> tuple[dict, list[Path]]:
-    """Every figure ``env.evaluation_figures`` asks for, in its order.
+def check_figures(kinds: Sequence[str]) -> None:
+    """Raise ``ConfigError`` for a figure kind that does not exist."""
+    unknown = [k for k in kinds if k not in FIGURES]
+    if unknown:
+        raise ConfigError(f"figures={list(kinds)}: unknown {unknown}; choose from {list(FIGURES)}")
+
+
+def evaluation_figures(
+    mechanism,
+    env,
+    types,
+    out: Path,
+    title: str,
+    extra: Sequence[str] = (),
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Figure:
+    """Every figure ``env.evaluation_figures`` asks for, then ``extra``, in that order.
 
     Args:
         mechanism: the evaluated mechanism.
@@ -180,6 +292,8 @@ def evaluation_figures(mechanism, env, types, out: Path, title: str) -> tuple[di
         types: the held-out profiles (``values [B, n, m]`` and public inputs).
         out: the run directory.
         title: figure title prefix.
+        extra: more figure kinds (``evaluate figures=[...]``).
+        options: per kind, keyword options of its function.
 
     Returns:
         The figures' metrics (merged) and the files written.
@@ -187,8 +301,12 @@ def evaluation_figures(mechanism, env, types, out: Path, title: str) -> tuple[di
     """
     metrics: dict[str, float] = {}
     files: list[Path] = []
-    for kind in getattr(env, "evaluation_figures", ()):
-        extra, written = FIGURES[kind](mechanism, env, types, out, title)
-        metrics.update(extra)
+    kinds = [*getattr(env, "evaluation_figures", ()), *(k for k in extra)]
+    check_figures(kinds)
+    for kind in dict.fromkeys(kinds):
+        extra_metrics, written = FIGURES[kind](
+            mechanism, env, types, out, title, **dict((options or {}).get(kind) or {})
+        )
+        metrics.update(extra_metrics)
         files += written
     return metrics, files

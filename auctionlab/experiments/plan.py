@@ -225,7 +225,10 @@ def _check_groups(name: str, overrides: list[str], groups: Collection[str]) -> N
             )
 
 
-def _compose_point(plan_name: str, stage: str, overrides: list[str], hydra: bool = False):
+def _compose_point(
+    plan_name: str, stage: str, overrides: list[str], hydra: bool = False
+) -> DictConfig:
+    """``stage``'s config with ``overrides``, resolved; a failure is a one-line ``ConfigError``."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -241,16 +244,24 @@ def _compose_point(plan_name: str, stage: str, overrides: list[str], hydra: bool
 
 
 def build_plan(cfg: DictConfig, groups: Collection[str]) -> Plan:
-    """Validate the experiment and every point cheaply; raises ``ConfigError`` on bad input.
+    """Validate the experiment and every point cheaply.
+
+    Each point's first stage is composed and its env and mechanism are built (that catches
+    unknown options, misspelled keys and impossible pairs such as RochetNet with 2 bidders);
+    nothing is trained or evaluated and nothing is written.
 
     Args:
         cfg: the composed ``reproduce`` config (with its ``experiment`` node).
         groups: the config groups whose options a point override may choose
             (``env``, ``mechanism``...): an unknown option is an error here, not mid-sweep.
 
-    Each point's first stage is composed and its env and mechanism are built (that catches
-    unknown options, misspelled keys and impossible pairs such as RochetNet with 2 bidders);
-    nothing is trained or evaluated and nothing is written.
+    Returns:
+        The plan: points (sweep overrides, table labels, skipped stages), stage overrides,
+        table and plot specs.
+
+    Raises:
+        ConfigError: a bad experiment, pipeline, table, plot or point, in one line.
+
     """
     validate(cfg)
     names = experiment_names()

@@ -1,4 +1,4 @@
-"""What every task does: build objects from config, own a run directory, write results."""
+"""What every task does: Hydra choices, its run directory, runtime setup, integer options."""
 
 from __future__ import annotations
 

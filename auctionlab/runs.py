@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.components import build_env_and_mechanism
-from auctionlab.errors import ConfigError
+from auctionlab.errors import ConfigError, NonFiniteError
+
+log = logging.getLogger("auctionlab")
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
@@ -124,3 +127,48 @@ def load_trained(run: str, device):
     picked.setdefault("mechanism", type(mechanism).__name__.lower())
     # Deployed form: e.g. regretnet_sparsemax clips its free payments only in eval mode.
     return env, mechanism.to(device).eval(), picked
+
+
+def previous_run_id(resume: str | None, tracking: Mapping[str, Any]) -> str | None:
+    """The MLflow run a resumed training continues (when it logs to the same store).
+
+    Args:
+        resume: the run directory being resumed (``None``: a fresh run).
+        tracking: the ``tracking`` config node (``enabled``, ``uri``).
+
+    """
+    from auctionlab.tracking import resolve_uri
+
+    if not resume:
+        return None
+    record = Path(str(resume)) / "tracking.json"
+    if not record.exists() or not bool(tracking.get("enabled", True)):
+        return None
+    previous = json.loads(record.read_text())
+    if previous.get("uri") != resolve_uri(tracking.get("uri"), create=False):
+        log.warning("resume: the first part was logged to %s; starting a new MLflow run", previous)
+        return None
+    return previous.get("run_id")
+
+
+def record_failure(out: Path, checkpoint: Path, kept: int | None, reason: str) -> NonFiniteError:
+    """Write ``failure.json`` (never ``metrics.json``) and the error a failed run ends with.
+
+    Args:
+        out: the run directory.
+        checkpoint: its checkpoint path (removed when no good one was written yet).
+        kept: the iteration of the last good checkpoint (``None``: none).
+        reason: what went wrong.
+
+    """
+    if kept is None:
+        checkpoint.unlink(missing_ok=True)
+        hash_path(checkpoint).unlink(missing_ok=True)
+        where = "no checkpoint had been written yet"
+    else:
+        where = f"last good checkpoint kept: {checkpoint} (iteration {kept})"
+    write_json(
+        out / "failure.json",
+        {"status": "failed", "reason": reason, "last_good_checkpoint_iteration": kept},
+    )
+    return NonFiniteError(f"{reason}; {where}; to locate it, rerun with train.detect_anomaly=true")

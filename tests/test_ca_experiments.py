@@ -10,9 +10,10 @@ from conftest import compose_cfg
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.components import build_env_and_mechanism
 from auctionlab.evaluation import evaluate_mechanism
+from auctionlab.experiments import compose as _compose
 from auctionlab.reporting.tables import TableSpec, check_budget_columns
 from auctionlab.solvers.wdp import ExactWDP, HighsWDP
-from auctionlab.tasks.reproduce import _compose, prepare
+from auctionlab.tasks.reproduce import prepare
 
 CA_EXPERIMENTS = ["ca_stress", "ca_scaling", "ca_tolerance"]
 

@@ -223,8 +223,13 @@ def test_runs_lists_the_children_with_their_budget(reproduced, compose, mlflow_u
     assert len(rows) == len(new) - 1
     assert {r["run_id"] for r in rows} == {r.info.run_id for r in new if r is not parent}
     for row in rows:
-        payment_free = row["env"].startswith("allocation")  # no money: revenue 0
-        assert row["status"] == "FINISHED" and (float(row["revenue"]) > 0 or payment_free)
+        # the env family's headline metrics (NSW for allocation, revenue for auctions...),
+        # always the IR violation, regret next to its budget
+        run = next(r for r in new if r.info.run_id == row["run_id"])
+        names = run.data.tags["headline_metrics"].split(",")
+        label, _, value = row["headline"].split()[0].partition("=")
+        assert label == names[0] and float(value) == float(value)  # a number, not NaN
+        assert row["status"] == "FINISHED" and row["ir_violation"]
         assert row["budget"] == {"evaluate": "4x20 @128", "train": "2x10 @64"}[row["task"]]
         assert row["name"] in printed
 

@@ -18,12 +18,13 @@ from auctionlab.envs.allocation import AllocationEnv
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms import ExSNet, ProportionalFairness, RPFNet
 from auctionlab.reporting import TableSpec, build_table, plot_table
+from auctionlab.reporting.figures import allocation_figures, time_inference
 from auctionlab.tasks import reproduce
-from auctionlab.tasks.evaluate import allocation_figures, time_inference
 from auctionlab.utils import make_generator
 
 CONF = CONF_DIR
-RPF = sorted(p.stem for p in (CONF / "experiment").glob("rpf_*.yaml"))
+#: The seed 002 tables and figures (rpf_stages, a staged schedule: tests/test_rpf_stages.py).
+RPF = sorted(p.stem for p in (CONF / "experiment").glob("rpf_*.yaml") if p.stem != "rpf_stages")
 
 
 def test_the_five_seed_002_experiments_exist():
@@ -42,8 +43,9 @@ def test_fixed_rules_skip_train_and_budgets_follow_the_scale(name):
         assert point.skip == (("train",) if point.labels["mechanism"] in fixed else ())
     assert {p.labels["mechanism"] for p in smoke.points} & fixed
     assert {p.labels["mechanism"] for p in smoke.points} - fixed
-    # smoke keeps the scale's budgets (seconds); cpu takes the experiment's rpf_budget.cpu row
-    budget = cpu_cfg.rpf_budget.cpu
+    # smoke keeps the scale's budgets (seconds); cpu takes the scale's allocation budgets
+    # (rpf_table2: its timing budgets)
+    budget = cpu_cfg.scale.allocation_timing if name == "rpf_table2" else cpu_cfg.scale.allocation
     assert "train.iterations=20" in smoke.stage_overrides["train"]
     assert f"train.iterations={budget.iterations}" in cpu["train"]
     assert f"attack_budget.steps={budget.train_steps}" in cpu["train"]
@@ -68,7 +70,7 @@ def test_table1_rows_cover_three_training_variants_and_both_conventions():
     ("override", "words"),
     [
         ("experiment.fixed_rules=skip", ["fixed_rules=skip", "error", "evaluate"]),
-        ("experiment.pipeline=[evaluate]", ["fixed_rules=evaluate", "pipeline [train, evaluate]"]),
+        ("experiment.pipeline=[evaluate]", ["fixed_rules=evaluate", "[train|resume, evaluate]"]),
     ],
 )
 def test_bad_fixed_rules_fail_in_one_line(override, words):

@@ -1,24 +1,21 @@
-"""scripts/rpf_nsw_loss.py: the NSW-loss split on tiny 2x2 batches (seconds)."""
+"""The NSW-loss split (``evaluate figures=[nsw_loss]``, formerly scripts/rpf_nsw_loss.py)."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import math
-from pathlib import Path
 
+import pytest
 import torch
 
 from auctionlab.envs.allocation import AllocationEnv
+from auctionlab.errors import ConfigError
 from auctionlab.mechanisms import RPFNet
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "rpf_nsw_loss.py"
+from auctionlab.reporting.figures import check_figures, evaluation_figures, nsw_loss_split
 
 
 def _split():
-    spec = importlib.util.spec_from_file_location("rpf_nsw_loss", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.nsw_loss_split
+    return nsw_loss_split
 
 
 def _env() -> AllocationEnv:
@@ -45,3 +42,23 @@ def test_a_perturbed_rpfnet_splits_its_loss_between_disjoint_profile_sets():
     shares = ("exploitable_loss_share", "clean_loss_share", "other_loss_share")
     assert abs(sum(result[k] for k in shares) - 1.0) < 1e-9
     assert result["nsw_ratio"] <= result["ratio_without_collateral_loss"] <= 1.0 + 1e-9
+
+
+def test_evaluate_asks_for_it_by_name_with_its_options(tmp_path):
+    env = _env()
+    options = {"nsw_loss": {"profiles": 16, "restarts": 1, "steps": 2, "seed": 7}}
+    types = env.sample(8, torch.Generator().manual_seed(0))
+    metrics, files = evaluation_figures(
+        RPFNet(env, hidden=[8]), env, types, tmp_path, "t", ["nsw_loss"], options
+    )
+    assert tmp_path / "nsw_loss.json" in files
+    written = json.loads((tmp_path / "nsw_loss.json").read_text())
+    assert metrics["nsw_loss_nsw_ratio"] == written["nsw_ratio"]
+    assert metrics["nsw_loss_pf_attack_steps"] == 2 and metrics["nsw_loss_profiles"] == 16
+    # the env's own figures come first (2x2: Figure 1's example, inference time)
+    assert "fig1_max_gain_pct" in metrics and "inference_seconds" in metrics
+
+
+def test_an_unknown_figure_is_refused():
+    with pytest.raises(ConfigError, match="nsw_lost"):
+        check_figures(["nsw_lost"])

@@ -1,76 +1,118 @@
-"""scripts/rpf_stages.py end to end on a tiny schedule (the real console script, seconds)."""
+"""The staged RPF-Net schedule (experiment rpf_stages) and the pipeline's ``resume`` stage."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import compose_cfg
+from omegaconf import OmegaConf
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "rpf_stages.py"
-TINY = [
-    "--train-override=train.batch_size=8",
-    "--train-override=train.num_samples=16",
-    "--train-override=attack_budget.steps=2",
-    "--train-override=scale.validation.profiles=8",
-    "--train-override=scale.validation.restarts=1",
-    "--train-override=scale.validation.steps=2",
-    "--profiles=16",
-    "--restarts=1",
-    "--steps=3",
+from auctionlab.errors import ConfigError
+from auctionlab.experiments import stage_arguments
+from auctionlab.experiments.stages import resume_overrides
+from auctionlab.tasks import reproduce
+
+#: The README's schedule (iterations, epsilon per stage), formerly scripts/rpf_stages.py's.
+SCHEDULE = [
+    (2000, 1e-3),
+    (3000, 1e-3),
+    (4000, 1.5e-3),
+    (5000, 1.5e-3),
+    (6000, 1.2e-3),
+    (7000, 1.2e-3),
+    (8000, 1.2e-3),
+    (9000, 1.2e-3),
+    (10000, 1.2e-3),
+    (11000, 1.6e-3),
+    (12000, 1.6e-3),
+    (13000, 1.6e-3),
 ]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("rpf_stages", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _value(point, key: str) -> str | None:
+    found = [o.split("=", 1)[1] for o in point.overrides if o.split("=", 1)[0] == key]
+    return found[-1] if found else None
 
 
-@pytest.mark.slow  # five console-script runs: about a minute
-def test_stages_resume_copies_and_test_every_stage_against_pf(tmp_path, monkeypatch, mlflow_uri):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    stages = _load()
-    out = tmp_path / "stages"
-    rows = stages.main(["--out", str(out), "--schedule", "3:1e-3,6:2e-3", *TINY])
-    assert [r["iterations"] for r in rows] == [3, 6]
-    summary = json.loads((out / "stages.json").read_text())
-    assert summary["stages"] == rows
-    for r in rows:
-        assert r["attack_restarts"] == 1 and r["attack_steps"] == 3 and r["profiles"] == 16
-        assert r["nsw_vs_pf"] == pytest.approx(r["nsw"] / summary["pf"]["nsw"])
-    # The second stage is the first one resumed: same config, more iterations, its own run.
-    second = (out / "6" / "config.yaml").read_text()
-    assert "epsilon: 0.002" in second and "iterations: 6" in second
-    first_run = json.loads((out / "3" / "tracking.json").read_text())
-    assert json.loads((out / "6" / "tracking.json").read_text()) != first_run
-    # Done stages are not run again.
-    stamp = os.stat(out / "6" / "checkpoint.pt").st_mtime_ns
-    again = stages.main(["--out", str(out), "--schedule", "3:1e-3,6:2e-3", *TINY])
-    assert again == rows and os.stat(out / "6" / "checkpoint.pt").st_mtime_ns == stamp
+def test_the_cpu_plan_is_the_readme_schedule_with_pf_first():
+    plan = reproduce.prepare(compose_cfg("reproduce", ["experiment=rpf_stages"]))
+    assert plan.pipeline == ["resume", "evaluate"] and plan.scale == "cpu"
+    pf, *stages = plan.points
+    assert pf.labels["mechanism"] == "pf" and pf.skip == ("resume",)
+    assert [(int(_value(p, "train.iterations")), float(_value(p, "trainer.constraint.epsilon")))
+            for p in stages] == SCHEDULE  # fmt: skip
+    # Each resume decays the learning rate over the iterations it adds (previous / this).
+    assert _value(stages[0], "trainer.lr_decay_start") is None
+    for (before, _), (now, _), point in zip(SCHEDULE[:-1], SCHEDULE[1:], stages[1:], strict=True):
+        assert float(_value(point, "trainer.lr_decay_start")) == pytest.approx(before / now, 1e-6)
+    assert plan.stage_overrides["resume"] == ["trainer.lr_decay_to=0.1"]
+    # The first stage trains on 64 000 profiles from multipliers 0 with rpf_table1's settings.
+    train = plan.stage_overrides["train"]
+    assert "train.num_samples=64000" in train and "trainer.constraint.gamma_init=0" in train
+    assert "profile_seed=12345" in plan.stage_overrides["evaluate"]
 
 
-def test_training_overrides_default_to_64000_profiles_and_extras_win():
-    stages = _load()
-    default = stages.training_overrides(stages.NUM_SAMPLES, [])
-    assert "train.num_samples=64000" in default
-    assert sum(o.startswith("train.num_samples=") for o in default) == 1
-    assert "mechanism=rpfnet" in default and "trainer.constraint.gamma_init=0" in default
-    assert not any(
-        o.startswith(("train.iterations=", "trainer.constraint.epsilon=")) for o in default
+def test_stage_arguments_of_a_resume_pipeline():
+    plan = reproduce.prepare(compose_cfg("reproduce", ["experiment=rpf_stages", "scale=smoke"]))
+    pf, first, second = plan.points
+    pipeline = plan.pipeline
+    # PF skips training: evaluated with its own overrides; a stage gets its sweep overrides,
+    # its evaluate the stage's run directory.
+    assert stage_arguments("evaluate", pf, pipeline, {}) == pf.overrides
+    assert stage_arguments("resume", second, pipeline, {}) == second.overrides
+    done = {"resume": "/r"}
+    assert stage_arguments("evaluate", second, pipeline, done) == ["run='/r'"]
+    assert _value(first, "train.iterations") == "10" and _value(second, "train.iterations") == "20"
+
+
+def test_resume_continues_a_copy_with_the_new_overrides_winning(tmp_path):
+    previous = tmp_path / "a"
+    (previous / ".hydra").mkdir(parents=True)
+    OmegaConf.save(
+        OmegaConf.create(["mechanism=rpfnet", "train.iterations=10", "+tracking.parent_run_id=x"]),
+        previous / ".hydra" / "overrides.yaml",
     )
-    mine = stages.training_overrides(64000, ["train.num_samples=16", "train.batch_size=8"])
-    assert [o for o in mine if o.startswith("train.num_samples=")] == ["train.num_samples=16"]
-    assert [o for o in mine if o.startswith("train.batch_size=")] == ["train.batch_size=8"]
+    for name in ("tracking.json", "metrics.json", "checkpoint.pt"):
+        (previous / name).write_text("{}")
+    copy = tmp_path / "b"
+    out = resume_overrides(previous, copy, ["train.iterations=20", "+tracking.parent_run_id=y"])
+    assert out == [
+        "mechanism=rpfnet",
+        "train.iterations=20",
+        "+tracking.parent_run_id=y",
+        f"resume='{copy}'",
+    ]
+    # The earlier stage stays as it was; the copy gets its own MLflow run and metrics.
+    assert (previous / "tracking.json").exists() and (previous / "metrics.json").exists()
+    assert (copy / "checkpoint.pt").exists()
+    assert not (copy / "tracking.json").exists() and not (copy / "metrics.json").exists()
 
 
-def test_bad_schedule_is_refused():
-    stages = _load()
-    with pytest.raises(SystemExit, match="iterations must increase"):
-        stages.parse_schedule("3:1e-3,2:1e-3")
-    with pytest.raises(SystemExit, match="not iterations:epsilon"):
-        stages.parse_schedule("3-1e-3")
+@pytest.mark.parametrize(
+    "pipeline", ["[train,resume,evaluate]", "[resume,train]", "[teacher,resume]", "[certify]"]
+)
+def test_bad_resume_pipelines_fail_in_one_line(pipeline):
+    cfg = compose_cfg(
+        "reproduce", ["experiment=rpf_stages", "scale=smoke", f"experiment.pipeline={pipeline}"]
+    )
+    with pytest.raises(ConfigError) as info:
+        reproduce.prepare(cfg)
+    assert "pipeline" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow  # three short trains and three evaluations in-process: about 30 seconds
+def test_smoke_run_resumes_every_stage_in_its_own_directory(compose, tmp_path, monkeypatch):
+    cfg = compose(
+        "reproduce", ["experiment=rpf_stages", "scale=smoke", "threads=1", "tracking=none"]
+    )
+    monkeypatch.chdir(tmp_path)
+    summary = reproduce.run(cfg)
+    assert summary["jobs"] == 5 and summary["jobs_failed"] == 0
+    (points,) = tmp_path.glob("outputs/**/points")
+    first, second = sorted(p / "resume" for p in points.iterdir() if "rpfnet" in p.name)
+    assert json.loads((second / "metrics.json").read_text())["iterations"] == 20
+    resumed = Path(OmegaConf.load(second / "config.yaml").resume).resolve()
+    assert resumed == second.resolve()  # resumed in the copy
+    assert json.loads((first / "metrics.json").read_text())["iterations"] == 10

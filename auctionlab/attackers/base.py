@@ -171,6 +171,8 @@ class Attacker:
 
     name: str = "attacker"
     exact: bool = False
+    #: Why the search is for training only (``None``: it may stress-test, the default).
+    training_only: str | None = None
     #: Every attacker class by ``name``, filled as subclasses are defined: a search that converts
     #: itself into another (PGD into cutting planes) looks it up here rather than importing it.
     by_name: ClassVar[dict[str, type[Attacker]]] = {}

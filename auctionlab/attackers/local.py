@@ -49,6 +49,7 @@ class LocalAttacker(PGDAttacker):
     """
 
     name = "local"
+    training_only = "searches only next to the truth (a training device)"
     uses_init = False
 
     def __init__(

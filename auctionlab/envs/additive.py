@@ -31,6 +31,10 @@ class AuctionEnv(Env):
 
     family = "auction"
 
+    def headline_metrics(self) -> tuple[str, ...]:
+        """Revenue and regret (mean per bidder): what an auction is judged by."""
+        return ("revenue", "regret_mean")
+
     def __init__(
         self,
         name: str,

@@ -103,6 +103,15 @@ class AllocationEnv(Env):
 
     family = "allocation"
     demand = "capped_linear"
+    #: What summaries call ``regret_mean`` here (seed 002's word: there is no money).
+    regret_label = "exploitability"
+    #: ``evaluate``'s extra figures for this env (``auctionlab.reporting.figures.FIGURES``):
+    #: seed 002 Table 2's inference time and Figures 1 and 5 (2 agents x 2 resources only).
+    evaluation_figures = ("inference_time", "allocation_example")
+
+    def headline_metrics(self) -> tuple[str, ...]:
+        """NSW, efficiency and exploitability (mean regret): seed 002's Table 1 columns."""
+        return ("nsw", "efficiency", "regret_mean")
 
     def __init__(
         self,

@@ -106,6 +106,10 @@ class Env:
     fairness_range: float = math.inf
     ir_violation_range: float | None = None
     context_dim: int = 0
+    #: What the family calls regret in summaries (allocation: ``exploitability``).
+    regret_label: str = "regret"
+    #: Figures ``evaluate`` draws for this env by default (names in ``reporting.figures``).
+    evaluation_figures: tuple[str, ...] = ()
     #: The search installed by ``set_best_response`` (``None``: none).
     best_response: Callable[[Types, torch.Generator], Tensor] | None = None
 
@@ -165,3 +169,14 @@ class Env:
 
         """
         return {}
+
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The metrics that summarise a run on this env, most important first.
+
+        Names as ``metrics.json`` writes them for ``evaluate`` (``train`` prefixes them with
+        ``val_``). Summaries (``train``, ``evaluate``, ``auctionlab runs``) print them, each
+        regret with the attacker budget that measured it, and always the IR violation next to
+        them: a family that does not measure revenue must not be summarised by revenue.
+        Default: revenue and mean regret (auctions with money).
+        """
+        return ("revenue", "regret_mean")

@@ -127,6 +127,11 @@ class BudgetEnv(Env):
     """
 
     family = "budgets"
+
+    def headline_metrics(self) -> tuple[str, ...]:
+        """Revenue, regret and the largest payment-to-budget ratio (budget feasibility)."""
+        return ("revenue", "regret_mean", "max_payment_budget_ratio")
+
     demand = "additive"
 
     def __init__(

@@ -189,6 +189,11 @@ class CombinatorialEnv(Env):
     """
 
     family = "combinatorial"
+
+    def headline_metrics(self) -> tuple[str, ...]:
+        """Revenue, welfare and regret: a combinatorial auction trades one for the other."""
+        return ("revenue", "welfare", "regret_mean")
+
     demand = "bundles"
 
     def __init__(

@@ -42,6 +42,11 @@ class ProcurementEnv(Env):
     """
 
     family = "procurement"
+
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The buyer's cost, the units left unprocured and the suppliers' regret."""
+        return ("procurement_cost", "shortfall", "regret_mean")
+
     demand = "additive"
     objective_name = "neg_procurement_cost"
 

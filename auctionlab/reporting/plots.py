@@ -1,4 +1,8 @@
-"""Grouped bar plots of a table: a metric with error bars and reference marks, plus regret."""
+"""Plots of a table: grouped bars or a frontier.
+
+Bars: a metric with error bars and reference marks, plus regret. Frontier: one metric against
+regret, one colour per mechanism, a Pareto frontier marked.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ import pandas as pd
 from auctionlab.errors import ConfigError
 
 #: Keys of an ``experiment.plot`` node.
-PLOT_KEYS = ("x", "hue", "y", "yerr", "reference", "regret", "budget", "title")
+PLOT_KEYS = ("kind", "x", "xerr", "hue", "y", "yerr", "reference", "regret", "budget", "title")
+PLOT_KEYS += ("frontier",)
+#: ``experiment.plot.kind``: grouped bars (default) or a scatter with a Pareto frontier.
+PLOT_KINDS = ("bars", "frontier")
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -37,10 +44,17 @@ def check_plot(plot: Mapping[str, Any], columns: list[str]) -> None:
         raise ConfigError(
             f"experiment.plot: unknown keys {sorted(unknown)}; valid keys: {', '.join(PLOT_KEYS)}"
         )
+    kind = plot.get("kind", "bars")
+    if kind not in PLOT_KINDS:
+        raise ConfigError(f"experiment.plot.kind={kind}: choose one of {', '.join(PLOT_KINDS)}")
+    if kind == "frontier" and not plot.get("hue"):
+        raise ConfigError(
+            "experiment.plot: kind=frontier needs 'hue' (the column naming a point's group)"
+        )
     for key in ("x", "y"):
         if not plot.get(key):
             raise ConfigError(f"experiment.plot needs '{key}' (a table column)")
-    for key in ("x", "hue", "y", "yerr", "reference", "regret"):
+    for key in ("x", "xerr", "hue", "y", "yerr", "reference", "regret"):
         value = plot.get(key)
         # x may also be a list of columns: one bar group per combination (labels joined)
         wanted = value if key == "x" and isinstance(value, list | tuple) else [value]
@@ -89,10 +103,13 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
     import matplotlib.pyplot as plt
 
     check_plot(plot, list(table.columns))
+    if plot.get("kind") == "frontier":
+        return plot_frontier(table, plot, path)
     x_key, hue_key, y_key = plot["x"], plot.get("hue"), plot["y"]
     if isinstance(x_key, list | tuple):  # several row keys: one label per combination
         label = " / ".join(x_key)
-        table = table.assign(**{label: table[list(x_key)].astype(str).agg(" ".join, axis=1)})
+        # map(str), not astype(str): a label missing on some rows (NaN) stays "nan" text
+        table = table.assign(**{label: table[list(x_key)].map(str).agg(" ".join, axis=1)})
         x_key = label
     xs = list(dict.fromkeys(table[x_key].astype(str)))
     hues = list(dict.fromkeys(table[hue_key].astype(str))) if hue_key else [None]
@@ -153,6 +170,81 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
             ax.set_title(str(plot["title"]), fontsize=9)
         if hue_key or (kind == "y" and plot.get("reference")):
             ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The rows no other row beats: none has more ``y`` at no more ``x`` (sorted by ``x``).
+
+    Args:
+        points: ``P`` rows with numeric columns ``x`` (a cost: regret) and ``y`` (a gain:
+            revenue).
+        x: the cost column.
+        y: the gain column.
+
+    """
+    rows = points.dropna(subset=[x, y])
+    kept = [i for i, row in rows.iterrows() if not ((rows[y] > row[y]) & (rows[x] <= row[x])).any()]
+    return rows.loc[kept].sort_values(x)
+
+
+def dominated_by(others: pd.DataFrame, front: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """Per row of ``others``: whether a ``front`` row has at least its ``y`` at no more ``x``."""
+    return others.apply(
+        lambda row: bool(((front[y] >= row[y]) & (front[x] <= row[x])).any()), axis=1
+    )
+
+
+def plot_frontier(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path:
+    """``plot.y`` (± ``yerr``) against ``plot.x`` (± ``xerr``), one colour per ``plot.hue``.
+
+    ``plot.frontier`` names the hue value (the learned mechanism) whose Pareto frontier is
+    drawn as a line; the title counts the other points it dominates (at least their ``y`` at no
+    more ``x``) and gives the attacker budget (``plot.budget``) that measured the regret.
+    Seed 001 §7.5's revenue-regret frontier (experiment ca_frontier).
+
+    Args:
+        table: the numeric table.
+        plot: the ``experiment.plot`` node (``kind: frontier``).
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key, y_key, hue_key = plot["x"], plot["y"], plot["hue"]
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, rows in table.groupby(hue_key, sort=False):
+        ax.errorbar(
+            rows[x_key],
+            rows[y_key],
+            xerr=rows[plot["xerr"]] if plot.get("xerr") else None,
+            yerr=rows[plot["yerr"]] if plot.get("yerr") else None,
+            fmt="o",
+            capsize=2,
+            label=str(name),
+        )
+    title = [_budget_label(table, plot.get("budget") or {})]
+    learned = plot.get("frontier")
+    if learned:
+        mine = table[table[hue_key].astype(str) == str(learned)]
+        front = pareto_front(mine, x_key, y_key)
+        ax.plot(front[x_key], front[y_key], "k--", linewidth=1, label=f"{learned} frontier")
+        others = table[table[hue_key].astype(str) != str(learned)].dropna(subset=[x_key, y_key])
+        beaten = int(dominated_by(others, front, x_key, y_key).sum()) if len(others) else 0
+        title.append(f"{beaten} of {len(others)} other points dominated by a {learned} point")
+    if plot.get("title"):
+        title.insert(0, str(plot["title"]))
+    ax.set_title("\n".join(t for t in title if t), fontsize=8)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(y_key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 

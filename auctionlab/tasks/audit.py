@@ -11,18 +11,11 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.audit import header, records, write_log
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms.combinatorial import CombinatorialMechanism
-from auctionlab.tasks.common import (
-    build_env_and_mechanism,
-    choices,
-    integer,
-    log,
-    run_dir,
-    save_config,
-    setup_runtime,
-    write_json,
-)
+from auctionlab.runs import save_config, write_json
+from auctionlab.tasks.common import choices, integer, log, run_dir, setup_runtime
 from auctionlab.tracking import Tracker
 from auctionlab.utils import make_generator
 

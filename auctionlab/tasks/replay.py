@@ -14,17 +14,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.audit import FORMAT, read_log, replay
+from auctionlab.components import build
 from auctionlab.errors import ConfigError, RunError
-from auctionlab.tasks.common import (
-    build,
-    load_checkpoint,
-    log,
-    run_dir,
-    save_config,
-    setup_runtime,
-    sha256_file,
-    write_json,
-)
+from auctionlab.runs import load_checkpoint, save_config, sha256_file, write_json
+from auctionlab.tasks.common import log, run_dir, setup_runtime
 from auctionlab.tracking import Tracker
 
 

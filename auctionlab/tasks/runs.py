@@ -1,9 +1,10 @@
 """``auctionlab runs``: recent MLflow runs with their key metrics, one line each.
 
-Revenue and regret come from the run's headline metrics (``val_``-prefixed for ``train``, the
-final validation), and regret is always shown with the attacker budget that produced it
-(``restarts x steps @ profiles``). Nothing is written; a missing sqlite store is reported, not
-created.
+Each run shows its env family's headline metrics (tag ``headline_metrics``, logged by
+``train`` and ``evaluate``: NSW / efficiency / exploitability for allocation, revenue / regret
+for auctions...; ``val_``-prefixed for ``train``, the final validation), always its IR
+violation, and regret with the attacker budget that produced it (``restarts x steps @
+profiles``). Nothing is written; a missing sqlite store is reported, not created.
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from auctionlab.errors import ConfigError
+from auctionlab.reporting.summary import (
+    DEFAULT_HEADLINE,
+    HEADLINE_TAG,
+    REGRET_LABEL_TAG,
+    headline_items,
+    ir_material,
+)
 from auctionlab.schema import validate
 from auctionlab.tasks.common import integer
 from auctionlab.tracking import resolve_uri, with_retry
 
 #: Metric prefix of a task's headline numbers.
 PREFIX = {"train": "val_", "evaluate": ""}
-COLUMNS = ["started", "status", "task", "env", "mechanism", "revenue", "regret", "budget", "name"]
+COLUMNS = ["started", "status", "task", "env", "mechanism", "headline", "ir_violation", "budget"]
+COLUMNS += ["name"]
 
 
 def prepare(cfg: DictConfig) -> tuple[str, str | None]:
@@ -47,11 +56,14 @@ def _number(metrics: dict[str, float], key: str) -> float:
 
 
 def describe(run) -> dict[str, str]:
-    """One row for an MLflow run: when, status, what, revenue, regret and its budget."""
+    """One row for an MLflow run: when, status, what, headline metrics, IR violation, budget."""
     tags, metrics = run.data.tags, run.data.metrics
     task = tags.get("task", "")
     prefix = PREFIX.get(task, "")
-    revenue = _number(metrics, f"{prefix}revenue")
+    names = tuple(n for n in tags.get(HEADLINE_TAG, "").split(",") if n) or DEFAULT_HEADLINE
+    items = headline_items(metrics, names, prefix, tags.get(REGRET_LABEL_TAG, "regret"))
+    headline = " ".join(f"{label}={value:.4g}" for label, value in items[:-1])
+    violation = items[-1][1]
     regret = _number(metrics, f"{prefix}regret_mean")
     budget = ""
     if not math.isnan(regret):
@@ -66,8 +78,11 @@ def describe(run) -> dict[str, str]:
         "task": task,
         "env": tags.get("choice.env", ""),
         "mechanism": tags.get("choice.mechanism", tags.get("experiment", "")),
-        "revenue": "" if math.isnan(revenue) else f"{revenue:.4f}",
-        "regret": "" if math.isnan(regret) else f"{regret:.2e}",
+        "headline": headline,
+        # "!" marks a material violation (auctionlab.reporting.summary.IR_MATERIAL).
+        "ir_violation": ""
+        if math.isnan(violation)
+        else f"{violation:.2e}" + ("!" if ir_material(metrics, prefix) else ""),
         "budget": budget,
         "name": tags.get("mlflow.runName", ""),
         "run_id": run.info.run_id,
@@ -103,7 +118,10 @@ def run(cfg: DictConfig) -> list[dict[str, str]]:
         print(f"no runs in {uri}" + (f" matching {filter_string}" if filter_string else ""))
         return rows
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "run_id"])
-    print(f"{len(rows)} most recent runs in {uri} (regret: mean per bidder, budget: restarts x")
-    print("steps @ profiles of the attacker that measured it):")
+    print(
+        f"{len(rows)} most recent runs in {uri} (headline: the env family's metrics, regret /"
+        " exploitability a mean per bidder; budget: restarts x steps @ profiles of the attacker"
+        " that measured it; ir_violation: mean, ! when material):"
+    )
     print(frame.to_string(index=False))
     return rows

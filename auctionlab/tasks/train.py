@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
+from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.evaluation import evaluate_mechanism, write_allocation_map, write_curve
-from auctionlab.tasks.common import (
-    build,
-    build_env_and_mechanism,
-    choices,
+from auctionlab.reporting.summary import headline_tags, summarize, warn_ir
+from auctionlab.runs import (
     hash_path,
-    integer,
     load_checkpoint,
+    previous_run_id,
+    record_failure,
+    save_checkpoint,
+    save_config,
+    write_json,
+)
+from auctionlab.tasks.common import (
+    choices,
+    integer,
     log,
     progress_enabled,
     run_dir,
-    save_checkpoint,
-    save_config,
     setup_runtime,
-    write_json,
 )
-from auctionlab.tracking import Tracker, resolve_uri
+from auctionlab.tracking import Tracker
 from auctionlab.training import Trainer
 from auctionlab.utils import make_generator
 
@@ -53,7 +56,7 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
     attacker = build(cfg.attacker, "attacker")
     grad = cfg.trainer.get("grad")
     if grad is not None:  # gradient strategy of a mechanism with a discrete forward pass
-        choose = getattr(mechanism, "gradient_strategy", None)
+        choose = mechanism.gradient_strategy
         if choose is None:
             raise ConfigError(
                 f"trainer.grad={grad}: mechanism={picked.get('mechanism', mechanism.config_name)}"
@@ -96,20 +99,6 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
     return trainer, validation_attacker, device, picked
 
 
-def _previous_run_id(cfg: DictConfig, out: Path) -> str | None:
-    """The MLflow run a resumed training continues (when it logs to the same store)."""
-    if not cfg.get("resume"):
-        return None
-    record = Path(str(cfg.resume)) / "tracking.json"
-    if not record.exists() or not bool(cfg.tracking.get("enabled", True)):
-        return None
-    previous = json.loads(record.read_text())
-    if previous.get("uri") != resolve_uri(cfg.tracking.get("uri"), create=False):
-        log.warning("resume: the first part was logged to %s; starting a new MLflow run", previous)
-        return None
-    return previous.get("run_id")
-
-
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train ``cfg.mechanism`` on ``cfg.env``; returns the metrics written to metrics.json.
 
@@ -128,8 +117,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         tags["resumed_from"] = str(Path(str(cfg.resume)).resolve())
         tags["resumed_at_iteration"] = str(trainer.iteration)
     tags.update({f"choice.{k}": v for k, v in picked.items()})
+    tags.update(headline_tags(env))  # what `auctionlab runs` shows for this family
     name = f"train {picked.get('mechanism', '')} {picked.get('env', env.name)} seed={cfg.seed}"
-    resume_run_id = _previous_run_id(cfg, out)
+    resume_run_id = previous_run_id(cfg.get("resume"), cfg.tracking)
     with Tracker(cfg, cfg.tracking, name, tags, resume_run_id=resume_run_id) as tracker:
         for stale in ("metrics.json", "failure.json"):  # from the part before a resume
             (out / stale).unlink(missing_ok=True)
@@ -166,7 +156,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 f"auctionlab train resume={out}"
             ) from None
         except NonFiniteError as err:
-            raise _failed(out, checkpoint, saved["iteration"], str(err)) from None
+            raise record_failure(out, checkpoint, saved["iteration"], str(err)) from None
         digest = save_checkpoint(trainer.state_dict(), checkpoint)
 
         val_types = env.sample(
@@ -183,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
-            raise _failed(out, checkpoint, trainer.iteration, f"non-finite validation {bad}")
+            raise record_failure(out, checkpoint, trainer.iteration, f"non-finite validation {bad}")
         metrics.update(summary)
         metrics["iterations"] = float(trainer.iteration)
         # Files first: a logging error after hours of training must not lose the results.
@@ -200,29 +190,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.warning(
             "MLflow logging failed midway (%s); results are in %s", tracker.logging_error, out
         )
-    log.info(
-        "done: revenue %.4f, regret %.2e (validation attacker: %d restarts x %d steps, %d profiles)"
-        " -> %s",
-        metrics["val_revenue"],
-        metrics["val_regret_mean"],
-        metrics["val_attack_restarts"],
-        metrics["val_attack_steps"],
-        metrics["val_profiles"],
-        out,
-    )
+    # The env's own headline (NSW for allocation, cost for procurement...), never revenue
+    # alone, and always with IR violation next to it.
+    log.info("done: %s -> %s", summarize(env, metrics, "val_"), out)
+    warn_ir(metrics, "val_", where=f"train {picked.get('mechanism', '')}")
     return metrics
-
-
-def _failed(out: Path, checkpoint: Path, kept: int | None, reason: str) -> NonFiniteError:
-    """Write ``failure.json`` (never ``metrics.json``) and the error the run ends with."""
-    if kept is None:
-        checkpoint.unlink(missing_ok=True)
-        hash_path(checkpoint).unlink(missing_ok=True)
-        where = "no checkpoint had been written yet"
-    else:
-        where = f"last good checkpoint kept: {checkpoint} (iteration {kept})"
-    write_json(
-        out / "failure.json",
-        {"status": "failed", "reason": reason, "last_good_checkpoint_iteration": kept},
-    )
-    return NonFiniteError(f"{reason}; {where}; to locate it, rerun with train.detect_anomaly=true")

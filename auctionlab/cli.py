@@ -18,24 +18,14 @@ from pathlib import Path
 
 from auctionlab.conf import (
     CONFIG_MODULE,
+    GROUPS,
     group_options,
     overrides_only,
     user_config_dirs,
 )
 from auctionlab.errors import ConfigError, RunError
+from auctionlab.tasks import TASKS
 
-TASKS: dict[str, tuple[str, str]] = {
-    "train": ("auctionlab.tasks.train", "fit a learned mechanism (RegretNet, RochetNet...)"),
-    "evaluate": ("auctionlab.tasks.evaluate", "stress-test a trained run or a classical mechanism"),
-    "reproduce": ("auctionlab.tasks.reproduce", "run an experiment's sweep into a table (--list)"),
-    "runs": ("auctionlab.tasks.runs", "list recent MLflow runs with their key metrics"),
-    "certify": (
-        "auctionlab.tasks.certify",
-        "regret certificates: exact per profile (certifier=mip), holdout (certifier=statistical)",
-    ),
-    "audit": ("auctionlab.tasks.audit", "audit log of a combinatorial mechanism (env=ca_*)"),
-    "replay": ("auctionlab.tasks.replay", "re-derive an audit log bit for bit (log=<file>)"),
-}
 #: Hydra flags after which no composition check is wanted (they print and exit).
 INFO_FLAGS = (
     "--help",
@@ -53,16 +43,6 @@ INFO_FLAGS = (
 )
 #: Sweeps up to this many points are composed and built point by point before Hydra starts.
 MAX_CHECKED_POINTS = 16
-GROUPS = (
-    "env",
-    "mechanism",
-    "attacker",
-    "trainer",
-    "scale",
-    "tracking",
-    "experiment",
-    "certifier",
-)
 
 
 def usage() -> str:

@@ -216,7 +216,7 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from auctionlab.reporting.plots import save_figure
+    from auctionlab.core.figures import save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     # One line per attacker and restart count; rows may name their attacker (``oracle``).
@@ -313,7 +313,7 @@ def write_allocation_map(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from auctionlab.reporting.plots import save_figure
+    from auctionlab.core.figures import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for item, ax in enumerate(axes):

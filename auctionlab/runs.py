@@ -129,28 +129,6 @@ def load_trained(run: str, device):
     return env, mechanism.to(device).eval(), picked
 
 
-def previous_run_id(resume: str | None, tracking: Mapping[str, Any]) -> str | None:
-    """The MLflow run a resumed training continues (when it logs to the same store).
-
-    Args:
-        resume: the run directory being resumed (``None``: a fresh run).
-        tracking: the ``tracking`` config node (``enabled``, ``uri``).
-
-    """
-    from auctionlab.tracking import resolve_uri
-
-    if not resume:
-        return None
-    record = Path(str(resume)) / "tracking.json"
-    if not record.exists() or not bool(tracking.get("enabled", True)):
-        return None
-    previous = json.loads(record.read_text())
-    if previous.get("uri") != resolve_uri(tracking.get("uri"), create=False):
-        log.warning("resume: the first part was logged to %s; starting a new MLflow run", previous)
-        return None
-    return previous.get("run_id")
-
-
 def record_failure(out: Path, checkpoint: Path, kept: int | None, reason: str) -> NonFiniteError:
     """Write ``failure.json`` (never ``metrics.json``) and the error a failed run ends with.
 

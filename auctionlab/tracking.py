@@ -8,6 +8,7 @@ when a shared sqlite store answers ``database is locked`` (parallel multirun job
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -388,3 +389,23 @@ class Tracker:
         if error is not None:  # one last try: the status and the reason matter most
             self.set_tags({"logging_error": f"{error}; later metrics are missing"})
         self._safely("set_terminated", self.client.set_terminated, self.run_id, status)
+
+
+def previous_run_id(resume: str | None, tracking: Mapping[str, Any]) -> str | None:
+    """The MLflow run a resumed training continues (when it logs to the same store).
+
+    Args:
+        resume: the run directory being resumed (``None``: a fresh run).
+        tracking: the ``tracking`` config node (``enabled``, ``uri``).
+
+    """
+    if not resume:
+        return None
+    record = Path(str(resume)) / "tracking.json"
+    if not record.exists() or not bool(tracking.get("enabled", True)):
+        return None
+    previous = json.loads(record.read_text())
+    if previous.get("uri") != resolve_uri(tracking.get("uri"), create=False):
+        log.warning("resume: the first part was logged to %s; starting a new MLflow run", previous)
+        return None
+    return previous.get("run_id")

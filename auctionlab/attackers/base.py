@@ -181,6 +181,7 @@ class Attacker:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             Attacker.by_name[cls.name] = cls
+
     uses_init: bool = True
     two_sided: bool = False
     include_truthful: bool = False

@@ -124,7 +124,7 @@ def plot_best_bids(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from auctionlab.reporting.plots import save_figure
+    from auctionlab.core.figures import save_figure
 
     done = [r for r in instances if r["status"] == "optimal"]
     if not instances or len(instances[0]["values"]) != 2:

@@ -25,6 +25,17 @@ from typing import Any
 CONFIG_MODULE = "auctionlab.conf"
 #: The package's own config directory (files in the installed package).
 CONF_DIR = Path(__file__).resolve().parent
+#: Config groups a command line selects options of (checked against the files before Hydra runs).
+GROUPS = (
+    "env",
+    "mechanism",
+    "attacker",
+    "trainer",
+    "scale",
+    "tracking",
+    "experiment",
+    "certifier",
+)
 #: Hydra flags that take a value in the next argument (or after ``=``).
 VALUE_FLAGS = (
     "--config-dir",
@@ -85,6 +96,20 @@ def overrides_only(args: Sequence[str]) -> list[str]:
             continue  # a flag, or the value of an optional-value flag (--info defaults)
         out.append(arg)
     return out
+
+
+def job_config_dirs() -> list[Path]:
+    """User config directories of the running Hydra job (``[]`` outside one).
+
+    ``reproduce`` composes its points with the same search path as the job it runs in, so an
+    experiment may sweep over a user's own mechanisms and envs.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    sources = HydraConfig.get().runtime.config_sources
+    return [Path(s.path) for s in sources if s.schema == "file"]
 
 
 def group_options(group: str, search_dirs: Sequence[Path] = ()) -> list[str]:

@@ -33,9 +33,8 @@ gets its own MLflow run). See :mod:`auctionlab.experiments.stages` for how the j
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.components import build_env_and_mechanism
-from auctionlab.conf import CONF_DIR
+from auctionlab.conf import compose as compose_config
+from auctionlab.conf import group_options, job_config_dirs
 from auctionlab.errors import ConfigError
 from auctionlab.reporting import TableSpec, check_budget_columns
 from auctionlab.reporting.plots import check_plot
@@ -115,47 +115,18 @@ class Plan:
 
 
 def options(group: str) -> list[str]:
-    """Available options of a config group (yaml names; ``family/name`` for nested ones)."""
-    root = CONF_DIR / group
-    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+    """Available options of a config group, the running job's user directories included."""
+    return group_options(group, job_config_dirs())
 
 
 def experiment_names() -> list[str]:
-    """The experiments in ``conf/experiment/``."""
+    """The experiments on the config search path (``conf/experiment/`` and user dirs)."""
     return options("experiment")
-
-
-@contextlib.contextmanager
-def hydra_initialized(job_name: str) -> Iterator[Any]:
-    """Hydra's compose API on ``conf/``, also inside a running Hydra job.
-
-    The running app's ``GlobalHydra`` is set aside meanwhile and put back afterwards.
-
-    Yields:
-        The config loader (for ``HydraContext``).
-
-    """
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    holder = GlobalHydra.instance()
-    outer = holder.hydra if holder.is_initialized() else None
-    holder.clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=job_name):
-            yield GlobalHydra.instance().config_loader()
-    finally:
-        GlobalHydra.instance().clear()
-        if outer is not None:
-            GlobalHydra.instance().initialize(outer)
 
 
 def compose(task: str, overrides: list[str], hydra: bool = False) -> DictConfig:
     """``task``'s primary config with ``overrides`` (Hydra's compose API, usable inside a job)."""
-    from hydra import compose
-
-    with hydra_initialized(task):
-        return compose(config_name=task, overrides=overrides, return_hydra_config=hydra)
+    return compose_config(task, overrides, job_config_dirs(), return_hydra_config=hydra)
 
 
 def quote(value: Any) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from auctionlab.conf import job_config_dirs, searchpath_override
 from auctionlab.experiments.plan import (
     Plan,
     hydra_initialized,
@@ -80,7 +81,10 @@ def run_stage(
     function = task(stage)
     overrides = [*overrides, f"hydra.run.dir={quote(str(directory))}"]
     with hydra_initialized(stage) as loader:
-        config = compose(config_name=stage, overrides=overrides, return_hydra_config=True)
+        where = searchpath_override(job_config_dirs())
+        config = compose(
+            config_name=stage, overrides=[*overrides, *where], return_hydra_config=True
+        )
         context = HydraContext(loader, Callbacks())
     directory.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(directory / f"{stage}.log")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from auctionlab.core.figures import save_figure
 from auctionlab.errors import ConfigError
 
 #: Keys of an ``experiment.plot`` node.
@@ -20,21 +21,6 @@ PLOT_KEYS = ("kind", "x", "xerr", "hue", "y", "yerr", "reference", "regret", "bu
 PLOT_KEYS += ("frontier",)
 #: ``experiment.plot.kind``: grouped bars (default) or a scatter with a Pareto frontier.
 PLOT_KINDS = ("bars", "frontier")
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write (creating the folder) and close ``fig``; returns ``path``.
-
-    Every figure of the project goes through here. ``bbox_inches="tight"`` keeps titles and axis
-    labels inside the image when a layout (equal aspect, two-line suptitle) outgrows the canvas.
-    """
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def check_plot(plot: Mapping[str, Any], columns: list[str]) -> None:

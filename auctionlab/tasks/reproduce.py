@@ -29,14 +29,14 @@ FLAGS = {"--list": listing}
 
 def task_function(stage: str) -> Callable[[DictConfig], Any]:
     """The ``run(cfg)`` of the task a job runs (looked up at call time: tests patch modules)."""
-    from auctionlab.cli import TASKS
+    from auctionlab.tasks import TASKS
 
     return importlib.import_module(TASKS[stage][0]).run
 
 
 def prepare(cfg: DictConfig) -> Plan:
     """Validate the experiment and every point cheaply; raises ``ConfigError`` on bad input."""
-    from auctionlab.cli import GROUPS
+    from auctionlab.conf import GROUPS
 
     return build_plan(cfg, GROUPS)
 

@@ -15,7 +15,6 @@ from auctionlab.reporting.summary import headline_tags, summarize, warn_ir
 from auctionlab.runs import (
     hash_path,
     load_checkpoint,
-    previous_run_id,
     record_failure,
     save_checkpoint,
     save_config,
@@ -29,7 +28,7 @@ from auctionlab.tasks.common import (
     run_dir,
     setup_runtime,
 )
-from auctionlab.tracking import Tracker
+from auctionlab.tracking import Tracker, previous_run_id
 from auctionlab.training import Trainer
 from auctionlab.utils import make_generator
 

@@ -31,6 +31,20 @@ def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     return path
 
 
+def write_metrics(
+    directory: Path, metrics: Mapping[str, Any], provenance: Mapping[str, str]
+) -> Path:
+    """``metrics.json``: the run's numbers, and under ``provenance`` where they came from.
+
+    Args:
+        directory: the run directory.
+        metrics: flat numbers (what MLflow logs as metrics).
+        provenance: code version, library versions, device, threads (``Tracker.provenance``).
+
+    """
+    return write_json(directory / "metrics.json", {**metrics, "provenance": dict(provenance)})
+
+
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()

@@ -14,7 +14,7 @@ from auctionlab.audit import header, records, write_log
 from auctionlab.components import build_env_and_mechanism
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms.combinatorial import CombinatorialMechanism
-from auctionlab.runs import save_config, write_json
+from auctionlab.runs import save_config, write_metrics
 from auctionlab.tasks.common import choices, integer, log, run_dir, setup_runtime
 from auctionlab.tracking import Tracker
 from auctionlab.utils import make_generator
@@ -70,7 +70,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "losing_bidders_explained": float(sum(len(r["explanations"]) for r in rows)),
             "revenue": sum(sum(r["payments"]) for r in rows) / len(rows),
         }
-        write_json(out / "metrics.json", metrics)
+        write_metrics(out, metrics, tr.provenance)
         tr.log_metrics(metrics)
         tr.log_artifacts([out / "config.yaml", out / "metrics.json", path])
     log.info(

@@ -11,7 +11,7 @@ from auctionlab.errors import ConfigError
 from auctionlab.evaluation import evaluate_mechanism, write_curve
 from auctionlab.reporting.figures import check_figures, evaluation_figures
 from auctionlab.reporting.summary import headline_tags, render_evaluation, warn_ir
-from auctionlab.runs import load_trained, save_config, sha256_file, write_json
+from auctionlab.runs import load_trained, save_config, sha256_file, write_metrics
 from auctionlab.tasks.common import (
     choices,
     integer,
@@ -106,7 +106,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         metrics.update(extra)
         files += figures
-        write_json(out / "metrics.json", metrics)
+        write_metrics(out, metrics, tracker.provenance)
         text = render_evaluation(label, env, attacker.describe(), metrics, curve)
         report = out / "evaluation.md"
         report.write_text(text)

@@ -19,6 +19,7 @@ from auctionlab.runs import (
     save_checkpoint,
     save_config,
     write_json,
+    write_metrics,
 )
 from auctionlab.tasks.common import (
     choices,
@@ -176,7 +177,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update(summary)
         metrics["iterations"] = float(trainer.iteration)
         # Files first: a logging error after hours of training must not lose the results.
-        write_json(out / "metrics.json", metrics)
+        write_metrics(out, metrics, tracker.provenance)
         label = f"{env.name} {picked.get('mechanism', '')}"
         files = write_curve(curve, out, f"{label}: validation")
         files += write_allocation_map(mechanism, env, out, f"{label}: allocation")

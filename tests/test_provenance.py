@@ -1,0 +1,53 @@
+"""Every run carries its code version: package version, git commit from a checkout, libraries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from auctionlab import __version__
+from auctionlab.provenance import SOURCE_ROOT, code_version, mlflow_tags, provenance
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _head() -> str | None:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_provenance_names_versions_device_and_threads():
+    found = provenance("cpu", 3)
+    assert found["auctionlab_version"] == __version__
+    assert found["device"] == "cpu" and found["threads"] == "3"
+    for library in ("torch", "hydra_core", "mlflow", "omegaconf"):
+        assert found[f"{library}_version"] not in ("", "not installed"), library
+    tags = mlflow_tags("train", found)
+    assert tags["mlflow.source.name"] == "auctionlab train"
+    assert tags["provenance.auctionlab_version"] == __version__
+
+
+@pytest.mark.skipif(_head() is None or SOURCE_ROOT != REPO, reason="not run from a git checkout")
+def test_a_train_run_from_the_checkout_records_commit_and_version(cli, mlflow_client, tmp_path):
+    result = cli("train", "scale=smoke", "threads=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = (tmp_path / "cli" / "outputs" / "runs").glob("*/*_train")
+    recorded = json.loads((run_dir / "metrics.json").read_text())["provenance"]
+    assert recorded["git_commit"] == _head() == code_version()["git_commit"]
+    assert recorded["auctionlab_version"] == __version__
+    assert recorded["threads"] == "1" and recorded["device"] == "cpu"
+    (run,) = [
+        r
+        for r in mlflow_client.search_runs(
+            [e.experiment_id for e in mlflow_client.search_experiments()]
+        )
+        if r.data.tags.get("run_dir", "").endswith(run_dir.name)
+    ]
+    assert run.data.tags["mlflow.source.git.commit"] == _head()
+    assert run.data.tags["provenance.auctionlab_version"] == __version__
+    assert run.data.tags["provenance.torch_version"] == recorded["torch_version"]

@@ -42,27 +42,6 @@ def priority_digest(mechanism) -> str:
     return hashlib.sha256(mechanism.wdp.priority.numpy().tobytes()).hexdigest()
 
 
-def scores_of(mechanism, reports: Tensor) -> Tensor:
-    """``[B, n, k]`` the scores the mechanism's winner determination maximised."""
-    scores = getattr(mechanism, "last_scores", None)
-    if scores is not None and scores.shape == reports.shape:
-        return scores
-    weights, boosts = getattr(mechanism, "weights", None), getattr(mechanism, "boosts", None)
-    if weights is not None and boosts is not None:  # affine maximiser
-        return reports.double() * weights[:, None] + boosts
-    return reports  # bids themselves (pay your bid)
-
-
-def alpha_of(mechanism, outcome, reports: Tensor) -> Tensor | None:
-    """``[B, n]`` payment fractions where the payment rule has them."""
-    alpha = getattr(mechanism, "last_alpha", None)
-    if alpha is not None:
-        return alpha
-    if hasattr(mechanism, "alpha"):
-        return mechanism.alpha.detach().expand(outcome.payment.shape)
-    return None
-
-
 def header(mechanism, env, configs: dict[str, Any], batch: int, run: str | None) -> dict:
     """The log's first line."""
     checkpoint = None
@@ -156,12 +135,12 @@ def records(mechanism, env, reports: Tensor) -> list[dict]:
     with torch.no_grad():
         outcome = mechanism(reports)
     result = mechanism.last_wdp
-    scores = scores_of(mechanism, reports)
-    alpha = alpha_of(mechanism, outcome, reports)
+    scores = mechanism.winner_scores(reports)
+    alpha = mechanism.payment_fractions(outcome)
     choice = result.choice
     k = env.n_bundles
     violation = feasibility_violation(choice_to_allocation(choice, k), env.membership)
-    enumerated = hasattr(mechanism.wdp, "choices")
+    enumerated = mechanism.wdp.enumerates
     totals = mechanism.wdp.totals(scores) if enumerated else None
     ties = mechanism.wdp.solve(scores, count_ties=True).certificate["ties"] if enumerated else None
     rows = []

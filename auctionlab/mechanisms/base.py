@@ -51,6 +51,9 @@ class Mechanism(nn.Module):
     #: discrete forward pass and ``trainer.grad`` picks how gradients flow through it (the
     #: training attacker to use is returned). An attribute so "no strategies" is visible.
     gradient_strategy: Any = None
+    #: Whether ``auctionlab audit`` can log this mechanism's decisions instance by instance
+    #: (winner determination with a solver certificate: the combinatorial mechanisms).
+    auditable: bool = False
 
     def __init__(self, env) -> None:
         super().__init__()

@@ -46,6 +46,8 @@ SURROGATES = ("softmax", "lp")
 class CombinatorialMechanism(Mechanism):
     """Base of the combinatorial mechanisms: winner determination and its surrogate.
 
+    Auditable: ``winner_scores`` and ``payment_fractions`` say what the audit log records.
+
     Args:
         env: a ``CombinatorialEnv``.
         backend: ``enumeration`` (batched exact, small markets) or ``highs`` (MIP per instance).
@@ -63,6 +65,7 @@ class CombinatorialMechanism(Mechanism):
     family = "combinatorial"
     demands = ("bundles",)
     config_name = "combinatorial"
+    auditable = True
 
     def __init__(
         self,
@@ -147,6 +150,17 @@ class CombinatorialMechanism(Mechanism):
         soft = self.soft_allocation(scores)
         return soft if relaxed else exact + (soft - soft.detach())  # == exact, bit for bit
 
+    def winner_scores(self, reports: Tensor) -> Tensor:
+        """``[B, n, k]`` the scores winner determination maximised on ``reports`` (the bids).
+
+        A mechanism that scores bids (a learned score net, an affine maximiser) overrides it.
+        """
+        return reports
+
+    def payment_fractions(self, outcome: Outcome) -> Tensor | None:
+        """``[B, n]`` payment fractions where the payment rule has them (default: none)."""
+        return None
+
 
 class PayYourBid(CombinatorialMechanism):
     """Winner determination on the bids, payment ``alpha * b_iS*`` (IR by design).
@@ -197,6 +211,10 @@ class PayYourBid(CombinatorialMechanism):
         if self.learnable:
             return torch.sigmoid(self.alpha_logit)
         return self.alpha_value
+
+    def payment_fractions(self, outcome: Outcome) -> Tensor:
+        """``[B, n]``: every winner pays ``alpha`` of its bid."""
+        return self.alpha.detach().expand(outcome.payment.shape)
 
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Allocation and payments for ``[B, n, k]`` bids."""
@@ -255,6 +273,10 @@ class AffineMaximizer(CombinatorialMechanism):
         self.register_buffer("boosts", kappa.clone())
         equal = bool((w == w[0]).all()) and bool((kappa == kappa[0]).all())
         self.symmetric_in = ("bidders",) if equal else ()
+
+    def winner_scores(self, reports: Tensor) -> Tensor:
+        """``[B, n, k]`` the affine scores ``w_i b_iS + lambda_iS`` (float64, as solved)."""
+        return reports.double() * self.weights[:, None] + self.boosts
 
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Allocation and affine VCG payments for ``[B, n, k]`` bids."""

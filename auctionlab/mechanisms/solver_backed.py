@@ -87,6 +87,10 @@ class SolverBacked(CombinatorialMechanism):
     symmetric_in = ("bidders",)
     config_name = "solver_backed"
 
+    #: Scores ``[B, n, k]`` and payment fractions ``[B, n]`` of the last forward pass.
+    last_scores: Tensor | None = None
+    last_alpha: Tensor | None = None
+
     def __init__(
         self,
         env,
@@ -248,6 +252,15 @@ class SolverBacked(CombinatorialMechanism):
         positive = won > 0
         fraction = (1 - margin / torch.where(positive, won, torch.ones_like(won))).clamp(0, 1)
         return torch.where(positive, fraction, torch.zeros_like(fraction))
+
+    def winner_scores(self, reports: Tensor) -> Tensor:
+        """``[B, n, k]`` the score net's output of the last forward pass on ``reports``."""
+        scores = self.last_scores
+        return scores if scores is not None and scores.shape == reports.shape else reports
+
+    def payment_fractions(self, outcome: Outcome) -> Tensor | None:
+        """``[B, n]`` the learned payment fractions ``alpha`` of the last forward pass."""
+        return self.last_alpha
 
     def forward(self, reports: Tensor, public: dict[str, Tensor] | None = None) -> Outcome:
         """Exact allocation and ``alpha * b_iS*`` payments for ``[B, n, k]`` bids."""

@@ -196,6 +196,9 @@ class ExactWDP:
 
     """
 
+    #: Whether the allocations are enumerated (yes: totals and tie counts are exact).
+    enumerates = True
+
     def __init__(
         self,
         membership: Tensor,
@@ -314,6 +317,9 @@ class HighsWDP:
         threads: HiGHS threads.
 
     """
+
+    #: Whether the allocations are enumerated (one MIP per instance: no enumeration of allocations).
+    enumerates = False
 
     def __init__(
         self,

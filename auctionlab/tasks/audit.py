@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from auctionlab.audit import header, records, write_log
 from auctionlab.components import build_env_and_mechanism
 from auctionlab.errors import ConfigError
-from auctionlab.mechanisms.combinatorial import CombinatorialMechanism
 from auctionlab.runs import save_config, write_metrics
 from auctionlab.tasks.common import choices, integer, log, run_dir, setup_runtime
 from auctionlab.tracking import Tracker
@@ -40,7 +39,7 @@ def prepare(cfg: DictConfig):
             "env": OmegaConf.to_container(cfg.env, resolve=True),
             "mechanism": OmegaConf.to_container(cfg.mechanism, resolve=True),
         }
-    if not isinstance(mechanism, CombinatorialMechanism):
+    if not mechanism.auditable:
         raise ConfigError(
             f"audit: mechanism {type(mechanism).__name__} is not a combinatorial mechanism; "
             "audit logs cover env=ca_* mechanisms (solver_backed, ca_vcg, ca_fixed_alpha...)"

@@ -149,7 +149,7 @@ def test_bad_options_fail_in_one_line(compose):
         cfg = compose("evaluate", ["mechanism=solver_backed", "env=combinatorial/ca_2x2", override])
         with pytest.raises(ConfigError, match=word.replace(".", r"\.")):
             build_env_and_mechanism(cfg)
-    cfg = compose("evaluate", ["mechanism=solver_backed", "env=2x2"])
+    cfg = compose("evaluate", ["mechanism=solver_backed", "env=1x2"])
     with pytest.raises(ConfigError, match="combinatorial"):
         build_env_and_mechanism(cfg)
 

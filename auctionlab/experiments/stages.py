@@ -29,10 +29,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from auctionlab.conf import job_config_dirs, searchpath_override
+from auctionlab.conf import hydra_initialized, job_config_dirs, searchpath_override
 from auctionlab.experiments.plan import (
     Plan,
-    hydra_initialized,
     quote,
     stage_arguments,
     task_of,

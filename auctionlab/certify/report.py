@@ -124,8 +124,6 @@ def plot_best_bids(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from auctionlab.reporting.plots import save_figure
-
     done = [r for r in instances if r["status"] == "optimal"]
     if not instances or len(instances[0]["values"]) != 2:
         return None
@@ -152,4 +150,10 @@ def plot_best_bids(
         )
         ax.set_aspect("equal", adjustable="box")
     fig.suptitle(title + "\ntruthful bid (blue circle) -> certified best bid (red)")
-    return save_figure(fig, path)
+    # Written here rather than through auctionlab.reporting (a layer above the library), with
+    # the project's figure settings: tight layout, 120 dpi, tight bounding box.
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

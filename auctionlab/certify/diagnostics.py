@@ -4,11 +4,18 @@ Everything here is computed on a holdout by a fixed mechanism; only ``eta`` (the
 enters the ``1 - delta`` statement, the rest are diagnostics reported next to it ("known
 unknowns"). Each oracle run draws from its own fixed seed, so the pieces do not depend on the
 order they run in.
+
+Common arguments: ``o`` the statistical certifier's checked options
+(``StatisticalCertifier.options``), ``holdout`` the ``N`` holdout profiles (values
+``[N, n, m]``), ``regret`` the oracle's per-sample regret ``[N, n]``, ``misreports`` its best
+misreports ``[N, n, m]`` (``None`` for a closed form), ``closed_form`` the mechanism's exact
+per-sample regret (``[B, n, m]`` -> ``[B, n]``) or ``None``, ``show`` progress bars.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -21,11 +28,19 @@ from auctionlab.certify.statistical import (
     mip_regret_upper,
     projected_gradient_norm,
 )
-from auctionlab.types import Types
+from auctionlab.types import Outcome, Types
 from auctionlab.utils import make_generator
 
 
-def exact_gap(o, env, mechanism, holdout, regret, misreports, u_r) -> tuple[dict, Tensor, dict]:
+def exact_gap(
+    o: dict,
+    env,
+    mechanism,
+    holdout: Types,
+    regret: Tensor,
+    misreports: Tensor | None,
+    u_r: float,
+) -> tuple[dict, Tensor, dict]:
     """``eta`` from exact MIP best responses (``certifier.eta=exact``, regretnet_sparsemax).
 
     On the first ``eta_profiles`` holdout profiles (all when ``null``) every ``(profile,
@@ -100,7 +115,17 @@ def exact_gap(o, env, mechanism, holdout, regret, misreports, u_r) -> tuple[dict
     return info, regret, split
 
 
-def random_certificate(o, env, mechanism, holdout, regret, ir, fairness, ranges, show) -> dict:
+def random_certificate(
+    o: dict,
+    env,
+    mechanism,
+    holdout: Types,
+    regret: Tensor,
+    ir: Tensor,
+    fairness: Tensor | None,
+    ranges: tuple[float, float],
+    show: bool,
+) -> dict:
     """The certificate a random-misreport oracle would issue on the same holdout (ablation).
 
     Seed 000 §9 ablation (iii): random search (``random_oracle_samples`` uniform reports per
@@ -137,7 +162,15 @@ def random_certificate(o, env, mechanism, holdout, regret, ir, fairness, ranges,
 
 
 def oracle_gap(
-    seed: int, o, env, mechanism, holdout, regret, misreports, closed_form, show
+    seed: int,
+    o: dict,
+    env,
+    mechanism,
+    holdout: Types,
+    regret: Tensor,
+    misreports: Tensor | None,
+    closed_form: Callable[[Tensor], Tensor] | None,
+    show: bool,
 ) -> dict:
     """``eta``: how much a stronger adversary improves on the holdout oracle, per bidder.
 
@@ -202,7 +235,7 @@ def distribution(regret: Tensor) -> dict:
     return per
 
 
-def attack_regret(attacker, mechanism, env, types, seed: int) -> Tensor:
+def attack_regret(attacker, mechanism, env, types: Types, seed: int) -> Tensor:
     """``[B, n]`` best-response gain of ``attacker`` on ``types``, restarts from ``seed``."""
     result = attacker.attack(mechanism, env, types, make_generator(seed, torch.device("cpu")))
     return result.gain
@@ -221,7 +254,15 @@ def portfolio_oracle(o: dict, show: bool) -> PortfolioOracle:
     )
 
 
-def budget_curve(o, env, mechanism, holdout, regret, closed_form, show) -> list[dict]:
+def budget_curve(
+    o: dict,
+    env,
+    mechanism,
+    holdout: Types,
+    regret: Tensor,
+    closed_form: Callable[[Tensor], Tensor] | None,
+    show: bool,
+) -> list[dict]:
     """Mean regret on a subsample as the adversary budget grows (§6 failure mode 1)."""
     from auctionlab.attackers.pgd import PGDAttacker
 
@@ -267,7 +308,15 @@ def budget_curve(o, env, mechanism, holdout, regret, closed_form, show) -> list[
     return rows
 
 
-def stress_tests(o, env, mechanism, holdout, regret, closed_form, show) -> dict:
+def stress_tests(
+    o: dict,
+    env,
+    mechanism,
+    holdout: Types,
+    regret: Tensor,
+    closed_form: Callable[[Tensor], Tensor] | None,
+    show: bool,
+) -> dict:
     """Stress tests outside the 1 - delta statement (§6 "known unknowns").
 
     Random-misreport ablation, perturbed values, and slices of the holdout by total value.
@@ -326,7 +375,16 @@ def stress_tests(o, env, mechanism, holdout, regret, closed_form, show) -> dict:
     }
 
 
-def train_gap(o, training, env, mechanism, oracle, regret, closed_form, dtype) -> dict | None:
+def train_gap(
+    o: dict,
+    training: Types | None,
+    env,
+    mechanism,
+    oracle,
+    regret: Tensor,
+    closed_form: Callable[[Tensor], Tensor] | None,
+    dtype: torch.dtype,
+) -> dict | None:
     """Regret on training profiles vs on the holdout, same oracle (generalisation gap)."""
     count = o["train_profiles"]
     if training is None or count == 0:
@@ -348,7 +406,7 @@ def train_gap(o, training, env, mechanism, oracle, regret, closed_form, dtype) -
     }
 
 
-def objective(env, outcome, holdout) -> dict | None:
+def objective(env, outcome: Outcome, holdout: Types) -> dict | None:
     """The env's own objective on the holdout (procurement: minus the buyer's cost)."""
     # Optional env hook: only envs with a scalar objective define it.
     objective_of = getattr(env, "objective", None)

@@ -16,11 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.certify.base import Certifier, Source
 from auctionlab.certify.mip_certifier import load_instances
+from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError
 from auctionlab.runs import load_trained
 from auctionlab.tasks.common import (
-    build,
-    build_env_and_mechanism,
     choices,
     integer,
     log,

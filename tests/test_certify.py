@@ -185,7 +185,9 @@ def test_bilinear_without_scip_is_reported_unsupported(
         root,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    monkeypatch.setattr(certify, "scip_available", lambda: False)
+    from auctionlab.certify import mip_certifier
+
+    monkeypatch.setattr(mip_certifier, "scip_available", lambda: False)
     cfg = compose(
         "certify",
         [f"run={root / 'r'}", "certifier.profiles=2", "scale=smoke", "tracking.enabled=false"],
@@ -200,3 +202,87 @@ def test_bilinear_without_scip_is_reported_unsupported(
 
     with pytest.raises(ConfigError, match="certifier.backend=scip"):
         certify.prepare(explicit)
+
+
+def test_certifier_is_built_from_its_target(compose):
+    """``certifier=<name>`` picks a ``_target_`` node; the task branches on no name string."""
+    from auctionlab.certify.base import Certifier
+    from auctionlab.certify.mip_certifier import MIPCertifier
+    from auctionlab.certify.statistical_certifier import StatisticalCertifier
+    from auctionlab.tasks import certify
+
+    for name, cls in (("mip", MIPCertifier), ("statistical", StatisticalCertifier)):
+        cfg = compose("certify", [f"certifier={name}", "scale=smoke", "tracking=none"])
+        assert cfg.certifier._target_ == f"{cls.__module__}.{cls.__qualname__}"
+        certifier = certify.build_certifier(cfg)
+        assert type(certifier) is cls and isinstance(certifier, Certifier)
+        assert certifier.name == name
+
+
+def test_unknown_certifier_option_is_a_schema_error(compose):
+    from auctionlab.errors import ConfigError
+    from auctionlab.tasks import certify
+
+    cfg = compose("certify", ["certifier=mip", "+certifier.warp_speed=9", "tracking=none"])
+    with pytest.raises(ConfigError, match="certifier.warp_speed"):
+        certify.build_certifier(cfg)
+
+
+@pytest.mark.parametrize(
+    ("scale", "profiles", "time_limit"),
+    [("smoke", 4, 5.0), ("cpu", 100, 60.0), ("paper", 100, 60.0)],
+)
+def test_scale_sets_the_mip_certifier_budget(compose, scale, profiles, time_limit):
+    """One scale system: ``scale=smoke`` shrinks the MIP certifier; cpu / paper keep theirs."""
+    from auctionlab.tasks import certify
+
+    cfg = compose("certify", ["certifier=mip", f"scale={scale}", "tracking=none"])
+    certifier = certify.build_certifier(cfg)
+    assert certifier.profiles == profiles and certifier.time_limit == time_limit
+
+
+@pytest.mark.parametrize(
+    ("name", "scale", "profiles", "time_limit"),
+    [
+        ("curry_table1", "smoke", 1, 1),
+        ("curry_table1", "cpu", 100, 120),
+        ("curry_table1", "paper", 1000, 600),
+        ("curry_table2", "smoke", 1, 1),
+        ("curry_table2", "cpu", 50, 300),
+        ("curry_table2", "paper", 250, 1800),
+    ],
+)
+def test_curry_budgets_come_from_the_scale_group(compose, name, scale, profiles, time_limit):
+    cfg = compose("reproduce", [f"experiment={name}", f"scale={scale}"])
+    assert "certify_budget" not in cfg
+    assert cfg.certify_profiles == profiles and cfg.certify_time_limit == time_limit
+
+
+def test_statistical_budgets_come_from_the_scale_group(compose):
+    from auctionlab.tasks import certify
+
+    smoke = certify.build_certifier(compose("certify", ["certifier=statistical", "scale=smoke"]))
+    cpu = certify.build_certifier(compose("certify", ["certifier=statistical", "scale=cpu"]))
+    assert smoke.options["holdout_profiles"] == 256 and cpu.options["holdout_profiles"] == 10000
+    assert (smoke.options["restarts"], smoke.options["steps"]) == (2, 20)
+    assert (cpu.options["restarts"], cpu.options["steps"]) == (4, 150)
+    assert smoke.options["eta_profiles"] == 16 and cpu.options["eta_profiles"] == 200
+
+
+def test_certificate_writes_its_own_json_and_markdown(tmp_path):
+    from auctionlab.certify.base import Certificate
+
+    extra = tmp_path / "extra.txt"
+    certificate = Certificate(
+        name="certify",
+        title="MIP certificates: x on 1x2 (run)",
+        markdown="| a |\n",
+        report={"rows": [{"a": 1}]},
+        metrics={"certified": 1.0},
+        artifacts=[lambda out: [extra] if extra.write_text("x") else []],
+    )
+    files = certificate.write(tmp_path)
+    assert [f.name for f in files] == ["certify.json", "certify.md", "extra.txt", "metrics.json"]
+    assert json.loads((tmp_path / "certify.json").read_text()) == {"rows": [{"a": 1}]}
+    assert (tmp_path / "certify.md").read_text().startswith("# MIP certificates: x on 1x2")
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"certified": 1.0}

@@ -18,6 +18,7 @@ bidders, each bidder's bound uses ``delta_r / n`` (union bound), so with probabi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -278,26 +279,6 @@ def projected_gradient_norm(mechanism, env, types: Types, misreports: Tensor) ->
 
 
 # -- closed forms -------------------------------------------------------------------------------
-def first_price_exact_regret(values: Tensor) -> Tensor:
-    """Exact per-sample regret of the item-wise first-price auction: ``[B, n]``.
-
-    Truthful bidders pay their value, so truthful utility is 0; on each item, bidding just
-    above the best other bid wins it at that price, so the supremum gain is
-    ``sum_j (v_ij - max_{k != i} v_kj)^+`` (not attained at a tie, approached from above).
-
-    Args:
-        values: ``[B, n, m]`` true values (everyone else reports truthfully).
-
-    """
-    n = values.shape[1]
-    if n == 1:
-        return values.sum(-1)  # alone: bid 0 and win everything for free (tie with nobody)
-    mask = torch.eye(n, dtype=torch.bool, device=values.device).view(1, n, n, 1)
-    others = values.unsqueeze(1).expand(-1, n, n, -1).masked_fill(mask, -math.inf)
-    best_other = others.max(2).values  # [B, n, m]
-    return (values - best_other).clamp_min(0.0).sum(-1)
-
-
 def first_price_population_regret(n_bidders: int, n_items: int) -> float:
     """``E[phi_i]`` for item-wise first price with i.i.d. U[0,1] values: ``m / (n (n + 1))``.
 
@@ -309,13 +290,16 @@ def first_price_population_regret(n_bidders: int, n_items: int) -> float:
     return n_items / (n_bidders * (n_bidders + 1))
 
 
-def exact_oracle(mechanism):
-    """A closed-form per-sample regret function for ``mechanism``, or ``None``."""
-    from auctionlab.mechanisms.classical import FirstPrice
+def exact_oracle(mechanism) -> Callable[[Tensor], Tensor] | None:
+    """The mechanism's closed-form per-sample regret (``[B, n, m]`` -> ``[B, n]``), or ``None``.
 
-    if type(mechanism) is FirstPrice:
-        return first_price_exact_regret
-    return None
+    Asked of the mechanism (``Mechanism.exact_regret``, ``None`` by default) on a one-profile
+    probe, so no concrete class is named here.
+    """
+    probe = torch.zeros(1, mechanism.n_bidders, mechanism.n_items, dtype=torch.float64)
+    if mechanism.exact_regret(probe) is None:
+        return None
+    return mechanism.exact_regret
 
 
 def ibp_payment_range(mechanism) -> tuple[float, float] | None:
@@ -327,10 +311,9 @@ def ibp_payment_range(mechanism) -> tuple[float, float] | None:
     mechanism clips (``nonneg``: ``>= 0``). ``None`` for other mechanisms.
     """
     from auctionlab.solvers.bounds import interval_bounds
-    from auctionlab.solvers.mip_encoding import NetworkSpec
 
     try:
-        spec = NetworkSpec.from_mechanism(mechanism)
+        spec = mechanism.network_spec()
     except ConfigError:
         return None
     if spec.payment == "fractional":
@@ -347,6 +330,7 @@ def ibp_payment_range(mechanism) -> tuple[float, float] | None:
 
 
 def _payment_range(mechanism) -> tuple[float, float] | None:
+    # Optional mechanism attribute: only payment-capped classes declare ``payment_bound``.
     cap = getattr(mechanism, "payment_bound", None)
     if cap is not None:
         return 0.0, float(cap)
@@ -361,13 +345,16 @@ def regret_range(mechanism, env) -> float:
     mechanisms, else >= minus the largest payment (the cap, or interval bounds of a ReLU
     network's payment head, ``ibp_payment_range``).
     """
+    # Optional mechanism attribute: only payment-capped classes declare ``payment_bound``.
     cap = getattr(mechanism, "payment_bound", None)
-    if getattr(env, "family", "auction") == "procurement":
-        # deviator utility <= t_i <= cap; truthful utility >= -C_i >= -ir_violation_range
-        return float(cap) + float(env.ir_violation_range) if cap is not None else math.inf
+    # Optional env hook: envs whose utility is not value minus payment (procurement: transfer
+    # minus cost) state their own range.
+    own_range = getattr(env, "regret_range", None)
+    if own_range is not None:
+        return own_range(cap)
     high = env.report_space.high
     value_max = float(high.abs().sum(-1).max())
-    if getattr(mechanism, "ir_by_design", False):
+    if mechanism.ir_by_design:
         return value_max
     payments = _payment_range(mechanism)
     if payments is None:
@@ -381,8 +368,9 @@ def ir_range(mechanism, env=None) -> float:
     Procurement states it (the largest cost); auctions: the largest payment (the cap, or
     interval bounds of a ReLU network's payment head), or inf.
     """
-    if getattr(mechanism, "ir_by_design", False):
+    if mechanism.ir_by_design:
         return 0.0
+    # Optional env attribute: envs that state an IR-violation bound (procurement).
     if getattr(env, "ir_violation_range", None) is not None:
         return float(env.ir_violation_range)
     payments = _payment_range(mechanism)
@@ -426,9 +414,8 @@ def mip_regret_upper(
     import numpy as np
 
     from auctionlab.certify.mip import solve_instances
-    from auctionlab.solvers.mip_encoding import NetworkSpec
 
-    spec = NetworkSpec.from_mechanism(mechanism)
+    spec = mechanism.network_spec()
     values = types.values.detach().to(torch.float64)
     N, n, _ = values.shape
     exact = copy.deepcopy(mechanism).double().eval()

@@ -118,5 +118,15 @@ class ProcurementEnv(Env):
         share = volume / volume.sum(-1, keepdim=True).clamp_min(1e-12)
         return (share.pow(2).sum(-1) - 1.0 / self.n_bidders).clamp_min(0.0)
 
+    def regret_range(self, payment_bound: float | None) -> float:
+        """A priori bound ``U_r`` on a supplier's per-sample regret (certificates).
+
+        A deviator's utility is at most its transfer ``t_i <= payment_bound``; a truthful
+        supplier's is at least ``-C_i >= -ir_violation_range``. Unbounded without a cap.
+        """
+        if payment_bound is None:
+            return math.inf
+        return float(payment_bound) + float(self.ir_violation_range)
+
     def __repr__(self) -> str:
         return f"ProcurementEnv({self.name}: {self.n_bidders} suppliers x {self.n_items} units)"

@@ -139,6 +139,30 @@ class Mechanism(nn.Module):
         """
         return None
 
+    def network_spec(self):
+        """The ReLU / sparsemax network as the MIP encoding reads it (certifier=mip).
+
+        Returns:
+            An ``auctionlab.solvers.mip_encoding.NetworkSpec``.
+
+        Raises:
+            ConfigError: this mechanism is not MIP-certifiable (the default).
+
+        """
+        raise ConfigError(
+            f"mechanism={self.config_name} is not MIP-certifiable: certifier=mip needs "
+            f"mechanism=regretnet_sparsemax (ReLU trunk, sparsemax allocation); this "
+            f"mechanism is {type(self).__name__}"
+        )
+
+    def exact_regret(self, values: Tensor) -> Tensor | None:
+        """Closed-form per-sample regret ``[B, n]`` at true values ``[B, n, m]``, if known.
+
+        Everyone else reports truthfully. ``None`` (the default): no closed form, a numerical
+        best-response oracle is needed.
+        """
+        return None
+
 
 class ClassicalMechanism(Mechanism):
     """A fixed rule with nothing to train (VCG, Myerson, menus...)."""

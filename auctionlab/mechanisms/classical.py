@@ -176,6 +176,21 @@ class FirstPrice(ClassicalMechanism):
         allocation = highest_share(reports, best, count)
         return Outcome(allocation, (allocation * reports).sum(-1))
 
+    def exact_regret(self, values: Tensor) -> Tensor:
+        """Exact per-sample regret ``[B, n]`` at true values ``[B, n, m]`` (others truthful).
+
+        Truthful bidders pay their value, so truthful utility is 0; on each item, bidding just
+        above the best other bid wins it at that price, so the supremum gain is
+        ``sum_j (v_ij - max_{k != i} v_kj)^+`` (not attained at a tie, approached from above).
+        """
+        n = values.shape[1]
+        if n == 1:
+            return values.sum(-1)  # alone: bid 0 and win everything for free
+        mask = torch.eye(n, dtype=torch.bool, device=values.device).view(1, n, n, 1)
+        others = values.unsqueeze(1).expand(-1, n, n, -1).masked_fill(mask, -math.inf)
+        best_other = others.max(2).values  # [B, n, m]
+        return (values - best_other).clamp_min(0.0).sum(-1)
+
 
 class MenuMechanism(ClassicalMechanism):
     """A single bidder picks the utility-maximising entry of a fixed menu (DSIC and IR).

@@ -266,3 +266,32 @@ class RegretNetSparsemax(Mechanism):
         if not terms:
             return None
         return torch.stack(terms).sum()
+
+    def network_spec(self):
+        """The trained weights as float64 numpy arrays for the MIP encoding (certifier=mip).
+
+        Returns:
+            An ``auctionlab.solvers.mip_encoding.NetworkSpec`` (trunk with the input
+            normalisation folded in, allocation and payment heads, report box ``[n, m]``).
+
+        """
+        import numpy as np
+
+        from auctionlab.solvers.mip_encoding import NetworkSpec
+
+        def arr(t: Tensor) -> np.ndarray:
+            return t.detach().to("cpu", torch.float64).numpy().copy()
+
+        with torch.no_grad():
+            trunk = [(arr(w), arr(b)) for w, b in self.affine_layers()]
+        return NetworkSpec(
+            n=self.n_bidders,
+            m=self.n_items,
+            trunk=trunk,
+            alloc=(arr(self.allocation_head.weight), arr(self.allocation_head.bias)),
+            pay=(arr(self.payment_head.weight), arr(self.payment_head.bias)),
+            payment=self.payment_mode,
+            clip=self.payment_clip,
+            low=arr(self.report_low),
+            high=arr(self.report_high),
+        )

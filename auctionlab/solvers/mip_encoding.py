@@ -64,36 +64,13 @@ class NetworkSpec:
 
     @classmethod
     def from_mechanism(cls, mechanism) -> NetworkSpec:
-        """Read the weights of a ``RegretNetSparsemax``.
+        """The encoding the mechanism declares (``mechanism.network_spec()``).
 
         Raises:
             ConfigError: the mechanism is not a ReLU / sparsemax network.
 
         """
-        from auctionlab.mechanisms.regretnet_sparsemax import RegretNetSparsemax
-
-        if not isinstance(mechanism, RegretNetSparsemax):
-            raise ConfigError(
-                f"certifier=mip needs mechanism=regretnet_sparsemax (ReLU trunk, sparsemax "
-                f"allocation); this run's mechanism is {type(mechanism).__name__}"
-            )
-
-        def arr(t: torch.Tensor) -> np.ndarray:
-            return t.detach().to("cpu", torch.float64).numpy().copy()
-
-        with torch.no_grad():
-            trunk = [(arr(w), arr(b)) for w, b in mechanism.affine_layers()]
-        return cls(
-            n=mechanism.n_bidders,
-            m=mechanism.n_items,
-            trunk=trunk,
-            alloc=(arr(mechanism.allocation_head.weight), arr(mechanism.allocation_head.bias)),
-            pay=(arr(mechanism.payment_head.weight), arr(mechanism.payment_head.bias)),
-            payment=mechanism.payment_mode,
-            clip=mechanism.payment_clip,
-            low=arr(mechanism.report_low),
-            high=arr(mechanism.report_high),
-        )
+        return mechanism.network_spec()
 
     @property
     def bilinear(self) -> bool:

@@ -18,7 +18,7 @@ from auctionlab.certify.statistical import (
     PortfolioOracle,
     bernstein_slack,
     certificate_bounds,
-    first_price_exact_regret,
+    exact_oracle,
     first_price_population_regret,
     hoeffding_slack,
     mean_upper_bounds,
@@ -63,7 +63,7 @@ def test_bernstein_is_far_tighter_than_hoeffding_for_small_regret():
 def test_first_price_exact_regret_matches_the_closed_form(n, m):
     env, _ = _first_price(n, m)
     values = env.sample(200_000, torch.Generator().manual_seed(n * 10 + m)).values.double()
-    regret = first_price_exact_regret(values)  # [N, n]
+    regret = FirstPrice(env).exact_regret(values)  # [N, n]
     expected = first_price_population_regret(n, m)
     se = float(regret.std(0).max()) / math.sqrt(values.shape[0])
     assert (regret.mean(0) - expected).abs().max() < 4 * se
@@ -75,7 +75,7 @@ def test_the_attacker_never_beats_the_closed_form_and_gets_close():
     types.values = types.values.double()
     oracle = PortfolioOracle(4, 100, [0.1, 0.02], 0.0005, 4)
     result = oracle.attack(mechanism.double(), env, types, torch.Generator().manual_seed(4))
-    exact = first_price_exact_regret(types.values)
+    exact = mechanism.exact_regret(types.values)
     assert bool((result.gain <= exact + 1e-9).all())
     assert float(result.gain.mean()) > 0.9 * float(exact.mean())
 
@@ -92,7 +92,7 @@ def coverage(
     truth = first_price_population_regret(n, m)
     generator = torch.Generator().manual_seed(1000 * n + m)
     values = env.sample(holdout * repetitions, generator).values.double()
-    regret = first_price_exact_regret(values).view(repetitions, holdout, n)
+    regret = FirstPrice(env).exact_regret(values).view(repetitions, holdout, n)
     held = 0
     for r in range(repetitions):
         cert = certificate_bounds(
@@ -182,3 +182,14 @@ def test_coverage_with_the_pgd_oracle_and_estimated_eta(capsys):
     with capsys.disabled():
         print(f"\ncoverage first_price 2x2, PGD oracle + estimated eta: {rate:.4f}")
     assert rate >= 1 - delta
+
+
+def test_the_closed_form_is_asked_of_the_mechanism_not_its_class():
+    """``exact_oracle`` uses ``Mechanism.exact_regret``; mechanisms without one get ``None``."""
+    from auctionlab.mechanisms.classical import VCG
+
+    env, mechanism = _first_price(2, 2)
+    values = env.sample(8, torch.Generator().manual_seed(5)).values.double()
+    oracle = exact_oracle(mechanism)
+    assert oracle is not None and torch.equal(oracle(values), mechanism.exact_regret(values))
+    assert exact_oracle(VCG(env)) is None

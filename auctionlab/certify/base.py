@@ -11,9 +11,10 @@ and extra artifacts.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from auctionlab.runs import write_json
@@ -100,6 +101,8 @@ class Certifier(ABC):
     """
 
     name: str = "certifier"
+    #: The certifier's resolved options, recorded with its certificate (``{}``: none to record).
+    options: Mapping[str, Any] = MappingProxyType({})
 
     @abstractmethod
     def check(self, mechanism, source: Source):

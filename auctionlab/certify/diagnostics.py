@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from auctionlab.attackers.portfolio import PortfolioOracle
 from auctionlab.attackers.random import RandomAttacker
 from auctionlab.certify.statistical import (
-    PortfolioOracle,
     certificate_bounds,
     mean_upper_bounds,
     mip_regret_upper,
@@ -143,7 +143,7 @@ def random_certificate(
         fairness,
         regret_range=ranges[0],
         ir_range=ranges[1],
-        fairness_range=float(getattr(env, "fairness_range", math.inf)),
+        fairness_range=float(env.fairness_range),
         delta=o["delta"],
         split=o["split"],
         slack=o["slack"],
@@ -409,18 +409,17 @@ def train_gap(
 def objective(env, outcome: Outcome, holdout: Types) -> dict | None:
     """The env's own objective on the holdout (procurement: minus the buyer's cost)."""
     # Optional env hook: only envs with a scalar objective define it.
-    objective_of = getattr(env, "objective", None)
+    objective_of = env.objective
     if objective_of is None:
         return None
     with torch.no_grad():
         value = float(objective_of(outcome, holdout))
-    return {"name": getattr(env, "objective_name", "objective"), "mean": value}
+    return {"name": env.objective_name, "mean": value}
 
 
 def lipschitz(mechanism) -> dict | None:
     """Stored vs recomputed a priori Lipschitz constant (mechanisms that declare one)."""
-    # Optional mechanism hook: only Lipschitz-controlled classes provide lipschitz_terms.
-    if not hasattr(mechanism, "lipschitz_terms"):
+    if mechanism.lipschitz_terms is None:  # only Lipschitz-controlled classes define it
         return None
     stored = float(mechanism.lipschitz_l1)
     terms = mechanism.lipschitz_terms()

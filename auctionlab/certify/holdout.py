@@ -92,7 +92,7 @@ def training_sets(env, train_cfg: DictConfig | None) -> dict[str, Types | str]:
     num = train_cfg.train.num_samples
     if num is not None:
         # Optional env hook: envs whose training draws differ from ``sample`` (allocation).
-        sampler = getattr(env, "sample_training", env.sample)
+        sampler = env.sample_training
         sets["training"] = sampler(int(num), make_generator(int(train_cfg.seed), CPU))
     else:
         sets["training"] = f"fresh draws from seed {int(train_cfg.seed)} (not regenerable)"

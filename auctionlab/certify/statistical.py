@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import AttackResult, deviation_utility
-from auctionlab.attackers.pgd import PGDAttacker
+from auctionlab.attackers.base import deviation_utility
 from auctionlab.errors import ConfigError
 from auctionlab.types import Types
 
@@ -120,141 +119,6 @@ def mean_upper_bounds(
 
 
 # -- regret oracles ---------------------------------------------------------------------------
-def boundary_starts(env, types: Types, count: int, generator: torch.Generator) -> Tensor:
-    """``[count, B, n, m]`` corner reports of each bidder's box.
-
-    All ``2^m`` corners when ``count`` allows, else all-low, all-high, then fixed pseudo-random
-    corners; extra starts of the strengthened oracle.
-    """
-    low = env.report_space.low.to(types.values)
-    high = env.report_space.high.to(types.values)
-    if not (torch.isfinite(low).all() and torch.isfinite(high).all()) or count == 0:
-        return types.values.new_zeros((0, *types.values.shape))
-    B = types.batch_size
-    n, m = low.shape
-    corners = [torch.zeros(n, m), torch.ones(n, m)]
-    if 2**m <= count:
-        codes = torch.arange(2**m)
-        bits = ((codes.view(-1, 1) >> torch.arange(m)) & 1).float()  # [2^m, m]
-        corners = [b.expand(n, m) for b in bits]
-    while len(corners) < count:
-        draw = torch.Generator().manual_seed(len(corners))  # fixed: part of the oracle config
-        corners.append(torch.randint(0, 2, (n, m), generator=draw).float())
-    unit = torch.stack(corners[:count]).to(types.values)  # [count, n, m]
-    reports = low + (high - low) * unit
-    return reports.unsqueeze(1).expand(count, B, n, m).contiguous()
-
-
-class PortfolioOracle:
-    """Strengthened best-response oracle (seed 000 §6): PGD from a portfolio of starts.
-
-    Starts: the truthful report, box corners and uniform restarts; one run per step size of
-    the portfolio; the best utility over all runs is kept per profile and bidder.
-
-    Args:
-        restarts: uniform random starts per run (on top of truthful and corners).
-        steps: gradient steps per start.
-        step_sizes: first step sizes (fraction of the report range), one run each.
-        final_step_size: last step size of every run (geometric decay).
-        corners: box-corner starts per bidder.
-        chunk_size: profiles per batch.
-        progress: show progress bars.
-
-    """
-
-    def __init__(
-        self,
-        restarts: int,
-        steps: int,
-        step_sizes: list[float],
-        final_step_size: float | None,
-        corners: int,
-        chunk_size: int | None = None,
-        progress: bool = False,
-    ) -> None:
-        if not step_sizes:
-            raise ConfigError("certifier.step_sizes must list at least one step size")
-        self.corners = int(corners)
-        self.runs = [
-            PGDAttacker(
-                restarts=int(restarts) + 1 + self.corners,
-                steps=int(steps),
-                step_size=float(s),
-                final_step_size=final_step_size,
-                include_truthful=True,
-                chunk_size=chunk_size,
-                progress=progress,
-            )
-            for s in step_sizes
-        ]
-        self.restarts, self.steps = int(restarts), int(steps)
-        self.step_sizes = [float(s) for s in step_sizes]
-        self.final_step_size = final_step_size
-
-    @property
-    def budget(self) -> dict:
-        """The oracle configuration reported with every regret it produces."""
-        return {
-            "attacker": "pgd_portfolio",
-            "restarts": self.restarts,
-            "starts_per_run": self.restarts + 1 + self.corners,
-            "truthful_start": True,
-            "corner_starts": self.corners,
-            "steps": self.steps,
-            "step_sizes": self.step_sizes,
-            "final_step_size": self.final_step_size,
-            "optimizer": "adam",
-            "runs": len(self.runs),
-        }
-
-    def describe(self) -> str:
-        """Short budget text."""
-        return (
-            f"PGD portfolio: {len(self.runs)} step sizes {self.step_sizes} x "
-            f"(truthful + {self.corners} corners + {self.restarts} random) starts x "
-            f"{self.steps} steps"
-        )
-
-    def attack(
-        self,
-        mechanism,
-        env,
-        types: Types,
-        generator: torch.Generator,
-        init: Tensor | None = None,
-    ) -> AttackResult:
-        """Best misreport per profile and bidder over the whole portfolio.
-
-        Args:
-            mechanism: the mechanism (eval mode).
-            env: the environment.
-            types: ``B`` profiles.
-            generator: randomness of the restarts.
-            init: optional ``[R0, B, n, m]`` extra starts (e.g. a weaker oracle's misreports).
-
-        """
-        starts = boundary_starts(env, types, self.corners, generator)
-        if init is not None:
-            starts = torch.cat([init.to(starts), starts])
-        best: AttackResult | None = None
-        for run in self.runs:
-            if init is not None:
-                run.restarts = self.restarts + 1 + self.corners + init.shape[0]
-            result = run.attack(mechanism, env, types, generator, init=starts)
-            if best is None:
-                best = result
-                continue
-            better = result.utility > best.utility
-            best = AttackResult(
-                misreports=torch.where(better.unsqueeze(-1), result.misreports, best.misreports),
-                utility=torch.maximum(result.utility, best.utility),
-                truthful_utility=best.truthful_utility,
-                budget=self.budget,
-            )
-        best.budget = self.budget
-        return best
-
-
 def projected_gradient_norm(mechanism, env, types: Types, misreports: Tensor) -> Tensor:
     """``[B, n]`` norm of the projected gradient of each deviator's utility at its misreport.
 
@@ -330,8 +194,7 @@ def ibp_payment_range(mechanism) -> tuple[float, float] | None:
 
 
 def _payment_range(mechanism) -> tuple[float, float] | None:
-    # Optional mechanism attribute: only payment-capped classes declare ``payment_bound``.
-    cap = getattr(mechanism, "payment_bound", None)
+    cap = mechanism.payment_bound  # None unless the class caps payments
     if cap is not None:
         return 0.0, float(cap)
     return ibp_payment_range(mechanism)
@@ -345,13 +208,12 @@ def regret_range(mechanism, env) -> float:
     mechanisms, else >= minus the largest payment (the cap, or interval bounds of a ReLU
     network's payment head, ``ibp_payment_range``).
     """
-    # Optional mechanism attribute: only payment-capped classes declare ``payment_bound``.
-    cap = getattr(mechanism, "payment_bound", None)
-    # Optional env hook: envs whose utility is not value minus payment (procurement: transfer
-    # minus cost) state their own range.
-    own_range = getattr(env, "regret_range", None)
+    cap = mechanism.payment_bound  # None unless the class caps payments
+    # Envs whose utility is not value minus payment (procurement: transfer minus cost) state
+    # their own range.
+    own_range = env.regret_range(cap)
     if own_range is not None:
-        return own_range(cap)
+        return own_range
     high = env.report_space.high
     value_max = float(high.abs().sum(-1).max())
     if mechanism.ir_by_design:
@@ -370,8 +232,7 @@ def ir_range(mechanism, env=None) -> float:
     """
     if mechanism.ir_by_design:
         return 0.0
-    # Optional env attribute: envs that state an IR-violation bound (procurement).
-    if getattr(env, "ir_violation_range", None) is not None:
+    if env is not None and env.ir_violation_range is not None:  # procurement states one
         return float(env.ir_violation_range)
     payments = _payment_range(mechanism)
     return max(payments[1], 0.0) if payments is not None else math.inf

@@ -196,7 +196,7 @@ class StatisticalCertifier(Certifier):
         ir_violation = (-truthful_utility).clamp_min(0.0)  # [N, n]
         revenue = truthful_outcome.payment.sum(-1)  # [N]
         # Optional env hook: only envs with a fairness functional define it.
-        fairness_of = getattr(env, "fairness", None)
+        fairness_of = env.fairness
         fairness = fairness_of(truthful_outcome, types).detach() if fairness_of else None
         log.info("holdout: %d profiles; oracle: %s", types.batch_size, oracle.describe())
         if closed_form is not None:
@@ -224,7 +224,7 @@ class StatisticalCertifier(Certifier):
             fairness,
             regret_range=u_r,
             ir_range=u_ir,
-            fairness_range=float(getattr(env, "fairness_range", math.inf)),
+            fairness_range=float(env.fairness_range),
             delta=o["delta"],
             split=split,
             slack=o["slack"],
@@ -292,7 +292,7 @@ def _mechanism_record(mechanism, env, source: Source) -> dict:
         "ir_by_design": bool(mechanism.ir_by_design),
         "lipschitz": lipschitz,
         # Optional mechanism hook: an architecture summary where the class provides one.
-        "architecture": mechanism.describe() if hasattr(mechanism, "describe") else None,
+        "architecture": mechanism.describe(),
     }
 
 

@@ -170,6 +170,18 @@ class Env:
         """
         return {}
 
+    def regret_range(self, payment_bound: float | None) -> float | None:
+        """A priori bound on a bidder's per-sample regret when the env states its own.
+
+        Certificates use it where utility is not value minus payment (procurement: transfer
+        minus cost). Default ``None``: the certifier derives it from the report bounds.
+
+        Args:
+            payment_bound: the mechanism's payment cap (``None``: uncapped).
+
+        """
+        return None
+
     def headline_metrics(self) -> tuple[str, ...]:
         """The metrics that summarise a run on this env, most important first.
 

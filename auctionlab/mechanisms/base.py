@@ -6,7 +6,7 @@ shared code (trainer, evaluation, audits) reads it instead of probing for it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -97,6 +97,10 @@ class Mechanism(nn.Module):
         ``last_wdp``; every other mechanism returns ``None`` (the default).
         """
         return None
+
+    #: ``lipschitz_terms() -> {"L": ..., ...}``: the a priori Lipschitz constant recomputed from
+    #: the weights (Lipschitz-controlled classes define it as a method; ``None``: no control).
+    lipschitz_terms: Callable[[], dict[str, float]] | None = None
 
     def describe(self) -> dict[str, object] | None:
         """Architecture facts for certificates and reports, or ``None`` (the default)."""

@@ -104,7 +104,7 @@ def prepare(cfg: DictConfig) -> dict:
         "source": source,
         "device": device,
         "choices": picked,
-        "options": getattr(certifier, "options", {}),
+        "options": dict(certifier.options),
     }
 
 

@@ -118,21 +118,6 @@ def test_chunks_are_attacked_in_order_and_concatenated(make):
     assert ("gradient" in whole.budget) == ("gradient" in parts[0].budget)
 
 
-def test_portfolio_matches_the_certifier_copy():
-    from auctionlab.certify.statistical import PortfolioOracle as CertifyPortfolio
-
-    env, mechanism, types = setup(batch=6)
-    options = dict(restarts=2, steps=3, step_sizes=[0.1, 0.02], final_step_size=0.01, corners=3)
-    ours = PortfolioOracle(**options, chunk_size=4)
-    theirs = CertifyPortfolio(**options, chunk_size=4)
-    a = ours.attack(mechanism, env, types, torch.Generator().manual_seed(9))
-    b = theirs.attack(mechanism, env, types, torch.Generator().manual_seed(9))
-    assert torch.equal(a.misreports, b.misreports) and torch.equal(a.utility, b.utility)
-    assert torch.equal(a.truthful_utility, b.truthful_utility)
-    assert a.budget == b.budget and ours.describe() == theirs.describe()
-    assert ours.exact is False
-
-
 def test_cutting_plane_comes_from_a_pgd_budget_only():
     pgd = PGDAttacker(restarts=3, steps=4, step_size=0.2, include_truthful=True)
     cutting = pgd.as_cutting_plane()

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
+from auctionlab.attackers.portfolio import PortfolioOracle
 from auctionlab.certify.statistical import (
-    PortfolioOracle,
     bernstein_slack,
     certificate_bounds,
     exact_oracle,

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from auctionlab.runs import write_json
+from auctionlab.runs import write_json, write_metrics
 
 #: Writes one extra artifact into the run directory; returns the paths it wrote.
 ArtifactWriter = Callable[[Path], list[Path]]
@@ -76,8 +76,12 @@ class Certificate:
         path.write_text(self.to_markdown())
         return path
 
-    def write(self, out: Path) -> list[Path]:
+    def write(self, out: Path, provenance: Mapping[str, str] | None = None) -> list[Path]:
         """Write ``<name>.json``, ``<name>.md``, the extra artifacts and ``metrics.json``.
+
+        Args:
+            out: the run directory.
+            provenance: where the run ran (``Tracker.provenance``), kept in ``metrics.json``.
 
         Returns:
             Every path written, for the tracker.
@@ -89,7 +93,7 @@ class Certificate:
         ]
         for writer in self.artifacts:
             files.extend(writer(out))
-        files.append(write_json(out / "metrics.json", self.metrics))
+        files.append(write_metrics(out, self.metrics, provenance or {}))
         return files
 
 

@@ -18,14 +18,13 @@ from auctionlab.certify.base import Certifier, Source
 from auctionlab.certify.mip_certifier import load_instances
 from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError
-from auctionlab.runs import load_trained
+from auctionlab.runs import load_trained, save_config
 from auctionlab.tasks.common import (
     choices,
     integer,
     log,
     progress_enabled,
     run_dir,
-    save_config,
     setup_runtime,
 )
 from auctionlab.tracking import Tracker
@@ -123,7 +122,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     with Tracker(cfg, cfg.tracking, name, tags) as tracker:
         save_config(cfg, out)
         certificate = certifier.certify(mechanism, env, holdout)
-        files = certificate.write(out)
+        files = certificate.write(out, tracker.provenance)
         tracker.log_metrics(certificate.metrics)
         tracker.log_artifacts([out / "config.yaml", *files])
     print(certificate.to_markdown())

@@ -9,13 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-# TEMPORARY, for tasks/certify.py and tasks/certify_statistical.py only (the certify
-# engineer's files, not changed on this branch): they still import these names from here.
-# Every other module imports them from auctionlab.components / auctionlab.runs; delete this
-# block once certify does too.
-from auctionlab.components import build, build_env_and_mechanism  # noqa: F401, E402
 from auctionlab.errors import ConfigError
-from auctionlab.runs import save_config, sha256_file, write_json  # noqa: F401, E402
 
 log = logging.getLogger("auctionlab")
 

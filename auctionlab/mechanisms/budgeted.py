@@ -143,16 +143,16 @@ class Budgeted(Mechanism):
         return None  # base regularisers would need the base's own outcome; none of BASES has one
 
     @property
-    def lipschitz_terms(self) -> Callable[[], dict[str, float]]:
-        """The base's l1 Lipschitz terms plus the cap's (a property so ``hasattr`` tells).
+    def lipschitz_terms(self) -> Callable[[], dict[str, float]] | None:
+        """The base's l1 Lipschitz terms plus the cap's (``None`` when the base has none).
 
         ``min(t~, B')`` and the soft minimum are 1-Lipschitz in ``(t~, B')`` jointly in l1,
         and dropping the phantom allocation column cannot increase ``||dp||_1``, so
         ``L <= L_base + 1`` w.r.t. the full report (values and budget).
         """
-        inner = getattr(self.base, "lipschitz_terms", None)
+        inner = self.base.lipschitz_terms
         if inner is None:
-            raise AttributeError("the base mechanism has no Lipschitz constant")
+            return None
 
         def terms() -> dict[str, float]:
             out = dict(inner())

@@ -26,7 +26,10 @@ def _run_dirs(cwd: Path, pattern: str = "outputs/runs/*/*") -> list[Path]:
 
 
 def _numeric_flat(metrics: dict) -> None:
+    """Flat numbers, plus the run's ``provenance`` record (strings)."""
     assert metrics, "metrics.json is empty"
+    provenance = metrics.pop("provenance")
+    assert provenance["auctionlab_version"] and provenance["device"] == "cpu"
     for key, value in metrics.items():
         assert isinstance(key, str)
         assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)

@@ -23,9 +23,16 @@ ENVS = group_options("env")
 
 def cfg_job(*args: str) -> dict:
     """What ``auctionlab <args> --cfg job`` prints, as a container (the CLI's own code path)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        cli.main([*args, "--cfg", "job"])
+    try:
+        with contextlib.redirect_stdout(out):
+            cli.main([*args, "--cfg", "job"])
+    finally:  # leave no half-set Hydra app behind for the tests that follow in this process
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
     return OmegaConf.to_container(OmegaConf.create(out.getvalue()))
 
 

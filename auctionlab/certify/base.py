@@ -93,7 +93,10 @@ class Certificate:
         ]
         for writer in self.artifacts:
             files.extend(writer(out))
-        files.append(write_metrics(out, self.metrics, provenance or {}))
+        if provenance is None:
+            files.append(write_json(out / "metrics.json", self.metrics))
+        else:
+            files.append(write_metrics(out, self.metrics, provenance))
         return files
 
 

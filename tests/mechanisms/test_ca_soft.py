@@ -182,6 +182,6 @@ def test_bad_options_fail_in_one_line(override, words):
 
 
 def test_refuses_item_auctions():
-    cfg = compose_cfg("evaluate", ["mechanism=ca_soft", "env=2x2"])
+    cfg = compose_cfg("evaluate", ["mechanism=ca_soft", "env=1x2"])
     with pytest.raises(ConfigError, match="combinatorial"):
         build_env_and_mechanism(cfg)

@@ -34,7 +34,7 @@ def test_builds_on_allocation_envs_and_refuses_auctions(name):
     assert (outcome.allocation >= -1e-9).all() and (outcome.allocation <= demands + 1e-7).all()
     assert (outcome.allocation.sum(1) <= types.public["budgets"] + 1e-7).all()
     with pytest.raises(ConfigError, match="solves 'allocation' problems"):
-        build_env_and_mechanism(compose_cfg("evaluate", [f"mechanism={name}", "env=2x2"]))
+        build_env_and_mechanism(compose_cfg("evaluate", [f"mechanism={name}", "env=1x2"]))
 
 
 def test_pa_scales_pf_and_mixture_interpolates():

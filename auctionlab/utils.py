@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,3 +45,16 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def integer_option(value: Any, key: str, minimum: int | None = None) -> int:
+    """``value`` as an int (an integral number), at least ``minimum``."""
+    try:
+        number = int(value)
+        if number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value} must be an integer") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{key}={value} must be >= {minimum}")
+    return number

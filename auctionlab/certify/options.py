@@ -6,19 +6,7 @@ import math
 from typing import Any
 
 from auctionlab.errors import ConfigError
-
-
-def integer(value: Any, key: str, minimum: int | None = None) -> int:
-    """``value`` as an int (an integral number), at least ``minimum``."""
-    try:
-        number = int(value)
-        if number != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value} must be an integer") from None
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"{key}={value} must be >= {minimum}")
-    return number
+from auctionlab.utils import integer_option as integer  # noqa: F401 (opt.integer)
 
 
 def number(value: Any, key: str, minimum: float = 0.0) -> float:

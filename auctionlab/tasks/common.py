@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from auctionlab.errors import ConfigError
+from auctionlab.utils import integer_option
 
 log = logging.getLogger("auctionlab")
 
@@ -40,16 +40,7 @@ def run_dir() -> Path:
 
 def integer(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
     """``cfg[key]`` (dotted) as an int, or a ``ConfigError`` naming the option."""
-    value = OmegaConf.select(cfg, key)
-    try:
-        number = int(value)
-        if number != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value} must be an integer") from None
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"{key}={value} must be >= {minimum}")
-    return number
+    return integer_option(OmegaConf.select(cfg, key), key, minimum)
 
 
 def setup_runtime(cfg: DictConfig) -> torch.device:

@@ -7,6 +7,7 @@ code (trainer, evaluation, attackers) calls it instead of probing for it.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -68,7 +69,7 @@ class ReportSpace:
         return self.distribution.sample(count, generator)
 
 
-class Env:
+class Env(ABC):
     """Base class of every environment (the ``Env`` contract of ``auctionlab.core``).
 
     Subclasses set the attributes below and implement ``sample`` and ``utility``; the other
@@ -113,9 +114,9 @@ class Env:
     #: The search installed by ``set_best_response`` (``None``: none).
     best_response: Callable[[Types, torch.Generator], Tensor] | None = None
 
+    @abstractmethod
     def sample(self, batch: int, generator: torch.Generator) -> Types:
         """Draw ``batch`` test profiles; ``Types.values`` is ``[batch, n, d]``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement sample")
 
     def sample_training(self, batch: int, generator: torch.Generator) -> Types:
         """Draw ``batch`` training profiles ``[batch, n, d]`` (default: ``sample``).
@@ -146,9 +147,9 @@ class Env:
         """
         self.best_response = search
 
+    @abstractmethod
     def utility(self, outcome: Outcome, values: Tensor) -> Tensor:
         """``[..., n]`` utilities of ``outcome`` (``[..., n, m]`` / ``[..., n]``) at ``values``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement utility")
 
     def welfare(self, outcome: Outcome, values: Tensor) -> Tensor:
         """``[B]`` welfare of each profile (default: ``sum_ij a_ij v_ij``).

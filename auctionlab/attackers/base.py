@@ -10,6 +10,7 @@ once.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -142,7 +143,7 @@ class AttackResult:
         return (self.utility - self.truthful_utility).clamp_min(0.0)
 
 
-class Attacker:
+class Attacker(ABC):
     """Base class of every misreport search (the ``Attacker`` contract of ``auctionlab.core``).
 
     ``attack`` splits the profiles into chunks of ``chunk_profiles()`` (all at once when
@@ -279,6 +280,7 @@ class Attacker:
             curve={k: torch.cat([p.curve[k] for p in pieces]) for k in pieces[0].curve},
         )
 
+    @abstractmethod
     def attack_chunk(
         self,
         mechanism,
@@ -295,7 +297,6 @@ class Attacker:
             ``truthful``, truthful utilities ``[B, n]`` and the curve.
 
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement attack_chunk")
 
     # -- helpers for subclasses -------------------------------------------------------------
     def starts(self, env, types: Types, generator: torch.Generator, init: Tensor | None) -> Tensor:

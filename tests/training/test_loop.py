@@ -85,10 +85,15 @@ class FixedAttacker(Attacker):
         self.expected.append((float(outcome.payment.sum(-1).mean()), regret))
         return AttackResult(misreports, deviation, None, {"restarts": 1, "steps": 0})
 
+    def attack_chunk(self, *args, **kwargs):  # noqa: D102 - ``attack`` is the whole double
+        raise AssertionError("not reached: attack is overridden")
+
 
 class NoAttacker(Attacker):
     def attack(self, *args, **kwargs):  # noqa: D102
         raise AssertionError("the attacker must not run for a DSIC-by-design mechanism")
+
+    attack_chunk = attack
 
 
 @pytest.mark.parametrize(

@@ -76,8 +76,9 @@ class PGDAttacker(Attacker):
     @property
     def budget(self) -> dict:
         """The attacker budget, logged next to every regret it produces."""
+        # Named, not super(): random search (zero-step PGD) reuses this property.
         return dict(
-            super().budget,
+            Attacker.budget.fget(self),
             final_step_size=self.final_step_size,
             optimizer=self.optimizer,
             include_truthful=self.include_truthful,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from auctionlab.attackers.base import Attacker, AttackResult, deviation_utility
+from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.errors import ConfigError
 from auctionlab.types import Types
 
@@ -59,19 +60,9 @@ class RandomAttacker(Attacker):
         """Random reports tried per bidder and profile (``restarts``)."""
         return self.restarts
 
-    @property
-    def budget(self) -> dict:
-        """The attacker budget, logged next to every regret it produces."""
-        return dict(
-            super().budget,
-            final_step_size=self.final_step_size,
-            optimizer=self.optimizer,
-            include_truthful=self.include_truthful,
-        )
-
-    def describe(self) -> str:
-        """Short human-readable budget, e.g. ``random 1000 restarts x 0 steps (adam)``."""
-        return f"{self.name} {self.restarts} restarts x {self.steps} steps ({self.optimizer})"
+    # Zero-step PGD's budget and description: the same numbers, logged the same way.
+    budget = PGDAttacker.budget
+    describe = PGDAttacker.describe
 
     def attack_chunk(  # noqa: D102 - one batched evaluation of every candidate
         self,

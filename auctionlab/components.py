@@ -22,8 +22,9 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
     """
     from auctionlab.schema import check_component
 
-    if isinstance(node, DictConfig):
-        check_component(OmegaConf.to_container(node, resolve=True), what)
+    # Nothing is built that was not vetted: the whole node, at every depth (schema's gate).
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    check_component(plain, what)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -31,9 +32,22 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         while cause is not None and not isinstance(cause, ConfigError) and cause.__cause__:
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
-            raise cause from None
-        first = str(err).strip().splitlines()
-        raise ConfigError(f"{what}: {first[-1] if first else err}") from err
+            raise ConfigError(_at(what, str(cause))) from None
+        # Hydra's message ends with "full_key: ..."; the cause says what went wrong.
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+        raise ConfigError(f"{what}: {' '.join(reason.split())}") from err
+
+
+def _at(what: str, message: str) -> str:
+    """A component's message re-rooted at where it sits (``validation.attacker.steps``...).
+
+    Components name their options from their group (``attacker.steps``); the same class may
+    be configured under another key, which is the one the user has to change.
+    """
+    group = what.rpartition(".")[2]
+    if what != group and message.startswith((f"{group}.", f"{group}=", f"{group}:")):
+        return what.removesuffix(group) + message
+    return message
 
 
 def build_env_and_mechanism(cfg: DictConfig):

@@ -11,9 +11,16 @@ Two kinds of nodes make up a task config:
   (``ConfigError`` naming the option), which :func:`validate` does not duplicate.
 
 Both are checked with OmegaConf's structured-config merge, whose errors are turned into one
-line naming the option, the value and what is allowed. ``_target_`` may only name classes in
-``auctionlab`` or ``torch``: a config file (e.g. a run directory's ``config.yaml`` handed to
-``evaluate run=...``) can never make the tool import and call arbitrary code.
+line naming the option, the value and what is allowed.
+
+The gate against code execution is :func:`check_targets`: a config file may come from someone
+else (a run directory's ``config.yaml`` handed to ``evaluate run=...``, the overrides a
+``train resume=`` replays, an audit log's header), and Hydra builds whatever a ``_target_``
+names, at any depth. So every ``_target_`` anywhere in a tree (dicts, lists, ``_args_``) must
+resolve, exactly as Hydra resolves it, to a component class (a subclass of
+``auctionlab.core.component.Component``) whose real module is in auctionlab, or in a module
+listed in ``AUCTIONLAB_TRUSTED_MODULES`` (comma-separated, set by the user who runs the tool,
+never by a config). Keys starting with ``_`` other than Hydra's instantiate keys are refused.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import functools
-import importlib
 import inspect
+import logging
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,10 +40,14 @@ from typing import Any, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from auctionlab.core.component import Component
 from auctionlab.errors import ConfigError
 
-#: Module prefixes a ``_target_`` may name.
-ALLOWED_TARGETS = ("auctionlab.", "torch.")
+#: The environment variable listing extra modules (comma-separated) whose component classes a
+#: config may name; only the person running the tool sets it, never a config file.
+TRUSTED_MODULES_VARIABLE = "AUCTIONLAB_TRUSTED_MODULES"
+#: The only ``_``-keys a config node may carry: Hydra's instantiate keys.
+INSTANTIATE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
 #: Constructor arguments supplied by the code at build time, never by the config.
 INJECTED = {"env", "self"}
 OPTIMIZERS = ("adam", "sgd")
@@ -302,27 +314,91 @@ def _structured(path: str, schema: type, data: dict, hints: dict | None = None) 
         raise _merge_error(path, schema, data, err, hints) from None
 
 
-def check_target(target: str, path: str) -> type:
-    """The class named by ``_target_``, if it lives in ``auctionlab`` or ``torch``.
+def trusted_modules() -> tuple[str, ...]:
+    """Top-level module names whose component classes a ``_target_`` may name."""
+    extra = os.environ.get(TRUSTED_MODULES_VARIABLE, "")
+    return ("auctionlab", *(name.strip() for name in extra.split(",") if name.strip()))
+
+
+def _trusted(module: str, trusted: tuple[str, ...]) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in trusted)
+
+
+def _refuse(path: str, target: Any, why: str) -> ConfigError:
+    allowed = " or ".join(trusted_modules())
+    return ConfigError(
+        f"{path}._target_={target!r}: {why}; only component classes defined in {allowed} may "
+        f"be instantiated (trust more modules with {TRUSTED_MODULES_VARIABLE})"
+    )
+
+
+def check_target(target: Any, path: str) -> type:
+    """The class a ``_target_`` names, if it is a component class of a trusted module.
+
+    The name is resolved by Hydra's own resolver (``hydra.utils.get_class``), so the object
+    checked is the object Hydra would build; the name must start with a trusted module before
+    anything is imported, and the object's real module (not the name it was reached by, which
+    may be a re-export) must be trusted too.
+
+    Args:
+        target: the ``_target_`` value.
+        path: the node's dotted name, for messages.
 
     Raises:
-        ConfigError: another module, or no such class.
+        ConfigError: not a string, an untrusted module, no such class, not a class, not a
+            component, or defined outside the trusted modules.
 
     """
-    if not isinstance(target, str) or not target.startswith(ALLOWED_TARGETS):
-        raise ConfigError(
-            f"{path}._target_={target}: only classes in "
-            + " or ".join(p.rstrip(".") for p in ALLOWED_TARGETS)
-            + " may be instantiated"
-        )
-    module_name, _, name = target.rpartition(".")
+    trusted = trusted_modules()
+    if not isinstance(target, str) or not _trusted(target.rpartition(".")[0], trusted):
+        raise _refuse(path, target, "not in a trusted module")
+    from hydra.utils import get_class
+
+    hydra_log = logging.getLogger("hydra.utils")  # it logs every failed lookup as an error
+    quiet, hydra_log.disabled = hydra_log.disabled, True
     try:
-        obj = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError):
-        raise ConfigError(f"{path}._target_={target}: no such class") from None
-    if not inspect.isclass(obj):
-        raise ConfigError(f"{path}._target_={target}: not a class")
+        obj = get_class(target)
+    except Exception:  # noqa: BLE001 - Hydra wraps import and lookup errors differently
+        raise _refuse(path, target, "no such class") from None
+    finally:
+        hydra_log.disabled = quiet
+    if not inspect.isclass(obj) or not issubclass(obj, Component):
+        raise _refuse(path, target, "not a component class")
+    if not _trusted(obj.__module__, trusted):
+        raise _refuse(path, target, f"it is {obj.__module__}.{obj.__qualname__}")
     return obj
+
+
+def check_targets(node: Any, path: str = "") -> None:
+    """The gate: every ``_target_`` in a config tree names a component class, at any depth.
+
+    Walks dicts and lists (``_args_`` included) without building anything; a node's other
+    ``_``-keys must be Hydra's instantiate keys.
+
+    Args:
+        node: a config tree as plain data (``OmegaConf.to_container``).
+        path: the tree's dotted name, for messages.
+
+    Raises:
+        ConfigError: naming the first offending node.
+
+    """
+    if isinstance(node, collections.abc.Mapping):
+        for key in node:
+            if str(key).startswith("_") and key not in INSTANTIATE_KEYS:
+                where = f"{path}.{key}" if path else str(key)
+                raise ConfigError(
+                    f"{where}: keys starting with '_' are reserved; allowed: "
+                    + ", ".join(INSTANTIATE_KEYS)
+                )
+        if "_target_" in node:
+            check_target(node["_target_"], path or "config")
+        for key, value in node.items():
+            if key != "_target_":
+                check_targets(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list | tuple):
+        for index, value in enumerate(node):
+            check_targets(value, f"{path}[{index}]")
 
 
 def _omegaconf_type(kind: Any) -> Any:
@@ -381,6 +457,7 @@ def _accepts_none(cls: type, name: str) -> bool:
 
 def check_component(node: Any, path: str) -> None:
     """Check a ``_target_`` node (and nested ones): allowed class, known keys, value types."""
+    check_targets(node, path)
     if not isinstance(node, dict) or "_target_" not in node:
         return
     cls = check_target(node["_target_"], path)
@@ -423,6 +500,7 @@ def validate(cfg: DictConfig) -> None:
         data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"config: {' '.join(str(err).split())}") from None
+    check_targets(data)  # before anything else looks at the tree
     runtime_keys = {f.name for f in dataclasses.fields(Runtime)}
     runtime = {k: v for k, v in data.items() if k in runtime_keys}
     _structured("config", Runtime, runtime).check("")

@@ -103,7 +103,7 @@ BAD_INPUT = {
     "added-unknown-key": (["train", "+mechanism.depth=3"], ["mechanism.depth", "hidden"]),
     "unsafe-target": (
         ["train", "mechanism._target_=os.system"],
-        ["mechanism._target_=os.system", "auctionlab or torch"],
+        ["mechanism._target_='os.system'", "component classes defined in auctionlab"],
     ),
     "bad-fallback": (["train", "tracking.fallback=maybe"], ["tracking.fallback=maybe", "local"]),
     "unreachable-mlflow": (

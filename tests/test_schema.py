@@ -36,10 +36,12 @@ BAD = {
     "+mechanism.depth=3": "mechanism.depth: RegretNet has no option 'depth'; valid keys: "
     "activation, hidden, normalize_inputs",
     "env.demand=null": "env.demand=null: AuctionEnv needs a value",
-    "env.distribution._target_=subprocess.Popen": "env.distribution._target_=subprocess.Popen: "
-    "only classes in auctionlab or torch may be instantiated",
-    "mechanism._target_=auctionlab.mechanisms.Nope": "mechanism._target_=auctionlab.mechanisms"
-    ".Nope: no such class",
+    "env.distribution._target_=subprocess.Popen": "env.distribution._target_='subprocess.Popen': "
+    "not in a trusted module; only component classes defined in auctionlab may be instantiated "
+    "(trust more modules with AUCTIONLAB_TRUSTED_MODULES)",
+    "mechanism._target_=auctionlab.mechanisms.Nope": "mechanism._target_='auctionlab.mechanisms"
+    ".Nope': no such class; only component classes defined in auctionlab may be instantiated "
+    "(trust more modules with AUCTIONLAB_TRUSTED_MODULES)",
 }
 
 
@@ -53,7 +55,7 @@ def test_bad_values_fail_with_the_option_named(override):
 def test_nested_targets_are_checked_in_run_configs():
     # A run directory's config.yaml is data: its _target_ can never reach arbitrary code.
     node = {"_target_": "auctionlab.envs.AuctionEnv", "distribution": {"_target_": "os.system"}}
-    with pytest.raises(ConfigError, match="env.distribution._target_=os.system"):
+    with pytest.raises(ConfigError, match="env.distribution._target_='os.system'"):
         check_component(node, "env")
 
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from auctionlab.core.component import Component
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
 
@@ -143,7 +144,7 @@ class AttackResult:
         return (self.utility - self.truthful_utility).clamp_min(0.0)
 
 
-class Attacker(ABC):
+class Attacker(Component, ABC):
     """Base class of every misreport search (the ``Attacker`` contract of ``auctionlab.core``).
 
     ``attack`` splits the profiles into chunks of ``chunk_profiles()`` (all at once when

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from auctionlab.core.component import Component
 from auctionlab.runs import write_json, write_metrics
 
 #: Writes one extra artifact into the run directory; returns the paths it wrote.
@@ -100,7 +101,7 @@ class Certificate:
         return files
 
 
-class Certifier(ABC):
+class Certifier(Component, ABC):
     """Base class of every certifier (``conf/certifier/*.yaml`` names a subclass).
 
     Subclasses set ``name`` (the tracker tag and the ``certifier=`` choice) and implement

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from auctionlab.core.component import Component
 from auctionlab.envs.distributions import ValueDistribution
 from auctionlab.types import Outcome, Types
 
@@ -69,7 +70,7 @@ class ReportSpace:
         return self.distribution.sample(count, generator)
 
 
-class Env(ABC):
+class Env(Component, ABC):
     """Base class of every environment (the ``Env`` contract of ``auctionlab.core``).
 
     Subclasses set the attributes below and implement ``sample`` and ``utility``; the other

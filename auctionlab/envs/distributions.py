@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from auctionlab.core.component import Component
 from auctionlab.errors import ConfigError
 
 Bound = float | Sequence[float] | Sequence[Sequence[float]]
@@ -33,7 +34,7 @@ def _grid(bound: Bound, n: int, m: int, name: str) -> Tensor:
         ) from err
 
 
-class ValueDistribution(ABC):
+class ValueDistribution(Component, ABC):
     """Base class; subclasses fill ``low``/``high`` in ``bind`` and implement ``sample``."""
 
     independent: bool = True

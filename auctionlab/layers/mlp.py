@@ -17,9 +17,11 @@ def mlp(
     """``in_dim -> hidden... -> out_dim`` with ``activation`` between layers, Glorot init.
 
     Raises:
-        ConfigError: unknown activation.
+        ConfigError: unknown activation, or a width below 1.
 
     """
+    if any(int(width) < 1 for width in hidden):
+        raise ConfigError(f"mechanism.hidden={list(hidden)}: every layer width must be >= 1")
     if activation not in ACTIVATIONS:
         raise ConfigError(
             f"mechanism.activation={activation} is not valid; "

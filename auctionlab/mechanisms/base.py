@@ -11,11 +11,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from auctionlab.core.component import Component
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome
 
 
-class Mechanism(nn.Module):
+class Mechanism(nn.Module, Component):
     """Base class for every mechanism, learned or classical.
 
     Subclasses set ``family`` (the problem family they solve), ``learnable`` (whether the

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from auctionlab.core.component import Component
 from auctionlab.errors import ConfigError
 
 #: What ``loss`` takes as ``violations``: ``{"regret": [n], "ir": [n], "fairness": []}``
@@ -55,7 +56,7 @@ class DualState:
     attacker: Any = None
 
 
-class ConstraintHandler:
+class ConstraintHandler(Component):
     """Base: the loss is minus the objective; no regret term, nothing to update.
 
     Attributes:

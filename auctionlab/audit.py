@@ -38,8 +38,13 @@ def _versions() -> dict[str, str]:
 
 
 def priority_digest(mechanism) -> str:
-    """SHA-256 of the tie-break priorities (float64 bytes): the tie rule in one string."""
-    return hashlib.sha256(mechanism.wdp.priority.numpy().tobytes()).hexdigest()
+    """SHA-256 of the tie-break priorities (float64 bytes): the tie rule in one string.
+
+    The same for both backends: ``ExactWDP`` keeps them as an ``[n, k]`` tensor, ``HighsWDP``
+    as a flat ``[n * k]`` numpy array.
+    """
+    priority = torch.as_tensor(mechanism.wdp.priority, dtype=torch.float64).reshape(-1)
+    return hashlib.sha256(priority.numpy().tobytes()).hexdigest()
 
 
 def header(mechanism, env, configs: dict[str, Any], batch: int, run: str | None) -> dict:

@@ -38,7 +38,7 @@ def test_vcg_log_replays_and_a_tampered_one_fails(compose, tmp_path):
     row["allocation"] = [-1] * len(row["allocation"])
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text("\n".join([*lines[:7], json.dumps(row), *lines[8:]]) + "\n")
-    with pytest.raises(RunError, match="mismatch_allocation"):
+    with pytest.raises(RunError, match=r"record 6 \(line 8\): field 'allocation\[0\]' differs"):
         _replay(compose, tampered)
 
 

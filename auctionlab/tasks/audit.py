@@ -3,14 +3,16 @@
 ``auctionlab audit run=<train dir>`` (a trained solver-backed mechanism) or
 ``auctionlab audit mechanism=ca_vcg env=ca_2x3``: ``profiles`` held-out bid profiles, one
 batch, each logged with scores, allocation, alpha, payments, solver certificate and blocking
-sets (``audit.jsonl`` in the run directory); ``auctionlab replay log=<that file>`` re-derives it.
+sets (``audit.jsonl`` in the run directory, sealed by a hash chain); the header records the
+profile seed, so ``auctionlab replay log=<that file>`` regenerates the profiles and re-derives
+every record.
 """
 
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from auctionlab.audit import header, records, write_log
+from auctionlab.audit import SEED_RANGE, header, records, write_log
 from auctionlab.components import build_env_and_mechanism
 from auctionlab.errors import ConfigError
 from auctionlab.runs import save_config, write_metrics
@@ -45,7 +47,9 @@ def prepare(cfg: DictConfig):
             "audit logs cover env=ca_* mechanisms (solver_backed, ca_vcg, ca_fixed_alpha...)"
         )
     integer(cfg, "profiles", 1)
-    integer(cfg, "profile_seed")
+    seed = integer(cfg, "profile_seed")
+    if not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
+        raise ConfigError(f"profile_seed={seed} must be a 64-bit integer (a torch generator seed)")
     return env, mechanism.to(device), configs, device
 
 
@@ -60,7 +64,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         save_config(cfg, out)
         reports = env.sample(int(cfg.profiles), make_generator(int(cfg.profile_seed), device))
         rows = records(mechanism, env, reports.values)
-        head = header(mechanism, env, configs, len(rows), str(cfg.run) if cfg.run else None)
+        head = header(
+            mechanism,
+            env,
+            configs,
+            len(rows),
+            str(cfg.run) if cfg.run else None,
+            profile_seed=int(cfg.profile_seed),  # replay regenerates the profiles from it
+            device=device,
+            dtype=reports.values.dtype,
+        )
         path = write_log(out / "audit.jsonl", head, rows)
         metrics = {
             "profiles": float(len(rows)),

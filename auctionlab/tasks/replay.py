@@ -1,10 +1,15 @@
-"""``auctionlab replay log=<audit.jsonl>``: re-derive every logged allocation and payment.
+"""``auctionlab replay log=<audit.jsonl>``: verify an audit log and re-derive every record.
 
-The mechanism is rebuilt from the log's header alone (its env and mechanism configs, and the
-trained run's checkpoint, refused when its SHA-256 differs from the logged one). Every
-instance is recomputed in one batch of the logged size and compared bit for bit; an
-independent HiGHS solve of the logged scores checks the allocation. Any mismatch fails the
-task (exit status 1) after ``replay.json`` is written.
+The mechanism is rebuilt from the log's header alone (its env and mechanism configs, checked
+by the component gate, and the trained run's checkpoint, refused when its SHA-256 differs from
+the logged one). The replay checks the hash chain, regenerates the bid profiles from the
+header's seed and re-derives every field of every record in one batch of the logged size, bit
+for bit (:func:`auctionlab.audit.replay`).
+
+A malformed log (empty, header only, a line that is not JSON, a missing key, an older format)
+is refused before any work: one line naming the file and line, exit status 2. A log that reads
+but differs anywhere fails the run (exit status 1, MLflow run FAILED) after ``replay.json``
+(the counts and one line per mismatch, naming the record, its line and the field) is written.
 """
 
 from __future__ import annotations
@@ -13,31 +18,42 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from auctionlab.audit import FORMAT, read_log, replay
+from auctionlab.audit import check_header, read_log, replay
 from auctionlab.components import build
 from auctionlab.errors import ConfigError, RunError
 from auctionlab.runs import load_checkpoint, save_config, sha256_file, write_json
 from auctionlab.tasks.common import log, run_dir, setup_runtime
 from auctionlab.tracking import Tracker
 
+#: Mismatch lines in the one-line failure message (all of them are in ``replay.json``).
+SHOWN = 8
+
 
 def prepare(cfg: DictConfig):
-    """Read the log's header and rebuild its mechanism; ``ConfigError`` on bad input."""
+    """Read the log, rebuild its mechanism; ``ConfigError`` on a malformed log or bad input."""
     device = setup_runtime(cfg)
     if not cfg.get("log"):
         raise ConfigError("replay: log=<audit.jsonl> is required (written by `auctionlab audit`)")
     path = Path(str(cfg.log)).expanduser()
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"log={cfg.log}: no such file")
-    try:
-        head, rows = read_log(path)
-    except (ValueError, IndexError) as err:
-        raise ConfigError(f"log={cfg.log}: not an audit log ({err})") from None
-    if head.get("format") != FORMAT:
-        raise ConfigError(f"log={cfg.log}: format {head.get('format')!r} is not {FORMAT}")
+    head, rows = read_log(path)
+    # The header's configs are untrusted input: `build` passes them through the component gate
+    # before anything is instantiated.
     env = build(OmegaConf.create(head["configs"]["env"]), "env")
     mechanism = build(OmegaConf.create(head["configs"]["mechanism"]), "mechanism", env=env)
-    checkpoint = head.get("checkpoint")
+    if not getattr(mechanism, "auditable", False):
+        raise ConfigError(
+            f"log={cfg.log} line 1: mechanism {type(mechanism).__name__} is not a combinatorial "
+            "mechanism; audit logs cover env=ca_* mechanisms"
+        )
+    profiles = check_header(str(cfg.log), head)
+    if str(profiles["device"]) != device.type:
+        raise ConfigError(
+            f"log={cfg.log}: its profiles were drawn on {profiles['device']}; replay it with "
+            f"device={profiles['device']}"
+        )
+    checkpoint = head["checkpoint"]
     if checkpoint:
         file = Path(checkpoint["run"]) / "checkpoint.pt"
         if not file.exists() or sha256_file(file) != checkpoint["sha256"]:
@@ -45,27 +61,43 @@ def prepare(cfg: DictConfig):
                 f"log={cfg.log}: the logged checkpoint {file} is missing or its SHA-256 differs"
             )
         mechanism.load_state_dict(load_checkpoint(file, device)["mechanism"])
-    return path, head, rows, env, mechanism.to(device).eval()
+    return path, head, rows, env, mechanism.to(device).eval(), device
+
+
+def failure(path: Path, report: dict, out: Path) -> str:
+    """The one-line reason a replay failed: the count and the first mismatches."""
+    findings = report["findings"]
+    shown = "; ".join(findings[:SHOWN])
+    more = len(findings) + report["findings_left_off"] - SHOWN
+    if more > 0:
+        shown += f"; and {more} more"
+    count = int(report["mismatches"])
+    return (
+        f"replay: log={path}: {count} {'mismatch' if count == 1 else 'mismatches'} in "
+        f"{report['instances']} records: {shown} (all in {out / 'replay.json'})"
+    )
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Replay the log; write ``replay.json``; fail when anything differs."""
-    path, head, rows, env, mechanism = prepare(cfg)
+    """Replay the log; write ``replay.json``; fail (MLflow FAILED) when anything differs."""
+    path, head, rows, env, mechanism, device = prepare(cfg)
     out = run_dir()
     tags = {"task": "replay", "run_dir": str(out.resolve()), "log": str(path.resolve())}
     with Tracker(cfg, cfg.tracking, f"replay {path.parent.name}", tags) as tracker:
         save_config(cfg, out)
-        report = replay(mechanism, env, head, rows)
+        report = replay(mechanism, env, head, rows, device)
         write_json(out / "replay.json", report)
         metrics = {k: v for k, v in report.items() if isinstance(v, float | int)}
         tracker.log_metrics({k: float(v) for k, v in metrics.items()})
         tracker.log_artifacts([out / "config.yaml", out / "replay.json"])
-    bad = {k: v for k, v in report.items() if k.startswith("mismatch_") and v}
-    summary = ", ".join(f"{k}={int(v)}" for k, v in report.items() if k.startswith("mismatch_"))
-    print(f"replayed {report['instances']} instances of {path}: {summary}")
-    if bad:
-        raise RunError(
-            f"replay of {path} differs: {bad}; first instances: {report['first_mismatches']}"
+        summary = ", ".join(
+            f"{k}={int(v)}" for k, v in report.items() if k.startswith("mismatch_") and v
         )
-    log.info("replay: all %d instances reproduced bit for bit -> %s", report["instances"], out)
+        print(f"replayed {report['instances']} records of {path}: {summary or 'no mismatch'}")
+        for line in report["findings"][:50]:
+            log.error("replay: %s", line)
+        if report["mismatches"]:
+            # Inside the Tracker: the MLflow run ends FAILED with this reason.
+            raise RunError(failure(path, report, out))
+    log.info("replay: all %d records reproduced bit for bit -> %s", report["instances"], out)
     return report

@@ -208,49 +208,69 @@ def _explain(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
-        return
-    task, rest = argv[0], argv[1:]
-    if task not in TASKS:
-        fail(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
-    flags = getattr(importlib.import_module(TASKS[task][0]), "FLAGS", {})
-    for flag, action in flags.items():  # task-specific flags such as `reproduce --list`
-        if flag in rest:
-            print(action())
-            return
-    if task == "train":
-        rest = resume_overrides(rest)
+    """Console entry point.
+
+    SIGTERM (``timeout``, Slurm pre-emption, ``docker stop``) stops a task as Ctrl-C does:
+    training saves a checkpoint after its current step and prints the resume command, every
+    task's MLflow run is marked KILLED, and a second signal stops at once. An interrupted task
+    exits with status 128 + the signal's number, as a shell reports it: 130 for Ctrl-C, 143
+    for SIGTERM.
+    """
+    import signal
+
+    from auctionlab.errors import InterruptedRunError, catch_stop_signals
+
+    catch_stop_signals()
     try:
-        if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
-            precheck(task, rest)
-    except ConfigError as err:
-        fail(str(err))
-
-    import hydra
-    from omegaconf import DictConfig
-
-    module = importlib.import_module(TASKS[task][0])
-
-    def task_function(cfg: DictConfig):
-        logging.getLogger("auctionlab").setLevel(logging.INFO)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print(usage())
+            return
+        task, rest = argv[0], argv[1:]
+        if task not in TASKS:
+            fail(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
+        flags = getattr(importlib.import_module(TASKS[task][0]), "FLAGS", {})
+        for flag, action in flags.items():  # task-specific flags such as `reproduce --list`
+            if flag in rest:
+                print(action())
+                return
+        if task == "train":
+            rest = resume_overrides(rest)
         try:
-            return module.run(cfg)
+            if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
+                precheck(task, rest)
         except ConfigError as err:
             fail(str(err))
-        except RunError as err:  # started, then failed or was interrupted: status 1
-            print(f"auctionlab: run failed: {err}", file=sys.stderr)
-            raise SystemExit(1) from None
 
-    # Hydra's own flags first: argparse stops collecting overrides at the first flag.
-    overrides = overrides_only(rest)
-    flags = [a for a in rest if a not in overrides]
-    sys.argv = [f"auctionlab {task}", *flags, *overrides]
-    hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=task, version_base="1.3")(
-        task_function
-    )()
+        import hydra
+        from omegaconf import DictConfig
+
+        module = importlib.import_module(TASKS[task][0])
+
+        def task_function(cfg: DictConfig):
+            logging.getLogger("auctionlab").setLevel(logging.INFO)
+            try:
+                return module.run(cfg)
+            except ConfigError as err:
+                fail(str(err))
+            except InterruptedRunError as err:  # stopped cleanly (a checkpoint was saved)
+                print(f"auctionlab: run failed: {err}", file=sys.stderr)
+                raise SystemExit(128 + err.signum) from None
+            except RunError as err:  # started, then failed: status 1
+                print(f"auctionlab: run failed: {err}", file=sys.stderr)
+                raise SystemExit(1) from None
+
+        # Hydra's own flags first: argparse stops collecting overrides at the first flag.
+        overrides = overrides_only(rest)
+        flags = [a for a in rest if a not in overrides]
+        sys.argv = [f"auctionlab {task}", *flags, *overrides]
+        hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=task, version_base="1.3")(
+            task_function
+        )()
+    except KeyboardInterrupt as err:  # the task's MLflow run, if it had one, is KILLED by now
+        signum = int(getattr(err, "signum", signal.SIGINT))
+        print(f"auctionlab: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 if __name__ == "__main__":

@@ -253,8 +253,8 @@ class Tracker:
     logging is skipped, and the run's files are still written. ``logging_error`` says what
     went wrong.
 
-    On exit the run is FINISHED, KILLED (``InterruptedRunError``) or FAILED with the reason in
-    the tag ``failure``.
+    On exit the run is FINISHED, KILLED (``InterruptedRunError``, Ctrl-C or SIGTERM: a
+    ``KeyboardInterrupt``) or FAILED with the reason in the tag ``failure``.
 
     Args:
         cfg: the whole task config (logged as flattened params).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import torch
@@ -105,7 +106,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     Raises:
         NonFiniteError: NaN or inf during training or validation. The last good checkpoint
             is kept, ``failure.json`` says why, and the MLflow run is FAILED.
-        InterruptedRunError: Ctrl-C; a checkpoint of the last full step is saved first.
+        InterruptedRunError: Ctrl-C or SIGTERM; a checkpoint of the last full step is saved
+            first.
 
     """
     trainer, validation_attacker, device, picked = prepare(cfg)
@@ -153,7 +155,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             save_checkpoint(trainer.state_dict(), checkpoint)
             raise InterruptedRunError(
                 f"{err}; checkpoint saved to {checkpoint}; continue with: "
-                f"auctionlab train resume={out}"
+                f"auctionlab train {shlex.quote(f'resume={out}')}",  # a shell-safe command
+                err.signum,
             ) from None
         except NonFiniteError as err:
             raise record_failure(out, checkpoint, saved["iteration"], str(err)) from None

@@ -219,8 +219,10 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     from auctionlab.errors import InterruptedRunError, catch_stop_signals
+    from auctionlab.tracking import bound_http_waits
 
     catch_stop_signals()
+    bound_http_waits()  # no MLflow call of any task waits minutes on a server
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         if not argv or argv[0] in ("-h", "--help", "help"):

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -29,6 +28,18 @@ DEFAULT_DB = Path("outputs") / "mlflow.db"
 #: Words of a transient sqlite failure worth retrying.
 LOCKED = ("database is locked", "database table is locked")
 T = TypeVar("T")
+#: Seconds the start-up probe waits for a connection, and again for the answer.
+PROBE_TIMEOUT = 5.0
+#: MLflow HTTP client limits used unless set in the environment (see :func:`bound_http_waits`).
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+#: Servers this process found unreachable, and why (each is waited for once).
+_DEAD: dict[str, str] = {}
+#: Longest experiment name every MLflow backend stores (the SQL stores' column width).
+EXPERIMENT_NAME_LIMIT = 256
 log = logging.getLogger("auctionlab")
 
 
@@ -109,36 +120,83 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def probe(uri: str, timeout: float = 3.0) -> None:
-    """Fail fast when an ``http(s)://`` tracking server does not answer a TCP connection.
+def bound_http_waits() -> None:
+    """Bound every MLflow HTTP call unless the user chose otherwise (``MLFLOW_HTTP_REQUEST_*``).
 
-    MLflow's own client retries an unreachable server for minutes before giving up; this
-    check takes at most ``timeout`` seconds. Other URIs are left to the store itself.
+    MLflow's defaults (120 s per request, 7 retries, backoff factor 2) keep a task waiting
+    about 15 minutes on a server that accepts connections and never answers, and 4 minutes on
+    one that answers HTTP 500. With these, one call gives up after about 35 s (3 tries of at
+    most 10 s each, 2-4 s of backoff); the run then goes on without logging (see
+    :class:`Tracker`). Variables already set in the environment are kept. Only HTTP(S)
+    stores read them.
+    """
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
+def probe(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Fail fast when an ``http(s)://`` tracking server does not answer an MLflow API call.
+
+    One ``GET /api/2.0/mlflow/experiments/search`` without retries, with MLflow's own
+    credentials and TLS settings, waiting at most ``timeout`` seconds to connect and as long
+    again for the answer: a closed port, a listener that never answers, an HTTP error (500,
+    401...) or a server that is not MLflow all fail here in seconds, before any run starts.
+    Other URIs are left to the store itself.
 
     Raises:
-        ConfigError: the server cannot be reached.
+        ConfigError: the server cannot be reached or does not answer as an MLflow server.
 
     """
     from urllib.parse import urlparse
 
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
+    if urlparse(uri).scheme not in ("http", "https"):
         return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if uri in _DEAD:  # the task's check found it dead: its job need not wait again
+        raise ConfigError(_DEAD[uri])
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
     try:
-        with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"tracking.uri={uri}: MLflow server unreachable ({err.strerror or err}); start it, "
-            "choose another tracking.uri, or set tracking.fallback=local"
-        ) from None
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            max_retries=0,
+            backoff_factor=0,
+            timeout=timeout,
+            raise_on_status=False,
+            params={"max_results": 1},
+        )
+        problem = None if response.status_code == 200 else f"HTTP {response.status_code}"
+        if problem is None:
+            response.json()  # a proxy's or another server's HTML page is not an MLflow answer
+    except Exception as err:  # noqa: BLE001 - refused, timed out, TLS, not JSON: all unreachable
+        problem = _reason(err, timeout)
+    if problem is not None:
+        _DEAD[uri] = (
+            f"tracking.uri={uri}: MLflow server unreachable ({problem}); start it, choose "
+            "another tracking.uri, or set tracking.fallback=local"
+        )
+        raise ConfigError(_DEAD[uri])
+
+
+def _reason(err: BaseException, timeout: float) -> str:
+    """An HTTP failure in a few words: MLflow's own message repeats the URL and urllib3's."""
+    text = " ".join(str(err).split())
+    if "ReadTimeout" in text:
+        return f"no answer within {timeout:g} s"
+    if "ConnectTimeout" in text:
+        return f"no connection within {timeout:g} s"
+    if "Connection refused" in text:
+        return "connection refused"
+    return text[:200] or type(err).__name__
 
 
 def _connect(uri: str, name: str):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    bound_http_waits()
     probe(uri)
     try:
         with _store_lock(uri):

@@ -304,7 +304,9 @@ class Tracker:
     ``tracking.parent_run_id`` (optional, set by ``auctionlab reproduce``) makes the run a
     child of that run (tag ``mlflow.parentRunId``). ``resume_run_id`` reopens an existing run
     (``train resume=<dir>``) instead of creating one: its status goes back to RUNNING and new
-    metrics continue its history.
+    metrics continue its history; its ``failure`` tag from the part before is removed when
+    this part finishes. A run whose ``run_dir`` tag names another directory than ``tags``
+    does (the directory was copied or moved) is left alone and a new run is created.
 
     Logging never kills a run that is doing its work: once the store has started, a logging
     error (after the retries for a locked sqlite store) is reported as a warning, further
@@ -339,6 +341,7 @@ class Tracker:
         self.client = None
         self.logging_error: str | None = None
         self.lost_logging: str | None = None  # after exit: the logging error, if any
+        self._stale_failure = False  # a resumed run's ``failure`` tag from the part before
         #: Where the run ran (code version, libraries, device, threads): tags and metrics.json.
         self.provenance = run_provenance(cfg)
 
@@ -349,14 +352,12 @@ class Tracker:
         from mlflow.tracking.context.registry import resolve_tags
 
         self.client, self.uri, experiment_id = open_store(self.tracking)
-        if self.resume_run_id:
-            try:
-                with_retry(self.client.get_run, self.resume_run_id)
-            except Exception as err:  # noqa: BLE001
-                raise ConfigError(
-                    f"resume: MLflow run {self.resume_run_id} is not in {self.uri} ({err})"
-                ) from None
-            self.run_id = self.resume_run_id
+        previous = self._resumable() if self.resume_run_id else None
+        if previous is not None:
+            self.run_id = previous.info.run_id
+            # The failure of the part before (e.g. an interruption) is stale once this one
+            # finishes; it is removed then, not now, so a crash in between still shows it.
+            self._stale_failure = "failure" in previous.data.tags
             with_retry(self.client.update_run, self.run_id, status="RUNNING")
             for key, value in {**self.tags, **self._provenance_tags()}.items():
                 with_retry(self.client.set_tag, self.run_id, key, str(value))
@@ -374,6 +375,35 @@ class Tracker:
         for lo in range(0, len(params), 100):
             with_retry(self.client.log_batch, self.run_id, params=params[lo : lo + 100])
         return self
+
+    def _resumable(self):
+        """The run ``resume_run_id`` if it may be continued here, else ``None`` (a new run).
+
+        A run belongs to the directory in its ``run_dir`` tag. A copied or moved run
+        directory carries the original's ``tracking.json``; continuing that MLflow run would
+        overwrite the original's run_dir tag, checkpoint hash, metrics and artifacts.
+
+        Raises:
+            ConfigError: the run is not in this store.
+
+        """
+        try:
+            run = with_retry(self.client.get_run, self.resume_run_id)
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(
+                f"resume: MLflow run {self.resume_run_id} is not in {self.uri} ({err})"
+            ) from None
+        recorded, here = run.data.tags.get("run_dir"), self.tags.get("run_dir")
+        if recorded and here and Path(recorded) != Path(here):
+            log.warning(
+                "resume: MLflow run %s belongs to %s, not %s (a copied or moved run "
+                "directory); starting a new MLflow run",
+                self.resume_run_id,
+                recorded,
+                here,
+            )
+            return None
+        return run
 
     def _provenance_tags(self) -> dict[str, str]:
         task = str(self.tags.get("task", self.cfg.get("task", "run")))
@@ -446,6 +476,8 @@ class Tracker:
         self.lost_logging = error
         if error is not None:  # one last try: the status and the reason matter most
             self.set_tags({"logging_error": f"{error}; later metrics are missing"})
+        if status == "FINISHED" and self._stale_failure:
+            self._safely("delete_tag", self.client.delete_tag, self.run_id, "failure")
         self._safely("set_terminated", self.client.set_terminated, self.run_id, status)
 
 
@@ -465,5 +497,15 @@ def previous_run_id(resume: str | None, tracking: Mapping[str, Any]) -> str | No
     previous = json.loads(record.read_text())
     if previous.get("uri") != resolve_uri(tracking.get("uri"), create=False):
         log.warning("resume: the first part was logged to %s; starting a new MLflow run", previous)
+        return None
+    recorded, here = previous.get("run_dir"), str(Path(str(resume)).resolve())
+    if recorded is not None and recorded != here:  # copied or moved: never the original's run
+        log.warning(
+            "resume: %s was written in %s (a copy or a move); starting a new MLflow run, "
+            "MLflow run %s stays as it is",
+            record,
+            recorded,
+            previous.get("run_id"),
+        )
         return None
     return previous.get("run_id")

@@ -1,5 +1,5 @@
 """MLflow tracking failures: unreachable or hung servers, the local fallback, errors while
-logging.
+logging, and runs that are not this directory's to continue.
 """
 
 from __future__ import annotations
@@ -161,3 +161,20 @@ def test_resumed_tracker_continues_the_same_run(mlflow_uri):
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["part"] == "2"
     assert [m.value for m in client.get_metric_history(first.run_id, "x")] == [1.0, 2.0]
+
+
+def test_resumed_tracker_of_another_run_directory_starts_a_new_run(mlflow_uri, tmp_path, caplog):
+    cfg = OmegaConf.create({"seed": 0, "tracking": {"enabled": True, "uri": mlflow_uri}})
+    original_dir, copy_dir = str(tmp_path / "original"), str(tmp_path / "copy")
+    with Tracker(cfg, cfg.tracking, "original", {"run_dir": original_dir}) as first:
+        first.log_metrics({"x": 1.0}, 1)
+    tags = {"run_dir": copy_dir}
+    with Tracker(cfg, cfg.tracking, "copy", tags, resume_run_id=first.run_id) as again:
+        again.log_metrics({"x": 2.0}, 2)
+    assert again.run_id != first.run_id
+    assert "copied or moved" in caplog.text
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    original = client.get_run(first.run_id)
+    assert original.data.tags["run_dir"] == original_dir
+    assert [m.value for m in client.get_metric_history(first.run_id, "x")] == [1.0]
+    assert client.get_run(again.run_id).data.tags["run_dir"] == copy_dir

@@ -127,8 +127,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
             (out / stale).unlink(missing_ok=True)
         save_config(cfg, out)
         write_json(out / "choices.json", picked)
-        if tracker.run_id is not None:
-            write_json(out / "tracking.json", {"uri": tracker.uri, "run_id": tracker.run_id})
+        if tracker.run_id is not None:  # run_dir: a copy of this directory is not this run
+            record = {"uri": tracker.uri, "run_id": tracker.run_id, "run_dir": tags["run_dir"]}
+            write_json(out / "tracking.json", record)
         every = int(cfg.train.checkpoint_every)
         # A resumed run starts from a checkpoint that is known to be good.
         saved = {"iteration": trainer.iteration if cfg.get("resume") else None}

@@ -147,25 +147,40 @@ def resume_overrides(args: list[str]) -> list[str]:
 
     The resumed run composes the same config as the run it continues (its
     ``.hydra/overrides.yaml``), with any override given now taking precedence (e.g. a larger
-    ``train.iterations``), and writes into the same run directory.
+    ``train.iterations``), and writes into the same run directory. DIR is passed on quoted
+    (``resume='DIR'``, ``hydra.run.dir='DIR'``): Hydra would read a comma in it as a sweep.
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     plain = overrides_only(args)
     given = [a for a in plain if a.split("=", 1)[0].lstrip("+~") == "resume"]
     if not given or given[-1].split("=", 1)[1] in ("", "null"):
         return args
     if any(a in ("-m", "--multirun") for a in args):
         fail("resume=... continues one run; it cannot be combined with -m")
-    directory = Path(given[-1].split("=", 1)[1]).expanduser()
+    text = given[-1].split("=", 1)[1]
+    try:  # an already quoted path is unquoted; anything else ("a,b", "[x]") is the path itself
+        parsed = OverridesParser.create().parse_override(given[-1])
+        value = parsed.value() if not parsed.is_sweep_override() else None
+    except Exception:  # noqa: BLE001 - not valid override syntax: a literal path
+        value = None
+    directory = Path(value if isinstance(value, str) else text).expanduser()
     recorded = directory / ".hydra" / "overrides.yaml"
     if not recorded.exists():
         fail(f"resume={directory}: not a train run directory (no .hydra/overrides.yaml)")
     from omegaconf import OmegaConf
 
+    def quoted(path: Path) -> str:
+        # Hydra's quoted string: escape quotes, and backslashes before a quote or the end.
+        body = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, str(path))
+        return "'" + body.replace("'", "\\'") + "'"
+
     key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
     now = {key(a) for a in plain}
     before = [str(o) for o in OmegaConf.load(recorded) if key(str(o)) not in now | {"resume"}]
-    extra = [] if "hydra.run.dir" in now else [f"hydra.run.dir={directory}"]
-    return [*before, *args, *extra]
+    given_now = [a for a in args if a not in given] + [f"resume={quoted(directory)}"]
+    extra = [] if "hydra.run.dir" in now else [f"hydra.run.dir={quoted(directory)}"]
+    return [*before, *given_now, *extra]
 
 
 def _compose(task: str, overrides: list[str], search_dirs: Sequence[Path] = ()):

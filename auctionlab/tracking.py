@@ -242,6 +242,7 @@ def open_store(tracking: DictConfig | Mapping[str, Any]):
     """
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = resolve_uri(tracking.get("uri"))
+    check_experiment_name(tracking.get("experiment", "auctionlab"))
     name = str(tracking.get("experiment", "auctionlab"))
     try:
         return _connect(uri, name)
@@ -254,10 +255,29 @@ def open_store(tracking: DictConfig | Mapping[str, Any]):
         return _connect(local, name)
 
 
+def check_experiment_name(name: Any) -> None:
+    """``tracking.experiment`` must be a name every MLflow store accepts.
+
+    Raises:
+        ConfigError: empty, or longer than :data:`EXPERIMENT_NAME_LIMIT` characters.
+
+    """
+    text = "" if name is None else str(name)
+    if not text.strip():
+        raise ConfigError("tracking.experiment is empty; give the MLflow experiment a name")
+    if len(text) > EXPERIMENT_NAME_LIMIT:
+        shown = text[:40] + "..."
+        raise ConfigError(
+            f"tracking.experiment={shown} has {len(text)} characters; MLflow stores take at "
+            f"most {EXPERIMENT_NAME_LIMIT}"
+        )
+
+
 def check_tracking(tracking: DictConfig | Mapping[str, Any] | None) -> None:
-    """Before a task starts: an unreachable server is an error unless ``fallback=local``."""
+    """Before a task starts: refuse a bad experiment name, and a dead server (no fallback)."""
     if tracking is None or not tracking.get("enabled", True):
         return
+    check_experiment_name(tracking.get("experiment", "auctionlab"))
     uri = resolve_uri(tracking.get("uri"), create=False)
     try:
         probe(uri)

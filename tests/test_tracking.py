@@ -1,5 +1,5 @@
-"""MLflow tracking failures: unreachable or hung servers, the local fallback, errors while
-logging, and runs that are not this directory's to continue.
+"""MLflow tracking failures: unreachable or hung servers, the local fallback, bad names,
+errors while logging, and runs that are not this directory's to continue.
 """
 
 from __future__ import annotations
@@ -107,6 +107,17 @@ def test_bad_server_fails_in_one_line_within_seconds(server, request, main_in_pr
     assert ("no answer within" if server == "hung_server" else "HTTP 500") in line
     assert "tracking.fallback=local" in line
     assert not (tmp_path / "cwd" / "outputs").exists()  # no run directory, no MLflow run
+
+
+def test_too_long_experiment_name_is_one_line_before_any_run(main_in_process, tmp_path, list_runs):
+    before = len(list_runs())
+    status, stderr, _ = main_in_process(*EVALUATE, "tracking.experiment=" + "x" * 6000)
+    assert status == 2, stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("auctionlab: error: tracking.experiment=xxx") and "256" in line
+    assert "6000 characters" in line and len(line) < 200
+    assert not (tmp_path / "cwd" / "outputs").exists()
+    assert len(list_runs()) == before
 
 
 def test_hung_server_falls_back_to_local_store(cli, tmp_path, hung_server):

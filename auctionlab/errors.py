@@ -1,6 +1,7 @@
 """Errors that the CLI turns into one-line messages, and the stop signals that raise them."""
 
 import signal
+import threading
 
 #: The signals that stop a task as Ctrl-C does: SIGTERM is what ``timeout``, Slurm
 #: pre-emption and ``docker stop`` send.
@@ -69,8 +70,11 @@ def catch_stop_signals() -> None:
     """Make SIGTERM (and Ctrl-C) raise :class:`Interrupted` in the main thread.
 
     A signal the process ignores stays ignored (``nohup``, background jobs of a
-    non-interactive shell), and a handler someone else installed is kept.
+    non-interactive shell), and a handler someone else installed is kept. Outside the main
+    thread (where Python cannot set handlers) nothing changes.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, raise_interrupt)

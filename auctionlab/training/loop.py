@@ -307,7 +307,9 @@ class Trainer:
             yield
             return
         previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-        caught = [s for s, handler in previous.items() if handler is not signal.SIG_IGN]
+        # An ignored signal stays ignored; one with a handler set outside Python (None) cannot
+        # be restored afterwards, so it is left alone too.
+        caught = [s for s, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
 
         def request_stop(signum, frame) -> None:
             self.stop_requested, self.stop_signal = True, signum

@@ -147,25 +147,40 @@ def resume_overrides(args: list[str]) -> list[str]:
 
     The resumed run composes the same config as the run it continues (its
     ``.hydra/overrides.yaml``), with any override given now taking precedence (e.g. a larger
-    ``train.iterations``), and writes into the same run directory.
+    ``train.iterations``), and writes into the same run directory. DIR is passed on quoted
+    (``resume='DIR'``, ``hydra.run.dir='DIR'``): Hydra would read a comma in it as a sweep.
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     plain = overrides_only(args)
     given = [a for a in plain if a.split("=", 1)[0].lstrip("+~") == "resume"]
     if not given or given[-1].split("=", 1)[1] in ("", "null"):
         return args
     if any(a in ("-m", "--multirun") for a in args):
         fail("resume=... continues one run; it cannot be combined with -m")
-    directory = Path(given[-1].split("=", 1)[1]).expanduser()
+    text = given[-1].split("=", 1)[1]
+    try:  # an already quoted path is unquoted; anything else ("a,b", "[x]") is the path itself
+        parsed = OverridesParser.create().parse_override(given[-1])
+        value = parsed.value() if not parsed.is_sweep_override() else None
+    except Exception:  # noqa: BLE001 - not valid override syntax: a literal path
+        value = None
+    directory = Path(value if isinstance(value, str) else text).expanduser()
     recorded = directory / ".hydra" / "overrides.yaml"
     if not recorded.exists():
         fail(f"resume={directory}: not a train run directory (no .hydra/overrides.yaml)")
     from omegaconf import OmegaConf
 
+    def quoted(path: Path) -> str:
+        # Hydra's quoted string: escape quotes, and backslashes before a quote or the end.
+        body = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, str(path))
+        return "'" + body.replace("'", "\\'") + "'"
+
     key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
     now = {key(a) for a in plain}
     before = [str(o) for o in OmegaConf.load(recorded) if key(str(o)) not in now | {"resume"}]
-    extra = [] if "hydra.run.dir" in now else [f"hydra.run.dir={directory}"]
-    return [*before, *args, *extra]
+    given_now = [a for a in args if a not in given] + [f"resume={quoted(directory)}"]
+    extra = [] if "hydra.run.dir" in now else [f"hydra.run.dir={quoted(directory)}"]
+    return [*before, *given_now, *extra]
 
 
 def _compose(task: str, overrides: list[str], search_dirs: Sequence[Path] = ()):
@@ -208,49 +223,71 @@ def _explain(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
-        return
-    task, rest = argv[0], argv[1:]
-    if task not in TASKS:
-        fail(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
-    flags = getattr(importlib.import_module(TASKS[task][0]), "FLAGS", {})
-    for flag, action in flags.items():  # task-specific flags such as `reproduce --list`
-        if flag in rest:
-            print(action())
-            return
-    if task == "train":
-        rest = resume_overrides(rest)
+    """Console entry point.
+
+    SIGTERM (``timeout``, Slurm pre-emption, ``docker stop``) stops a task as Ctrl-C does:
+    training saves a checkpoint after its current step and prints the resume command, every
+    task's MLflow run is marked KILLED, and a second signal stops at once. An interrupted task
+    exits with status 128 + the signal's number, as a shell reports it: 130 for Ctrl-C, 143
+    for SIGTERM.
+    """
+    import signal
+
+    from auctionlab.errors import InterruptedRunError, catch_stop_signals
+    from auctionlab.tracking import bound_http_waits
+
+    catch_stop_signals()
+    bound_http_waits()  # no MLflow call of any task waits minutes on a server
     try:
-        if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
-            precheck(task, rest)
-    except ConfigError as err:
-        fail(str(err))
-
-    import hydra
-    from omegaconf import DictConfig
-
-    module = importlib.import_module(TASKS[task][0])
-
-    def task_function(cfg: DictConfig):
-        logging.getLogger("auctionlab").setLevel(logging.INFO)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print(usage())
+            return
+        task, rest = argv[0], argv[1:]
+        if task not in TASKS:
+            fail(f"unknown task '{task}'; choose one of: {', '.join(TASKS)}")
+        flags = getattr(importlib.import_module(TASKS[task][0]), "FLAGS", {})
+        for flag, action in flags.items():  # task-specific flags such as `reproduce --list`
+            if flag in rest:
+                print(action())
+                return
+        if task == "train":
+            rest = resume_overrides(rest)
         try:
-            return module.run(cfg)
+            if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
+                precheck(task, rest)
         except ConfigError as err:
             fail(str(err))
-        except RunError as err:  # started, then failed or was interrupted: status 1
-            print(f"auctionlab: run failed: {err}", file=sys.stderr)
-            raise SystemExit(1) from None
 
-    # Hydra's own flags first: argparse stops collecting overrides at the first flag.
-    overrides = overrides_only(rest)
-    flags = [a for a in rest if a not in overrides]
-    sys.argv = [f"auctionlab {task}", *flags, *overrides]
-    hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=task, version_base="1.3")(
-        task_function
-    )()
+        import hydra
+        from omegaconf import DictConfig
+
+        module = importlib.import_module(TASKS[task][0])
+
+        def task_function(cfg: DictConfig):
+            logging.getLogger("auctionlab").setLevel(logging.INFO)
+            try:
+                return module.run(cfg)
+            except ConfigError as err:
+                fail(str(err))
+            except InterruptedRunError as err:  # stopped cleanly (a checkpoint was saved)
+                print(f"auctionlab: run failed: {err}", file=sys.stderr)
+                raise SystemExit(128 + err.signum) from None
+            except RunError as err:  # started, then failed: status 1
+                print(f"auctionlab: run failed: {err}", file=sys.stderr)
+                raise SystemExit(1) from None
+
+        # Hydra's own flags first: argparse stops collecting overrides at the first flag.
+        overrides = overrides_only(rest)
+        flags = [a for a in rest if a not in overrides]
+        sys.argv = [f"auctionlab {task}", *flags, *overrides]
+        hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=task, version_base="1.3")(
+            task_function
+        )()
+    except KeyboardInterrupt as err:  # the task's MLflow run, if it had one, is KILLED by now
+        signum = int(getattr(err, "signum", signal.SIGINT))
+        print(f"auctionlab: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 if __name__ == "__main__":

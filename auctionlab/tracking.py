@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -29,6 +28,18 @@ DEFAULT_DB = Path("outputs") / "mlflow.db"
 #: Words of a transient sqlite failure worth retrying.
 LOCKED = ("database is locked", "database table is locked")
 T = TypeVar("T")
+#: Seconds the start-up probe waits for a connection, and again for the answer.
+PROBE_TIMEOUT = 5.0
+#: MLflow HTTP client limits used unless set in the environment (see :func:`bound_http_waits`).
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
+#: Servers this process found unreachable, and why (each is waited for once).
+_DEAD: dict[str, str] = {}
+#: Longest experiment name every MLflow backend stores (the SQL stores' column width).
+EXPERIMENT_NAME_LIMIT = 256
 log = logging.getLogger("auctionlab")
 
 
@@ -109,36 +120,83 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def probe(uri: str, timeout: float = 3.0) -> None:
-    """Fail fast when an ``http(s)://`` tracking server does not answer a TCP connection.
+def bound_http_waits() -> None:
+    """Bound every MLflow HTTP call unless the user chose otherwise (``MLFLOW_HTTP_REQUEST_*``).
 
-    MLflow's own client retries an unreachable server for minutes before giving up; this
-    check takes at most ``timeout`` seconds. Other URIs are left to the store itself.
+    MLflow's defaults (120 s per request, 7 retries, backoff factor 2) keep a task waiting
+    about 15 minutes on a server that accepts connections and never answers, and 4 minutes on
+    one that answers HTTP 500. With these, one call gives up after about 35 s (3 tries of at
+    most 10 s each, 2-4 s of backoff); the run then goes on without logging (see
+    :class:`Tracker`). Variables already set in the environment are kept. Only HTTP(S)
+    stores read them.
+    """
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
+def probe(uri: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """Fail fast when an ``http(s)://`` tracking server does not answer an MLflow API call.
+
+    One ``GET /api/2.0/mlflow/experiments/search`` without retries, with MLflow's own
+    credentials and TLS settings, waiting at most ``timeout`` seconds to connect and as long
+    again for the answer: a closed port, a listener that never answers, an HTTP error (500,
+    401...) or a server that is not MLflow all fail here in seconds, before any run starts.
+    Other URIs are left to the store itself.
 
     Raises:
-        ConfigError: the server cannot be reached.
+        ConfigError: the server cannot be reached or does not answer as an MLflow server.
 
     """
     from urllib.parse import urlparse
 
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
+    if urlparse(uri).scheme not in ("http", "https"):
         return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if uri in _DEAD:  # the task's check found it dead: its job need not wait again
+        raise ConfigError(_DEAD[uri])
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
     try:
-        with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"tracking.uri={uri}: MLflow server unreachable ({err.strerror or err}); start it, "
-            "choose another tracking.uri, or set tracking.fallback=local"
-        ) from None
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            max_retries=0,
+            backoff_factor=0,
+            timeout=timeout,
+            raise_on_status=False,
+            params={"max_results": 1},
+        )
+        problem = None if response.status_code == 200 else f"HTTP {response.status_code}"
+        if problem is None:
+            response.json()  # a proxy's or another server's HTML page is not an MLflow answer
+    except Exception as err:  # noqa: BLE001 - refused, timed out, TLS, not JSON: all unreachable
+        problem = _reason(err, timeout)
+    if problem is not None:
+        _DEAD[uri] = (
+            f"tracking.uri={uri}: MLflow server unreachable ({problem}); start it, choose "
+            "another tracking.uri, or set tracking.fallback=local"
+        )
+        raise ConfigError(_DEAD[uri])
+
+
+def _reason(err: BaseException, timeout: float) -> str:
+    """An HTTP failure in a few words: MLflow's own message repeats the URL and urllib3's."""
+    text = " ".join(str(err).split())
+    if "ReadTimeout" in text:
+        return f"no answer within {timeout:g} s"
+    if "ConnectTimeout" in text:
+        return f"no connection within {timeout:g} s"
+    if "Connection refused" in text:
+        return "connection refused"
+    return text[:200] or type(err).__name__
 
 
 def _connect(uri: str, name: str):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    bound_http_waits()
     probe(uri)
     try:
         with _store_lock(uri):
@@ -184,6 +242,7 @@ def open_store(tracking: DictConfig | Mapping[str, Any]):
     """
     logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = resolve_uri(tracking.get("uri"))
+    check_experiment_name(tracking.get("experiment", "auctionlab"))
     name = str(tracking.get("experiment", "auctionlab"))
     try:
         return _connect(uri, name)
@@ -196,10 +255,29 @@ def open_store(tracking: DictConfig | Mapping[str, Any]):
         return _connect(local, name)
 
 
+def check_experiment_name(name: Any) -> None:
+    """``tracking.experiment`` must be a name every MLflow store accepts.
+
+    Raises:
+        ConfigError: empty, or longer than :data:`EXPERIMENT_NAME_LIMIT` characters.
+
+    """
+    text = "" if name is None else str(name)
+    if not text.strip():
+        raise ConfigError("tracking.experiment is empty; give the MLflow experiment a name")
+    if len(text) > EXPERIMENT_NAME_LIMIT:
+        shown = text[:40] + "..."
+        raise ConfigError(
+            f"tracking.experiment={shown} has {len(text)} characters; MLflow stores take at "
+            f"most {EXPERIMENT_NAME_LIMIT}"
+        )
+
+
 def check_tracking(tracking: DictConfig | Mapping[str, Any] | None) -> None:
-    """Before a task starts: an unreachable server is an error unless ``fallback=local``."""
+    """Before a task starts: refuse a bad experiment name, and a dead server (no fallback)."""
     if tracking is None or not tracking.get("enabled", True):
         return
+    check_experiment_name(tracking.get("experiment", "auctionlab"))
     uri = resolve_uri(tracking.get("uri"), create=False)
     try:
         probe(uri)
@@ -246,15 +324,17 @@ class Tracker:
     ``tracking.parent_run_id`` (optional, set by ``auctionlab reproduce``) makes the run a
     child of that run (tag ``mlflow.parentRunId``). ``resume_run_id`` reopens an existing run
     (``train resume=<dir>``) instead of creating one: its status goes back to RUNNING and new
-    metrics continue its history.
+    metrics continue its history; its ``failure`` tag from the part before is removed when
+    this part finishes. A run whose ``run_dir`` tag names another directory than ``tags``
+    does (the directory was copied or moved) is left alone and a new run is created.
 
     Logging never kills a run that is doing its work: once the store has started, a logging
     error (after the retries for a locked sqlite store) is reported as a warning, further
     logging is skipped, and the run's files are still written. ``logging_error`` says what
     went wrong.
 
-    On exit the run is FINISHED, KILLED (``InterruptedRunError``) or FAILED with the reason in
-    the tag ``failure``.
+    On exit the run is FINISHED, KILLED (``InterruptedRunError``, Ctrl-C or SIGTERM: a
+    ``KeyboardInterrupt``) or FAILED with the reason in the tag ``failure``.
 
     Args:
         cfg: the whole task config (logged as flattened params).
@@ -281,6 +361,7 @@ class Tracker:
         self.client = None
         self.logging_error: str | None = None
         self.lost_logging: str | None = None  # after exit: the logging error, if any
+        self._stale_failure = False  # a resumed run's ``failure`` tag from the part before
         #: Where the run ran (code version, libraries, device, threads): tags and metrics.json.
         self.provenance = run_provenance(cfg)
 
@@ -291,14 +372,12 @@ class Tracker:
         from mlflow.tracking.context.registry import resolve_tags
 
         self.client, self.uri, experiment_id = open_store(self.tracking)
-        if self.resume_run_id:
-            try:
-                with_retry(self.client.get_run, self.resume_run_id)
-            except Exception as err:  # noqa: BLE001
-                raise ConfigError(
-                    f"resume: MLflow run {self.resume_run_id} is not in {self.uri} ({err})"
-                ) from None
-            self.run_id = self.resume_run_id
+        previous = self._resumable() if self.resume_run_id else None
+        if previous is not None:
+            self.run_id = previous.info.run_id
+            # The failure of the part before (e.g. an interruption) is stale once this one
+            # finishes; it is removed then, not now, so a crash in between still shows it.
+            self._stale_failure = "failure" in previous.data.tags
             with_retry(self.client.update_run, self.run_id, status="RUNNING")
             for key, value in {**self.tags, **self._provenance_tags()}.items():
                 with_retry(self.client.set_tag, self.run_id, key, str(value))
@@ -316,6 +395,35 @@ class Tracker:
         for lo in range(0, len(params), 100):
             with_retry(self.client.log_batch, self.run_id, params=params[lo : lo + 100])
         return self
+
+    def _resumable(self):
+        """The run ``resume_run_id`` if it may be continued here, else ``None`` (a new run).
+
+        A run belongs to the directory in its ``run_dir`` tag. A copied or moved run
+        directory carries the original's ``tracking.json``; continuing that MLflow run would
+        overwrite the original's run_dir tag, checkpoint hash, metrics and artifacts.
+
+        Raises:
+            ConfigError: the run is not in this store.
+
+        """
+        try:
+            run = with_retry(self.client.get_run, self.resume_run_id)
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(
+                f"resume: MLflow run {self.resume_run_id} is not in {self.uri} ({err})"
+            ) from None
+        recorded, here = run.data.tags.get("run_dir"), self.tags.get("run_dir")
+        if recorded and here and Path(recorded) != Path(here):
+            log.warning(
+                "resume: MLflow run %s belongs to %s, not %s (a copied or moved run "
+                "directory); starting a new MLflow run",
+                self.resume_run_id,
+                recorded,
+                here,
+            )
+            return None
+        return run
 
     def _provenance_tags(self) -> dict[str, str]:
         task = str(self.tags.get("task", self.cfg.get("task", "run")))
@@ -388,6 +496,8 @@ class Tracker:
         self.lost_logging = error
         if error is not None:  # one last try: the status and the reason matter most
             self.set_tags({"logging_error": f"{error}; later metrics are missing"})
+        if status == "FINISHED" and self._stale_failure:
+            self._safely("delete_tag", self.client.delete_tag, self.run_id, "failure")
         self._safely("set_terminated", self.client.set_terminated, self.run_id, status)
 
 
@@ -407,5 +517,15 @@ def previous_run_id(resume: str | None, tracking: Mapping[str, Any]) -> str | No
     previous = json.loads(record.read_text())
     if previous.get("uri") != resolve_uri(tracking.get("uri"), create=False):
         log.warning("resume: the first part was logged to %s; starting a new MLflow run", previous)
+        return None
+    recorded, here = previous.get("run_dir"), str(Path(str(resume)).resolve())
+    if recorded is not None and recorded != here:  # copied or moved: never the original's run
+        log.warning(
+            "resume: %s was written in %s (a copy or a move); starting a new MLflow run, "
+            "MLflow run %s stays as it is",
+            record,
+            recorded,
+            previous.get("run_id"),
+        )
         return None
     return previous.get("run_id")

@@ -1,16 +1,24 @@
-"""Long runs survive: kill -9 then resume, Ctrl-C, NaN — through the real console script."""
+"""Long runs survive: kill -9 then resume, Ctrl-C, SIGTERM, NaN (through the console script)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from auctionlab.cli import resume_overrides
+from auctionlab.errors import Interrupted
+from auctionlab.training import Trainer
 
 #: A tiny but real training run: ~1-2 ms per iteration on one thread.
 TINY = [
@@ -99,13 +107,14 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(
     process = _started_and_checkpointed(spawn_console, cwd)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 1, stderr
+    assert process.returncode == 130, stderr  # 128 + SIGINT, as a shell reports it
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("auctionlab: run failed: interrupted at iteration"), last
-    assert "resume=" in last
+    assert "(SIGINT)" in last and "resume=" in last
     run = _only_run_dir(cwd)
     client, mlflow_run = _run(cwd, mlflow_uri)
     assert mlflow_run.info.status == "KILLED"
+    assert "interrupted" in mlflow_run.data.tags["failure"]
     assert not (run / "metrics.json").exists()
 
     resumed = run_console(["train", f"resume={run}"], cwd)
@@ -116,7 +125,112 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(
     for key, value in uninterrupted.items():
         if key.startswith(("val_", "iterations")):
             assert metrics[key] == value, key
-    assert client.get_run(mlflow_run.info.run_id).info.status == "FINISHED"
+    finished = client.get_run(mlflow_run.info.run_id)
+    assert finished.info.status == "FINISHED"
+    assert "failure" not in finished.data.tags  # the interruption's reason is stale now
+
+
+def test_sigterm_stops_like_ctrl_c_and_a_copied_run_dir_resumes_into_a_new_run(
+    uninterrupted, tmp_path, mlflow_uri, run_console, spawn_console
+):
+    # A comma in the path: Hydra reads an unquoted `resume=<dir>` with one as a sweep.
+    cwd = tmp_path / "pre,empted"
+    cwd.mkdir()
+    process = _started_and_checkpointed(spawn_console, cwd)
+    process.send_signal(signal.SIGTERM)  # what `timeout`, Slurm and `docker stop` send
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr  # 128 + SIGTERM
+    assert "Traceback" not in stderr
+    run = _only_run_dir(cwd)
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("auctionlab: run failed: interrupted at iteration"), last
+    assert "(SIGTERM)" in last and last.endswith(f"continue with: auctionlab train resume={run}")
+    assert not (run / "metrics.json").exists()
+    client, killed = _run(cwd, mlflow_uri)
+    assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags["failure"]
+    history = client.get_metric_history(killed.info.run_id, "train_revenue")
+    stopped_at = torch.load(run / "checkpoint.pt", weights_only=True)["iteration"]
+
+    # A copy carries the original's tracking.json; resumed, it is a run of its own.
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    short = f"train.iterations={stopped_at + 20}"  # enough to finish: validation, tags, files
+    resumed_copy = run_console(["train", f"resume={copy}", short], tmp_path)
+    assert resumed_copy.returncode == 0, resumed_copy.stderr[-3000:]
+    assert "starting a new MLflow run" in resumed_copy.stdout + resumed_copy.stderr
+    copy_id = json.loads((copy / "tracking.json").read_text())["run_id"]
+    assert copy_id != killed.info.run_id
+    copy_run = client.get_run(copy_id)
+    assert copy_run.info.status == "FINISHED"
+    assert copy_run.data.tags["run_dir"] == str(copy.resolve())
+    original = client.get_run(killed.info.run_id)
+    assert original.info.status == "KILLED"
+    assert original.data.tags == killed.data.tags  # run_dir, failure, no checkpoint hash
+    assert original.data.metrics == killed.data.metrics
+    assert client.get_metric_history(killed.info.run_id, "train_revenue") == history
+
+    # The original, resumed with the command it printed, finishes its own MLflow run.
+    resumed = run_console(["train", f"resume={run}"], cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _only_run_dir(cwd) == run
+    metrics = _metrics(run)
+    for key, value in uninterrupted.items():
+        if key.startswith(("val_", "iterations")):
+            assert metrics[key] == value, key
+    finished = client.get_run(killed.info.run_id)
+    assert finished.info.status == "FINISHED" and "failure" not in finished.data.tags
+    assert finished.data.tags["run_dir"] == str(run.resolve())
+
+
+def test_sigterm_stops_evaluate_killed_and_without_metrics(tmp_path, mlflow_client, spawn_console):
+    cwd = tmp_path / "evaluate"
+    cwd.mkdir()
+    heavy = ["profiles=4096", "attack_budget.steps=400"]  # seconds of work to interrupt
+    process = spawn_console(["evaluate", "mechanism=vcg", "env=2x2", "scale=smoke", *heavy], cwd)
+    while not list(cwd.glob("outputs/runs/*/*/config.yaml")):  # written once the run is open
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "auctionlab: interrupted by SIGTERM", stderr
+    assert "Traceback" not in stderr
+    run = _only_run_dir(cwd)
+    assert not (run / "metrics.json").exists()
+    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    (killed,) = mlflow_client.search_runs(experiments, f"tags.run_dir = '{run.resolve()}'")
+    assert killed.info.status == "KILLED" and not killed.data.metrics
+
+
+def test_first_signal_asks_to_stop_and_a_second_stops_at_once():
+    trainer = SimpleNamespace(stop_requested=False, stop_signal=signal.SIGINT)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def deliver(signum: int) -> None:
+        os.kill(os.getpid(), signum)
+        for _ in range(100):  # Python runs the handler between bytecodes, in the main thread
+            time.sleep(0.001)
+
+    with Trainer._interruptible(trainer):
+        deliver(signal.SIGTERM)
+        assert trainer.stop_requested and trainer.stop_signal == signal.SIGTERM
+        with pytest.raises(Interrupted) as stopped:
+            deliver(signal.SIGINT)
+    assert stopped.value.signum == signal.SIGINT
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+@pytest.mark.parametrize("name", ["a,b", "it's [1,2]", "x=y {a,b}"])
+def test_resume_directory_with_hydra_syntax_is_one_quoted_value(tmp_path, name):
+    run = tmp_path / name / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- env=1x2\n- train.iterations=10\n")
+    args = resume_overrides([f"resume={run}", "train.iterations=20"])
+    parsed = OverridesParser.create().parse_overrides(args)
+    assert not any(o.is_sweep_override() for o in parsed), args
+    values = {o.get_key_element(): o.value() for o in parsed}
+    assert values["resume"] == str(run) and values["hydra.run.dir"] == str(run)
+    assert values["env"] == "1x2" and values["train.iterations"] == 20
 
 
 def test_nan_stops_keeps_last_good_checkpoint_and_fails_mlflow_run(cli, tmp_path, mlflow_uri):

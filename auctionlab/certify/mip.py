@@ -115,10 +115,19 @@ def solve_instances(
             initargs=(spec, settings),
         ) as pool:
             futures = [pool.submit(_solve_one, task) for task in tasks]
-            for future in as_completed(futures):
-                k, result, count = future.result()
-                results[k], unstable[k] = result, count
-                bar.update(1)
+            try:
+                for future in as_completed(futures):
+                    k, result, count = future.result()
+                    results[k], unstable[k] = result, count
+                    bar.update(1)
+            except BaseException:
+                # Ctrl-C, SIGTERM or a failed solve: leaving the block would otherwise wait
+                # for every queued solve. Drop them and stop the solves under way (the
+                # workers only compute; the executor keeps its processes in _processes).
+                pool.shutdown(wait=False, cancel_futures=True)
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+                raise
     bar.close()
     return results, unstable  # type: ignore[return-value]
 

@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.conf import hydra_initialized, job_config_dirs, searchpath_override
+from auctionlab.errors import InterruptedRunError
 from auctionlab.experiments.plan import (
     Plan,
     quote,
@@ -245,6 +246,8 @@ def run_experiment(
                 if stage == "resume" and chain is not None:
                     overrides = resume_overrides(chain, directory, overrides)
                 error = run_stage(task_of(stage), overrides, directory, task)
+                if isinstance(error, InterruptedRunError):  # a signal stops the whole sweep
+                    raise error
                 jobs.append(
                     {
                         "point": point.number,

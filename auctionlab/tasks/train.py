@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import torch
@@ -105,7 +106,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     Raises:
         NonFiniteError: NaN or inf during training or validation. The last good checkpoint
             is kept, ``failure.json`` says why, and the MLflow run is FAILED.
-        InterruptedRunError: Ctrl-C; a checkpoint of the last full step is saved first.
+        InterruptedRunError: Ctrl-C or SIGTERM; a checkpoint of the last full step is saved
+            first.
 
     """
     trainer, validation_attacker, device, picked = prepare(cfg)
@@ -125,8 +127,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
             (out / stale).unlink(missing_ok=True)
         save_config(cfg, out)
         write_json(out / "choices.json", picked)
-        if tracker.run_id is not None:
-            write_json(out / "tracking.json", {"uri": tracker.uri, "run_id": tracker.run_id})
+        if tracker.run_id is not None:  # run_dir: a copy of this directory is not this run
+            record = {"uri": tracker.uri, "run_id": tracker.run_id, "run_dir": tags["run_dir"]}
+            write_json(out / "tracking.json", record)
         every = int(cfg.train.checkpoint_every)
         # A resumed run starts from a checkpoint that is known to be good.
         saved = {"iteration": trainer.iteration if cfg.get("resume") else None}
@@ -153,7 +156,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             save_checkpoint(trainer.state_dict(), checkpoint)
             raise InterruptedRunError(
                 f"{err}; checkpoint saved to {checkpoint}; continue with: "
-                f"auctionlab train resume={out}"
+                f"auctionlab train {shlex.quote(f'resume={out}')}",  # a shell-safe command
+                err.signum,
             ) from None
         except NonFiniteError as err:
             raise record_failure(out, checkpoint, saved["iteration"], str(err)) from None

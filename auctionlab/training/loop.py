@@ -20,7 +20,13 @@ from auctionlab.attackers.base import (
     project_deviations,
 )
 from auctionlab.attackers.best_response import install_best_response
-from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
+from auctionlab.errors import (
+    STOP_SIGNALS,
+    ConfigError,
+    InterruptedRunError,
+    NonFiniteError,
+    raise_interrupt,
+)
 from auctionlab.training.constrained_erm import violations as measure_violations
 from auctionlab.training.constraints import ConstraintHandler, DualState, Unconstrained
 from auctionlab.types import Outcome, Types
@@ -102,6 +108,7 @@ class Trainer:
         self.log_every, self.progress = max(1, log_every), progress
         self.detect_anomaly = detect_anomaly
         self.stop_requested = False
+        self.stop_signal: int = signal.SIGINT  # the signal that asked to stop
         if lr_decay_start is not None and not (
             0.0 <= lr_decay_start < 1.0 and 0.0 < lr_decay_to <= 1.0
         ):
@@ -273,16 +280,16 @@ class Trainer:
     ) -> dict[str, float]:
         """Run until ``iterations``; call ``on_log(metrics, step)`` every ``log_every`` steps.
 
-        A first Ctrl-C (SIGINT) finishes the current step and raises ``InterruptedRunError``
-        with the trainer in a consistent state (the caller saves a checkpoint); a second one
-        stops at once.
+        A first Ctrl-C (SIGINT) or SIGTERM finishes the current step and raises
+        ``InterruptedRunError`` with the trainer in a consistent state (the caller saves a
+        checkpoint); a second one stops at once.
 
         Returns:
             The last window's means plus ``train_seconds`` and ``seconds_per_iteration``.
 
         Raises:
             NonFiniteError: NaN or inf in the loss, multipliers or logged metrics.
-            InterruptedRunError: Ctrl-C.
+            InterruptedRunError: Ctrl-C or SIGTERM.
 
         """
         with self._interruptible():
@@ -290,21 +297,32 @@ class Trainer:
 
     @contextlib.contextmanager
     def _interruptible(self) -> Iterator[None]:
-        """SIGINT sets ``stop_requested`` instead of raising mid-step (main thread only)."""
+        """SIGINT and SIGTERM set ``stop_requested`` instead of raising mid-step.
+
+        Only in the main thread, and not for a signal the process ignores (a background job
+        of a non-interactive shell ignores SIGINT). After the first signal, a second one of
+        either kind raises :class:`~auctionlab.errors.Interrupted` at once.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        # An ignored signal stays ignored; one with a handler set outside Python (None) cannot
+        # be restored afterwards, so it is left alone too.
+        caught = [s for s, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
 
         def request_stop(signum, frame) -> None:
-            self.stop_requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: now
+            self.stop_requested, self.stop_signal = True, signum
+            for s in caught:  # a second signal: now
+                signal.signal(s, raise_interrupt)
 
-        signal.signal(signal.SIGINT, request_stop)
+        for s in caught:
+            signal.signal(s, request_stop)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s in caught:
+                signal.signal(s, previous[s])
 
     def _fit(
         self, on_log: Callable[[dict[str, float], int], None] | None = None
@@ -357,7 +375,11 @@ class Trainer:
             if self.stop_requested:
                 bar.close()
                 self.train_seconds += time.perf_counter() - started
-                raise InterruptedRunError(f"interrupted at iteration {self.iteration}")
+                raise InterruptedRunError(
+                    f"interrupted at iteration {self.iteration} "
+                    f"({signal.Signals(self.stop_signal).name})",
+                    self.stop_signal,
+                )
         bar.close()
         self.train_seconds += time.perf_counter() - started
         done = self.iteration - start_iteration

@@ -22,3 +22,10 @@ class NonFiniteError(RunError):
 
 class InterruptedRunError(RunError):
     """The user interrupted the run (Ctrl-C) and it stopped cleanly (MLflow status KILLED)."""
+
+
+class OutputError(RunError):
+    """A file of the run could not be written (disk full, read-only file system, no access).
+
+    The message names the path and the system's reason; a half-written temp file is removed.
+    """

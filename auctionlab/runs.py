@@ -378,10 +378,17 @@ def load_trained(run: str, device):
             f"run={run}: training has not finished (no metrics.json); finish it with "
             f"`auctionlab train resume={run}`"
         )
+    checkpoint = directory / "checkpoint.pt"
+    verify_checkpoint(checkpoint)  # the more precise diagnosis of a damaged checkpoint first
+    # Before anything in the directory is used: nothing is built from an edited config.
+    verify_manifest(directory, f"run={run}")
     train_cfg = OmegaConf.load(config)
     env, mechanism = build_env_and_mechanism(train_cfg)
-    state = load_checkpoint(directory / "checkpoint.pt", device)
-    mechanism.load_state_dict(state["mechanism"])
+    state = load_checkpoint(checkpoint, device, verified=True)
+    try:
+        mechanism.load_state_dict(state["mechanism"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"run={run}: {misfit(err, train_cfg)}") from err
     picked_path = directory / "choices.json"
     picked = json.loads(picked_path.read_text()) if picked_path.exists() else {}
     picked.setdefault("mechanism", type(mechanism).__name__.lower())

@@ -164,6 +164,15 @@ def test_tampered_run_is_refused_naming_the_file(case, copy):
     assert message.endswith("refusing to use it") and "\n" not in message
 
 
+def test_a_finished_run_resumes_and_is_sealed_again(copy, cli):
+    # Inside the job Hydra has rewritten .hydra/ before the seal is checked again.
+    result = cli("train", f"resume={copy}", "train.iterations=6", "tracking=none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert strict_load(copy / "metrics.json")["iterations"] == 6
+    verify_manifest(copy)
+    load_trained(str(copy), CPU)
+
+
 def test_resume_of_a_finished_run_checks_its_seal(copy, compose):
     from auctionlab.tasks import train
 

@@ -7,13 +7,16 @@ or MLflow run is left behind for it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import itertools
+import json
 import logging
-import math
+import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from auctionlab.conf import (
@@ -41,8 +44,11 @@ INFO_FLAGS = (
     "-p",
     "--package",
 )
-#: Sweeps up to this many points are composed and built point by point before Hydra starts.
+#: Every point of a sweep is composed and validated before Hydra starts; up to this many are
+#: also built (``prepare``): all of a small sweep, else a sample with every swept value.
 MAX_CHECKED_POINTS = 16
+#: Free space below which a run is refused before it starts (checkpoints, figures, logs).
+MIN_FREE_BYTES = 1 << 20
 
 
 def usage() -> str:
@@ -75,36 +81,96 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def sweep_points(parsed: list, limit: int = MAX_CHECKED_POINTS) -> list[list[str]]:
-    """Override lists of the points a sweep will run (only the first when there are many).
+def sweep_points(parsed: list) -> list[list[str]]:
+    """Override lists of every point a sweep will run, in Hydra's job order.
 
     Returns no point when a sweep cannot be expanded here (``glob``): Hydra then checks it.
 
     Args:
         parsed: Hydra's parsed overrides.
-        limit: most points to list; a larger sweep yields its first point only.
     """
-    axes: list[list[str]] = []
+    # As Hydra's basic sweeper: one axis per key (a repeated key keeps its first place and
+    # its last value), the first axis outermost.
+    axes: dict[str, list[str]] = {}
     for override in parsed:
+        key = override.get_key_element()
         if not override.is_sweep_override():
-            axes.append([override.input_line])
+            axes[key] = [override.input_line]
             continue
         try:
             values = list(override.sweep_string_iterator())
         except Exception:  # noqa: BLE001 - e.g. glob(), which only Hydra's launcher can expand
             return []
-        axes.append([f"{override.get_key_element()}={value}" for value in values])
-    if math.prod(len(axis) for axis in axes) > limit:
-        axes = [axis[:1] for axis in axes]
-    return [list(point) for point in itertools.product(*axes)]
+        axes[key] = [f"{key}={value}" for value in values]
+    return [list(point) for point in itertools.product(*axes.values())]
+
+
+def _built_sample(points: list[list[str]], swept: list[int], limit: int) -> list[int]:
+    """Which points to build (``prepare``): all of a small sweep, else a sample.
+
+    The sample is the first point, then each point that brings a swept value not built yet,
+    at most ``limit`` in all: every value of every axis is built once in a typical sweep.
+    """
+    if len(points) <= limit:
+        return list(range(len(points)))
+    chosen, seen = [0], {points[0][i] for i in swept}
+    for number, point in enumerate(points):
+        if len(chosen) >= limit:
+            break
+        new = {point[i] for i in swept} - seen
+        if new:
+            chosen.append(number)
+            seen |= new
+    return chosen
+
+
+def _output_dir(hydra_node, multirun: bool) -> Path | None:
+    """Where Hydra will write (``hydra.sweep.dir`` / ``hydra.run.dir``), or ``None``."""
+    from omegaconf import OmegaConf
+
+    try:
+        value = OmegaConf.select(hydra_node, "sweep.dir" if multirun else "run.dir")
+    except Exception:  # noqa: BLE001 - e.g. a resolver only a running job has: Hydra decides
+        return None
+    return Path(str(value)).expanduser() if value else None
+
+
+def _check_writable(directory: Path) -> None:
+    """Refuse in one line when Hydra could not create or fill ``directory``.
+
+    Hydra makes the run directory and writes ``.hydra/`` before any task code runs, so a
+    read-only file system, a directory without write permission or a full disk would
+    otherwise end in its traceback.
+    """
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        fail(f"cannot write {directory}: {os.strerror(errno.EROFS if read_only else errno.EACCES)}")
+    stats = os.statvfs(existing)
+    free = stats.f_bavail * stats.f_frsize
+    if free < MIN_FREE_BYTES:
+        fail(f"cannot write {directory}: {os.strerror(errno.ENOSPC)} ({free // 1024} KiB free)")
 
 
 def precheck(task: str, args: list[str]) -> None:
-    """Compose the config as Hydra will and build env + mechanism; exit in one line on error."""
+    """Compose the config as Hydra will and build env + mechanism; exit in one line on error.
+
+    Every point of a sweep (``-m``) is composed, resolved and validated before any job runs
+    (one Hydra initialization for all); a sample of them is also built (``prepare``). The first
+    failing point is named by its swept overrides, and nothing is run.
+    """
+    from hydra import compose as hydra_compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
+
+    from auctionlab.conf import hydra_initialized, searchpath_override
+    from auctionlab.schema import validate
+    from auctionlab.tracking import check_tracking
+    from auctionlab.utils import check_seeds
 
     plain = overrides_only(args)
     listed = user_config_dirs(args)  # every user dir, for the option lists
@@ -129,17 +195,78 @@ def precheck(task: str, args: list[str]) -> None:
                 if str(value) not in valid:
                     fail(f"{key}={value} is not an option; choose one of: {', '.join(valid)}")
     module = importlib.import_module(TASKS[task][0])
-    # Every point of a small sweep is built here, so a bad combination fails before any job.
-    for point in sweep_points(parsed):
-        try:
-            cfg = _compose(task, point, flag_dirs)
-            OmegaConf.resolve(cfg)
-        except (HydraException, OmegaConfBaseException, ValueError) as err:
-            fail(_explain(task, point, err, flag_dirs))
-        module.prepare(cfg)
-        from auctionlab.tracking import check_tracking
+    points = sweep_points(parsed)
+    # positions of the swept keys in a point (the order of sweep_points' axes)
+    axes = list(dict.fromkeys(o.get_key_element() for o in parsed))
+    sweeps = {o.get_key_element(): o.is_sweep_override() for o in parsed}
+    swept = [i for i, key in enumerate(axes) if sweeps[key]]
 
-        check_tracking(cfg.get("tracking"))
+    def where(number: int) -> str:
+        """How a message names a sweep's point (nothing for a single run)."""
+        if len(points) < 2:
+            return ""
+        chosen = " ".join(points[number][i] for i in swept)
+        return f"sweep job {number} of {len(points)} ({chosen}): "
+
+    # Compose every point under one Hydra initialization (the expensive part is per point).
+    configs, failed = [], None
+    with hydra_initialized(task):
+        for number, point in enumerate(points):
+            try:
+                cfg = hydra_compose(
+                    config_name=task,
+                    overrides=[*point, *searchpath_override(flag_dirs)],
+                    return_hydra_config=number == 0,  # where the jobs will write
+                )
+            except (HydraException, OmegaConfBaseException, ValueError) as err:
+                failed = (number, err)
+                break
+            if number == 0:
+                with open_dict(cfg):
+                    hydra_node = cfg.pop("hydra")
+            configs.append(cfg)
+    if failed is not None:
+        number, err = failed
+        fail(where(number) + _explain(task, points[number], err, flag_dirs))
+    if configs:
+        multirun = any(a in ("-m", "--multirun") for a in args)
+        directory = _output_dir(hydra_node, multirun)
+        if directory is not None:
+            _check_writable(directory)
+    built = _built_sample(points, swept, MAX_CHECKED_POINTS)
+    # Cheap checks of every point first (resolution, seeds, schema), then the sample is built,
+    # then each distinct tracking store is probed.
+    for number, cfg in enumerate(configs):
+        try:
+            OmegaConf.resolve(cfg)
+        except (OmegaConfBaseException, ValueError) as err:
+            fail(where(number) + _explain(task, points[number], err, flag_dirs))
+        with _naming(where(number)):
+            check_seeds(OmegaConf.to_container(cfg))
+            if len(points) > 1:  # all points before any is built (prepare validates its own)
+                validate(cfg)
+    for number in built:
+        with _naming(where(number)):
+            module.prepare(configs[number])
+    probed: set[str] = set()
+    for number, cfg in enumerate(configs):
+        tracking = cfg.get("tracking")
+        key = json.dumps(OmegaConf.to_container(tracking) if tracking else None, default=str)
+        if key not in probed:
+            probed.add(key)
+            with _naming(where(number)):
+                check_tracking(tracking)
+
+
+@contextlib.contextmanager
+def _naming(point: str) -> Iterator[None]:
+    """A ``ConfigError`` of a sweep's point ends the check in one line that names the point."""
+    try:
+        yield
+    except ConfigError as err:
+        if not point:
+            raise  # a single run: main() prints it as it is
+        fail(point + str(err))
 
 
 def resume_overrides(args: list[str]) -> list[str]:

@@ -78,3 +78,10 @@ def catch_stop_signals() -> None:
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, raise_interrupt)
+
+
+class OutputError(RunError):
+    """A file of the run could not be written (disk full, read-only file system, no access).
+
+    The message names the path and the system's reason; a half-written temp file is removed.
+    """

@@ -10,6 +10,7 @@ and extra artifacts.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ class Certificate:
         metrics: flat numbers for ``metrics.json`` and the tracker.
         artifacts: extra writers (per-instance CSV, figures...), run in order after the
             JSON / Markdown pair.
+        finite: the metrics that are the certificate's results (revenue, empirical regret):
+            NaN or inf there means the mechanism or the values were not finite, and the
+            certify task fails instead of writing it. Other metrics may be NaN or inf by
+            definition (no instance certified, no time limit, an unbounded range); the JSON
+            files write those as ``null`` with a reason.
 
     """
 
@@ -63,6 +69,13 @@ class Certificate:
     report: dict[str, Any]
     metrics: dict[str, float]
     artifacts: list[ArtifactWriter] = field(default_factory=list)
+    finite: tuple[str, ...] = ()
+
+    def non_finite(self) -> list[str]:
+        """The result metrics (``finite``) that are NaN, inf or missing."""
+        return sorted(
+            k for k in self.finite if not math.isfinite(float(self.metrics.get(k, math.nan)))
+        )
 
     def to_markdown(self) -> str:
         """The whole Markdown document (heading + body)."""

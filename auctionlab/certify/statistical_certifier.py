@@ -272,6 +272,14 @@ class StatisticalCertifier(Certifier):
             markdown=statistical_markdown(report),
             report=report,
             metrics=statistical_metrics(report),
+            # estimates from the holdout; bounds may be inf by definition (unbounded range)
+            finite=(
+                "revenue",
+                "revenue_se",
+                "regret_estimate_max",
+                "regret_mean",
+                "ir_estimate_max",
+            ),
             artifacts=[
                 lambda out: [write_per_sample(out / "per_sample.csv", regret, ir_violation)],
                 lambda out: list(write_curve(curve, out, title)),

@@ -24,6 +24,11 @@ Bound = float | Sequence[float] | Sequence[Sequence[float]]
 def _grid(bound: Bound, n: int, m: int, name: str) -> Tensor:
     """Broadcast a scalar, per-item list or per-bidder-per-item list to ``[n, m]``."""
     t = torch.as_tensor(bound, dtype=torch.float32)
+    if not bool(torch.isfinite(t).all()):  # else every value, revenue and regret is NaN / inf
+        raise ConfigError(
+            f"env.distribution.{name}={bound} must be finite (a uniform range is bounded; "
+            "values are float32, at most 3.4e38)"
+        )
     if t.dim() == 1 and t.numel() not in (1, m):
         raise ConfigError(f"env.distribution.{name} has {t.numel()} entries; the env has {m} items")
     try:

@@ -9,7 +9,6 @@ env family: seed 002's allocation env asks for ``inference_time`` (Table 2) and
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ import torch
 
 from auctionlab.errors import ConfigError
 from auctionlab.reporting.plots import plot_curves, plot_maps
+from auctionlab.runs import write_json
 
 #: What a figure kind returns: its metrics and the files it wrote.
 Figure = tuple[dict[str, float], list[Path]]
@@ -248,7 +248,7 @@ def nsw_loss_figure(mechanism, env, types, out: Path, title: str, **options: Any
     """
     result = nsw_loss_split(mechanism, env, **options)
     path = out / "nsw_loss.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(path, result)  # strict JSON: a NaN share is null with its reason
     metrics = {f"nsw_loss_{k}": float(v) for k, v in result.items() if isinstance(v, int | float)}
     budget = result["pf_attack_budget"]
     metrics.update(

@@ -18,11 +18,13 @@ from auctionlab.certify.base import Certifier, Source
 from auctionlab.certify.mip_certifier import load_instances
 from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError
-from auctionlab.runs import load_trained, save_config
+from auctionlab.runs import load_trained, save_config, write_manifest
 from auctionlab.tasks.common import (
     choices,
     integer,
     log,
+    non_finite_failure,
+    one_line_write_errors,
     progress_enabled,
     run_dir,
     setup_runtime,
@@ -107,8 +109,15 @@ def prepare(cfg: DictConfig) -> dict:
     }
 
 
+@one_line_write_errors
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Certify; writes the certificate's files into the run directory and logs them."""
+    """Certify; writes the certificate's files into the run directory and logs them.
+
+    Raises:
+        NonFiniteError: a result metric (``Certificate.finite``) is NaN or inf: no certificate
+            is written, ``failure.json`` says which, and the MLflow run is FAILED.
+
+    """
     parts = prepare(cfg)
     env, mechanism, certifier = parts["env"], parts["mechanism"], parts["certifier"]
     source, picked = parts["source"], parts["choices"]
@@ -122,7 +131,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     with Tracker(cfg, cfg.tracking, name, tags) as tracker:
         save_config(cfg, out)
         certificate = certifier.certify(mechanism, env, holdout)
+        bad = certificate.non_finite()
+        if bad:
+            raise non_finite_failure(out, bad, "certificate results")
         files = certificate.write(out, tracker.provenance)
+        # last: seals the config, metrics.json and the certificate's JSON
+        files.append(write_manifest(out, extra=[f"{certificate.name}.json"]))
         tracker.log_metrics(certificate.metrics)
         tracker.log_artifacts([out / "config.yaml", *files])
     print(certificate.to_markdown())

@@ -11,11 +11,21 @@ from auctionlab.errors import ConfigError
 from auctionlab.evaluation import evaluate_mechanism, write_curve
 from auctionlab.reporting.figures import check_figures, evaluation_figures
 from auctionlab.reporting.summary import headline_tags, render_evaluation, warn_ir
-from auctionlab.runs import load_trained, save_config, sha256_file, write_metrics
+from auctionlab.runs import (
+    MANIFEST,
+    load_trained,
+    non_finite_keys,
+    save_config,
+    sha256_file,
+    write_manifest,
+    write_metrics,
+)
 from auctionlab.tasks.common import (
     choices,
     integer,
     log,
+    non_finite_failure,
+    one_line_write_errors,
     progress_enabled,
     run_dir,
     setup_runtime,
@@ -64,8 +74,15 @@ def prepare(cfg: DictConfig):
     return env, mechanism, mechanism_name, label, attacker, device, picked
 
 
+@one_line_write_errors
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate; returns the metrics written to metrics.json."""
+    """Evaluate; returns the metrics written to metrics.json.
+
+    Raises:
+        NonFiniteError: a NaN or inf stress-test metric: ``failure.json`` says which, no
+            ``metrics.json`` is written and the MLflow run is FAILED.
+
+    """
     env, mechanism, mechanism_name, label, attacker, device, picked = prepare(cfg)
     out = run_dir()
     tags = {
@@ -96,6 +113,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
             make_generator(int(cfg.seed), device),
             wdp_instances=int(cfg.get("wdp_instances") or 0),
         )
+        # Every stress-test number must be finite (as train's validation); a figure's own
+        # extras may be NaN by definition and are written as null with a reason.
+        bad = non_finite_keys(metrics)
+        if bad:
+            raise non_finite_failure(out, bad, "results")
         files = write_curve(curve, out, f"{env.name} {label}: {attacker.describe()}")
         # Figures the env asks for (seed 002 Table 2, Figures 1 and 5 for allocation), then
         # those asked for here (figures=[nsw_loss], options in the node of the same name).
@@ -110,8 +132,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         text = render_evaluation(label, env, attacker.describe(), metrics, curve)
         report = out / "evaluation.md"
         report.write_text(text)
+        write_manifest(out)  # last: seals the config and metrics.json
         tracker.log_metrics(metrics)
-        tracker.log_artifacts([out / "config.yaml", out / "metrics.json", report, *files])
+        sealed = [out / "config.yaml", out / "metrics.json", out / MANIFEST]
+        tracker.log_artifacts([*sealed, report, *files])
     warn_ir(metrics, where=f"evaluate {label}")
     print(text)
     return metrics

@@ -14,18 +14,25 @@ from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.evaluation import evaluate_mechanism, write_allocation_map, write_curve
 from auctionlab.reporting.summary import headline_tags, summarize, warn_ir
 from auctionlab.runs import (
+    HYDRA_FILES,
+    MANIFEST,
     hash_path,
     load_checkpoint,
+    misfit,
     record_failure,
     save_checkpoint,
     save_config,
+    verify_manifest,
     write_json,
+    write_manifest,
     write_metrics,
 )
 from auctionlab.tasks.common import (
     choices,
+    hydra_output_dir,
     integer,
     log,
+    one_line_write_errors,
     progress_enabled,
     run_dir,
     setup_runtime,
@@ -87,19 +94,24 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
         lr_decay_to=float(cfg.trainer.get("lr_decay_to", 0.1)),
     )
     if cfg.get("resume"):
-        state = load_checkpoint(Path(str(cfg.resume)) / "checkpoint.pt", device)
+        resumed = Path(str(cfg.resume))
+        if (resumed / "metrics.json").exists():  # a finished run: its files as sealed
+            # Inside the job, Hydra has already rewritten the run's .hydra/ files for this run.
+            job = hydra_output_dir()
+            rewritten = HYDRA_FILES if job and job.resolve() == resumed.resolve() else ()
+            verify_manifest(resumed, f"resume={cfg.resume}", skip=rewritten)
+        state = load_checkpoint(resumed / "checkpoint.pt", device)
         try:
             trainer.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as err:
-            raise ConfigError(
-                f"resume={cfg.resume}: checkpoint does not fit this config ({err})"
-            ) from err
+            raise ConfigError(f"resume={cfg.resume}: {misfit(err, cfg, 'this config')}") from err
     integer(cfg, "train.checkpoint_every", 0)
     integer(cfg, "validation.profiles", 1)
     validation_attacker = build(cfg.validation.attacker, "validation.attacker")
     return trainer, validation_attacker, device, picked
 
 
+@one_line_write_errors
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train ``cfg.mechanism`` on ``cfg.env``; returns the metrics written to metrics.json.
 
@@ -123,7 +135,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     name = f"train {picked.get('mechanism', '')} {picked.get('env', env.name)} seed={cfg.seed}"
     resume_run_id = previous_run_id(cfg.get("resume"), cfg.tracking)
     with Tracker(cfg, cfg.tracking, name, tags, resume_run_id=resume_run_id) as tracker:
-        for stale in ("metrics.json", "failure.json"):  # from the part before a resume
+        for stale in ("metrics.json", "failure.json", MANIFEST):  # from the part before a resume
             (out / stale).unlink(missing_ok=True)
         save_config(cfg, out)
         write_json(out / "choices.json", picked)
@@ -185,11 +197,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         label = f"{env.name} {picked.get('mechanism', '')}"
         files = write_curve(curve, out, f"{label}: validation")
         files += write_allocation_map(mechanism, env, out, f"{label}: allocation")
+        write_manifest(out)  # last: seals config, choices, checkpoint and metrics
         tracker.set_tags({"checkpoint_sha256": digest})
         tracker.log_metrics(metrics, trainer.iteration)
-        tracker.log_artifacts(
-            [out / "config.yaml", out / "metrics.json", checkpoint, hash_path(checkpoint), *files]
-        )
+        sealed = [out / "config.yaml", out / "metrics.json", out / MANIFEST]
+        tracker.log_artifacts([*sealed, checkpoint, hash_path(checkpoint), *files])
     if tracker.logging_error:
         log.warning(
             "MLflow logging failed midway (%s); results are in %s", tracker.logging_error, out

@@ -18,6 +18,7 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from auctionlab.conf import (
     CONFIG_MODULE,
@@ -209,28 +210,27 @@ def precheck(task: str, args: list[str]) -> None:
         return f"sweep job {number} of {len(points)} ({chosen}): "
 
     # Compose every point under one Hydra initialization (the expensive part is per point).
-    configs, failed = [], None
+    configs, hydra_nodes, failed = [], [], None
     with hydra_initialized(task):
         for number, point in enumerate(points):
             try:
                 cfg = hydra_compose(
                     config_name=task,
                     overrides=[*point, *searchpath_override(flag_dirs)],
-                    return_hydra_config=number == 0,  # where the jobs will write
+                    return_hydra_config=True,  # where the jobs write, and the group choices
                 )
             except (HydraException, OmegaConfBaseException, ValueError) as err:
                 failed = (number, err)
                 break
-            if number == 0:
-                with open_dict(cfg):
-                    hydra_node = cfg.pop("hydra")
+            with open_dict(cfg):
+                hydra_nodes.append(cfg.pop("hydra"))
             configs.append(cfg)
     if failed is not None:
         number, err = failed
         fail(where(number) + _explain(task, points[number], err, flag_dirs))
     if configs:
         multirun = any(a in ("-m", "--multirun") for a in args)
-        directory = _output_dir(hydra_node, multirun)
+        directory = _output_dir(hydra_nodes[0], multirun)
         if directory is not None:
             _check_writable(directory)
     built = _built_sample(points, swept, MAX_CHECKED_POINTS)
@@ -246,7 +246,7 @@ def precheck(task: str, args: list[str]) -> None:
             if len(points) > 1:  # all points before any is built (prepare validates its own)
                 validate(cfg)
     for number in built:
-        with _naming(where(number)):
+        with _naming(where(number)), _as_job(configs[number], hydra_nodes[number]):
             module.prepare(configs[number])
     probed: set[str] = set()
     for number, cfg in enumerate(configs):
@@ -256,6 +256,26 @@ def precheck(task: str, args: list[str]) -> None:
             probed.add(key)
             with _naming(where(number)):
                 check_tracking(tracking)
+
+
+@contextlib.contextmanager
+def _as_job(cfg: Any, hydra_node: Any) -> Iterator[None]:
+    """Hydra's job config set while a point is built, so messages name the chosen options.
+
+    (``mechanism=ca_vcg``, not the class's own name); unset again afterwards, before Hydra
+    itself starts.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    job = OmegaConf.create({})
+    with open_dict(job):
+        job.hydra = hydra_node
+    HydraConfig.instance().set_config(job)
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 @contextlib.contextmanager
@@ -295,7 +315,6 @@ def resume_overrides(args: list[str]) -> list[str]:
     recorded = directory / ".hydra" / "overrides.yaml"
     if not recorded.exists():
         fail(f"resume={directory}: not a train run directory (no .hydra/overrides.yaml)")
-    from omegaconf import OmegaConf
 
     def quoted(path: Path) -> str:
         # Hydra's quoted string: escape quotes, and backslashes before a quote or the end.
@@ -304,10 +323,21 @@ def resume_overrides(args: list[str]) -> list[str]:
 
     key = lambda o: o.split("=", 1)[0].lstrip("+~")  # noqa: E731
     now = {key(a) for a in plain}
-    before = [str(o) for o in OmegaConf.load(recorded) if key(str(o)) not in now | {"resume"}]
+    before = [str(o) for o in _recorded_overrides(recorded) if key(str(o)) not in now | {"resume"}]
     given_now = [a for a in args if a not in given] + [f"resume={quoted(directory)}"]
     extra = [] if "hydra.run.dir" in now else [f"hydra.run.dir={quoted(directory)}"]
     return [*before, *given_now, *extra]
+
+
+def _recorded_overrides(path: Path) -> list[str]:
+    """A run's recorded overrides (checked: see ``runs.read_recorded_overrides``)."""
+    from auctionlab.runs import read_recorded_overrides
+
+    try:
+        return read_recorded_overrides(path, f"resume={path.parent.parent}")
+    except ConfigError as err:
+        fail(str(err))
+        raise AssertionError("unreachable") from err  # fail() exits
 
 
 def _compose(task: str, overrides: list[str], search_dirs: Sequence[Path] = ()):

@@ -371,7 +371,7 @@ def load_trained(run: str, device):
         raise ConfigError(f"run={run}: not a train run directory (no config.yaml)")
     failure = directory / "failure.json"
     if failure.exists():
-        reason = json.loads(failure.read_text()).get("reason", "see failure.json")
+        reason = _read_json(failure, f"run={run}").get("reason", "see failure.json")
         raise ConfigError(f"run={run}: that training failed ({reason}); its weights are no result")
     if not (directory / "metrics.json").exists():
         raise ConfigError(
@@ -382,7 +382,7 @@ def load_trained(run: str, device):
     verify_checkpoint(checkpoint)  # the more precise diagnosis of a damaged checkpoint first
     # Before anything in the directory is used: nothing is built from an edited config.
     verify_manifest(directory, f"run={run}")
-    train_cfg = OmegaConf.load(config)
+    train_cfg = _read_config(config, f"run={run}")
     env, mechanism = build_env_and_mechanism(train_cfg)
     state = load_checkpoint(checkpoint, device, verified=True)
     try:
@@ -390,10 +390,90 @@ def load_trained(run: str, device):
     except (KeyError, RuntimeError, ValueError) as err:
         raise ConfigError(f"run={run}: {misfit(err, train_cfg)}") from err
     picked_path = directory / "choices.json"
-    picked = json.loads(picked_path.read_text()) if picked_path.exists() else {}
+    picked = _read_json(picked_path, f"run={run}") if picked_path.exists() else {}
+    picked = {str(k): str(v) for k, v in picked.items()}
     picked.setdefault("mechanism", type(mechanism).__name__.lower())
     # Deployed form: e.g. regretnet_sparsemax clips its free payments only in eval mode.
     return env, mechanism.to(device).eval(), picked
+
+
+def _read_json(path: Path, where: str) -> dict:
+    """A run directory's JSON object, or a one-line ``ConfigError`` naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}: {path.name} cannot be read ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {path.name} is not a JSON object")
+    return data
+
+
+def read_recorded_overrides(path: Path, where: str) -> list[str]:
+    """A run's ``.hydra/overrides.yaml``, refused when it is not what Hydra writes there.
+
+    The file may come from someone else. Hydra records only the task's overrides in it, so a
+    ``hydra.*`` or ``hydra/*`` entry (callbacks, launchers, search paths: code Hydra would
+    build or load) can only have been written by hand. The task's own entries are checked by
+    the config gate when they are composed.
+
+    Args:
+        path: the ``overrides.yaml`` file.
+        where: how messages name the run (``resume=<dir>``).
+
+    Raises:
+        ConfigError: unreadable, not a list of strings, or setting Hydra's own options.
+
+    """
+    from omegaconf import ListConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    where = f"{where}: {path.parent.name}/{path.name}"
+    try:
+        recorded = OmegaConf.load(path)
+    except (OmegaConfBaseException, OSError, ValueError) as err:
+        raise ConfigError(f"{where} cannot be read ({' '.join(str(err).split())})") from None
+    if not isinstance(recorded, ListConfig) or not all(isinstance(o, str) for o in recorded):
+        raise ConfigError(f"{where} is not a list of overrides")
+    for override in recorded:
+        if override.lstrip("+~").startswith(("hydra.", "hydra/", "hydra=")):
+            raise ConfigError(
+                f"{where} sets {override!r}; Hydra's own options are never recorded there, so "
+                "the file was edited; refusing to resume from it"
+            )
+    return [str(o) for o in recorded]
+
+
+def read_run_config(run: str) -> DictConfig:
+    """The ``config.yaml`` of a finished train run, its manifest and the gate checked."""
+    directory = Path(run).expanduser()
+    verify_manifest(directory, f"run={run}")
+    return _read_config(directory / "config.yaml", f"run={run}")
+
+
+def _read_config(path: Path, where: str) -> DictConfig:
+    """A run's ``config.yaml``, gated before anything is built from it.
+
+    Every ``_target_`` in the whole file (not only the nodes that get built) must name a
+    component class, and the file must hold no interpolation (it is saved resolved).
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    from auctionlab.schema import check_resolved, check_targets
+
+    try:
+        cfg = OmegaConf.load(path)
+        tree = OmegaConf.to_container(cfg, resolve=False)
+    except (OmegaConfBaseException, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"{where}: {path.name} cannot be read ({reason})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{where}: {path.name} is not a config mapping")
+    try:
+        check_targets(tree)
+        check_resolved(tree)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {path.name}: {err}") from None
+    return cfg
 
 
 def record_failure(out: Path, checkpoint: Path, kept: int | None, reason: str) -> NonFiniteError:

@@ -401,6 +401,28 @@ def check_targets(node: Any, path: str = "") -> None:
             check_targets(value, f"{path}[{index}]")
 
 
+def check_resolved(node: Any, path: str = "") -> None:
+    """A saved (resolved) config holds no ``${...}``: one that does was edited by hand.
+
+    Interpolations are resolved when a config is read, so a file someone else wrote could
+    otherwise pull values from this machine (``${oc.env:...}``) into the run.
+
+    Raises:
+        ConfigError: naming the first interpolation.
+
+    """
+    if isinstance(node, collections.abc.Mapping):
+        for key, value in node.items():
+            check_resolved(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list | tuple):
+        for index, value in enumerate(node):
+            check_resolved(value, f"{path}[{index}]")
+    elif isinstance(node, str) and "${" in node:
+        raise ConfigError(
+            f"{path}={node!r}: an interpolation in a saved config (saved configs are resolved)"
+        )
+
+
 def _omegaconf_type(kind: Any) -> Any:
     """A constructor annotation as a type OmegaConf 2.3 can check (``Any`` when it cannot)."""
     if kind in (int, float, bool, str):

@@ -8,6 +8,7 @@ else may have written must refuse it before any object is built: the marker stay
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -119,9 +120,11 @@ def _copy(trained: Path, tmp_path: Path) -> Path:
 
 
 def _reseal(directory: Path) -> None:
-    """Recompute the run directory's manifest, as an attacker who edits files would."""
-    if hasattr(runs, "write_manifest"):
-        runs.write_manifest(directory)
+    """Recompute the run directory's manifest, as an attacker who edits files would.
+
+    The manifest is tamper evidence, not a signature: the gate must hold on its own.
+    """
+    runs.write_manifest(directory)
 
 
 @pytest.mark.parametrize("name", PAYLOADS)
@@ -180,3 +183,66 @@ def test_replay_refuses_an_audit_header_carrying_a_payload(tmp_path, cli):
     assert "env.distribution._args_[0]._target_='builtins.open'" in done.stderr
     assert not marker.exists()
     json.loads(log.read_text().splitlines()[0])  # still a readable log, just refused
+
+
+def test_resume_refuses_recorded_overrides_that_set_hydra_options(trained, tmp_path, cli):
+    # Hydra builds callbacks and loads search paths from its own options: never from a file.
+    run = _copy(trained, tmp_path)
+    marker = tmp_path / "marker"
+    recorded = run / ".hydra" / "overrides.yaml"
+    callback = f"+hydra.callbacks.x={{_target_:auctionlab.runs.os.makedirs,_args_:['{marker}']}}"
+    recorded.write_text(yaml.safe_dump([*yaml.safe_load(recorded.read_text()), callback]))
+    _reseal(run)
+    done = cli("train", f"resume={run}")
+    assert done.returncode == 2, done.stderr
+    assert "overrides.yaml sets " in done.stderr and "+hydra.callbacks.x=" in done.stderr
+    assert "refusing to resume" in done.stderr and "Traceback" not in done.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (["scale=smoke", "hydra/launcher=joblib"], "sets 'hydra/launcher=joblib'"),
+        (["hydra.searchpath=[file:///tmp]"], "sets 'hydra.searchpath=[file:///tmp]'"),
+        ({"not": "a list"}, "is not a list of overrides"),
+    ],
+)
+def test_recorded_overrides_are_checked(tmp_path, content, message):
+    recorded = tmp_path / ".hydra" / "overrides.yaml"
+    recorded.parent.mkdir()
+    recorded.write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        runs.read_recorded_overrides(recorded, "resume=x")
+
+
+def test_a_saved_config_with_an_interpolation_is_refused(trained, tmp_path):
+    # Saved configs are resolved; ${oc.env:...} would pull this machine's secrets into a run.
+    run = _copy(trained, tmp_path)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["env"]["name"] = "${oc.env:HOME}"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    _reseal(run)
+    with pytest.raises(ConfigError, match=r"env.name='\$\{oc.env:HOME\}': an interpolation"):
+        runs.load_trained(str(run), "cpu")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # a component's own message, re-rooted where the component sits
+        (["validation.attacker.steps=-1"], "validation.attacker.steps=-1 must be >= 0"),
+        # the option the user typed, not the class's own name (ca_vcg is an AffineMaximizer)
+        (["mechanism=ca_vcg"], "mechanism=ca_vcg is a fixed rule with nothing to train"),
+        # the constructor's check, not Hydra's "full_key: mechanism"
+        (["mechanism.hidden=[-3]"], "mechanism.hidden=[-3]: every layer width must be >= 1"),
+    ],
+)
+def test_messages_name_what_the_user_typed(capsys, args, message):
+    from auctionlab.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "scale=smoke", *args])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"auctionlab: error: {message}") and err.count("\n") == 1

@@ -46,7 +46,7 @@ from auctionlab.reporting import (
     render_markdown,
     write_table,
 )
-from auctionlab.runs import save_config
+from auctionlab.runs import read_recorded_overrides, save_config
 from auctionlab.tracking import Tracker, flatten
 
 log = logging.getLogger("auctionlab")
@@ -188,8 +188,8 @@ def resume_overrides(previous: Path, directory: Path, overrides: list[str]) -> l
         return override.split("=", 1)[0].lstrip("+~")
 
     given = {key(o) for o in overrides}
-    recorded = OmegaConf.load(directory / ".hydra" / "overrides.yaml")
-    before = [str(o) for o in recorded if key(str(o)) not in given | {"resume"}]
+    recorded = read_recorded_overrides(directory / ".hydra" / "overrides.yaml", f"{directory}")
+    before = [o for o in recorded if key(o) not in given | {"resume"}]
     return [*before, *overrides, f"resume={quote(str(directory))}"]
 
 

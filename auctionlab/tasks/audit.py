@@ -25,10 +25,10 @@ def prepare(cfg: DictConfig):
     """Env, mechanism and the configs that rebuild them; ``ConfigError`` on bad input."""
     device = setup_runtime(cfg)
     if cfg.run:
-        from auctionlab.runs import load_trained
+        from auctionlab.runs import load_trained, read_run_config
 
         env, mechanism, _ = load_trained(str(cfg.run), device)
-        trained = OmegaConf.load(f"{cfg.run}/config.yaml")
+        trained = read_run_config(str(cfg.run))
         configs = {
             "env": OmegaConf.to_container(trained.env, resolve=True),
             "mechanism": OmegaConf.to_container(trained.mechanism, resolve=True),

@@ -9,8 +9,6 @@ certificate of population regret / IR (seed 000 §6). ``run=`` certifies trained
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,7 +16,7 @@ from auctionlab.certify.base import Certifier, Source
 from auctionlab.certify.mip_certifier import load_instances
 from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError
-from auctionlab.runs import load_trained, save_config, write_manifest
+from auctionlab.runs import load_trained, read_run_config, save_config, write_manifest
 from auctionlab.tasks.common import (
     choices,
     integer,
@@ -65,7 +63,7 @@ def _load(cfg: DictConfig, certifier: Certifier, picked: dict) -> tuple:
             raise ConfigError("certify: pass either run=<train run> or mechanism=<classical>")
         env, mechanism, picked_run = load_trained(str(cfg.run), torch.device("cpu"))
         picked.update(picked_run)
-        train_cfg = OmegaConf.load(Path(str(cfg.run)) / "config.yaml")
+        train_cfg = read_run_config(str(cfg.run))
         label = picked.get("mechanism", type(mechanism).__name__)
         return env, mechanism, Source(label, str(cfg.run), train_cfg)
     if cfg.get("mechanism") is None:

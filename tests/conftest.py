@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -111,6 +112,13 @@ def run_cli(
     )
 
 
+def _as_in_a_terminal() -> None:
+    """The child takes Ctrl-C like a foreground command, even when the suite runs in the
+    background (a background job of a non-interactive shell ignores SIGINT, and so would the
+    child; auctionlab keeps an ignored signal ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session")
 def spawn_console(mlflow_uri) -> Callable[..., subprocess.Popen]:
     """``spawn_console(args, cwd)``: the console script started in the background (to signal)."""
@@ -124,6 +132,7 @@ def spawn_console(mlflow_uri) -> Callable[..., subprocess.Popen]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_as_in_a_terminal,
         )
 
     return spawn

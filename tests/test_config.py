@@ -88,13 +88,16 @@ def test_every_env_with_regretnet(env_name, compose):
     _check_outcome(env, mechanism)
 
 
-@pytest.mark.parametrize("mechanism_name", _options("mechanism"))
-def test_every_mechanism_serves_some_env(mechanism_name, compose):
-    """Incompatible pairs must raise ``ConfigError``; at least one env must work."""
+def _served_envs(mechanism_name: str, compose, first_only: bool) -> list[str]:
+    """Envs the mechanism builds with (its family's default env first); refusals are checked.
+
+    Incompatible pairs must raise a one-line ``ConfigError``.
+    """
     served = []
-    for env_name in _options("env"):
+    for env_name in [None, *_options("env")]:
+        chosen = [] if env_name is None else [f"env={env_name}"]
         try:  # a name without a version in the mechanism's family does not compose
-            cfg = compose("evaluate", [f"env={env_name}", f"mechanism={mechanism_name}"])
+            cfg = compose("evaluate", [*chosen, f"mechanism={mechanism_name}"])
         except ConfigCompositionException as err:
             assert "env_variants" in str(err), err
             continue
@@ -104,8 +107,24 @@ def test_every_mechanism_serves_some_env(mechanism_name, compose):
             assert str(err).strip() and "\n" not in str(err).strip(), err
             continue
         _check_outcome(env, mechanism, batch=4)
-        served.append(env_name)
-    assert served, f"mechanism={mechanism_name} builds with no env"
+        served.append(env_name or "default")
+        if first_only:
+            break
+    return served
+
+
+@pytest.mark.parametrize("mechanism_name", _options("mechanism"))
+def test_every_mechanism_serves_some_env(mechanism_name, compose):
+    assert _served_envs(mechanism_name, compose, first_only=True), (
+        f"mechanism={mechanism_name} builds with no env"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mechanism_name", _options("mechanism"))
+def test_every_mechanism_env_pair_builds_or_refuses_in_one_line(mechanism_name, compose):
+    """Every (mechanism, env) pair: built and checked, or refused in one line (900 pairs)."""
+    assert _served_envs(mechanism_name, compose, first_only=False)
 
 
 def test_rochetnet_needs_one_bidder(compose):

@@ -53,6 +53,7 @@ def _check_joblib_sweep(result, runs, cwd: Path) -> None:
         assert "val_revenue" in json.loads((d / "metrics.json").read_text())
 
 
+@pytest.mark.slow  # as the 5-times run below; the default suite keeps sequential + submitit
 def test_joblib_parallel_sweep_no_sqlite_errors(run_console, tmp_path):
     _check_joblib_sweep(*_sweep_in_fresh_store(run_console, tmp_path, "joblib", JOBLIB_SWEEP))
 

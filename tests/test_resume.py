@@ -202,7 +202,15 @@ def test_sigterm_stops_evaluate_killed_and_without_metrics(tmp_path, mlflow_clie
     assert killed.info.status == "KILLED" and not killed.data.metrics
 
 
-def test_first_signal_asks_to_stop_and_a_second_stops_at_once():
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Ctrl-C raises here, even when the suite runs as a background job (SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_first_signal_asks_to_stop_and_a_second_stops_at_once(sigint_as_in_a_terminal):
     trainer = SimpleNamespace(stop_requested=False, stop_signal=signal.SIGINT)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -263,6 +271,7 @@ def test_nan_stops_keeps_last_good_checkpoint_and_fails_mlflow_run(cli, tmp_path
     assert refused.returncode == 2 and "that training failed" in refused.stderr, refused.stderr
 
 
+@pytest.mark.slow
 def test_detect_anomaly_switch_runs(cli, tmp_path):
     result = cli("train", "scale=smoke", "env=1x2", "train.detect_anomaly=true", "tracking=none")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -37,9 +37,11 @@ def hydra_output_dir() -> Path | None:
     """The running Hydra job's output directory (``None`` outside a job; creates nothing)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
+    if HydraConfig.initialized() and not OmegaConf.is_missing(
+        HydraConfig.get().runtime, "output_dir"
+    ):
         return Path(HydraConfig.get().runtime.output_dir)
-    return None
+    return None  # also while the CLI checks a config before the job (no directory yet)
 
 
 def run_dir() -> Path:

@@ -99,6 +99,7 @@ def test_kill_then_resume_equals_uninterrupted(
     assert min(steps) == 20 and max(steps) == 1500  # one history across both parts
 
 
+@pytest.mark.slow  # the SIGTERM test runs the same path; SIGINT's handler is tested in-process
 def test_ctrl_c_saves_checkpoint_and_resume_finishes(
     uninterrupted, tmp_path, mlflow_uri, run_console, spawn_console
 ):

@@ -101,6 +101,7 @@ def test_train_smoke_from_an_empty_directory(installed, tmp_path):
     assert (cwd / "outputs" / "mlflow.db").is_file()
 
 
+@pytest.mark.slow  # the installed console script and package data are checked by train above
 def test_reproduce_smoke_from_an_empty_directory(installed, tmp_path):
     cwd = tmp_path / "empty"
     cwd.mkdir()

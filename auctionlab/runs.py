@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from auctionlab.components import build_env_and_mechanism
-from auctionlab.errors import ConfigError, NonFiniteError, OutputError
+from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError, OutputError
 
 log = logging.getLogger("auctionlab")
 
@@ -474,6 +475,46 @@ def _read_config(path: Path, where: str) -> DictConfig:
     except ConfigError as err:
         raise ConfigError(f"{where}: {path.name}: {err}") from None
     return cfg
+
+
+def resume_state(directory: Path, device: torch.device, job_dir: Path | None) -> dict:
+    """The checkpoint ``train resume=<directory>`` continues from, the run's seal checked first.
+
+    Args:
+        directory: the run directory being resumed.
+        device: where to load the tensors.
+        job_dir: the running job's directory (``None`` before the job): when it is
+            ``directory``, Hydra has already rewritten the run's ``.hydra/`` files.
+
+    Raises:
+        ConfigError: a finished run whose files do not match its manifest, or a damaged
+            checkpoint.
+
+    """
+    if (directory / "metrics.json").exists():  # a finished run: its files as sealed
+        rewritten = HYDRA_FILES if job_dir and job_dir.resolve() == directory.resolve() else ()
+        verify_manifest(directory, f"resume={directory}", skip=rewritten)
+    return load_checkpoint(directory / "checkpoint.pt", device)
+
+
+def checkpoint_interrupted(
+    err: InterruptedRunError, state: dict, checkpoint: Path, out: Path
+) -> InterruptedRunError:
+    """Save ``state`` and return the error an interrupted training ends with.
+
+    Args:
+        err: the interruption (its signal is kept: the exit status is 128 + signal).
+        state: the trainer's state after its last full step.
+        checkpoint: where to save it.
+        out: the run directory, for the resume command (quoted for a shell).
+
+    """
+    save_checkpoint(state, checkpoint)
+    return InterruptedRunError(
+        f"{err}; checkpoint saved to {checkpoint}; continue with: "
+        f"auctionlab train {shlex.quote(f'resume={out}')}",
+        err.signum,
+    )
 
 
 def record_failure(out: Path, checkpoint: Path, kept: int | None, reason: str) -> NonFiniteError:

@@ -25,6 +25,8 @@ from auctionlab.errors import ConfigError
 from auctionlab.provenance import mlflow_tags, provenance
 
 DEFAULT_DB = Path("outputs") / "mlflow.db"
+#: A train run directory's record of its MLflow run (what ``train resume=`` continues).
+TRACKING_RECORD = "tracking.json"
 #: Words of a transient sqlite failure worth retrying.
 LOCKED = ("database is locked", "database table is locked")
 T = TypeVar("T")
@@ -429,6 +431,19 @@ class Tracker:
         task = str(self.tags.get("task", self.cfg.get("task", "run")))
         return mlflow_tags(task, self.provenance)
 
+    def write_record(self, directory: Path) -> None:
+        """``tracking.json``: where this run is logged, and the directory it was written in.
+
+        ``train resume=<directory>`` continues that MLflow run only from that very directory
+        (:func:`previous_run_id`): a copy of it is a new run.
+        """
+        if self.run_id is None:
+            return
+        from auctionlab.runs import write_json
+
+        record = {"uri": self.uri, "run_id": self.run_id, "run_dir": str(directory.resolve())}
+        write_json(directory / TRACKING_RECORD, record)
+
     @property
     def active(self) -> bool:
         """Whether calls still reach the store."""
@@ -511,10 +526,17 @@ def previous_run_id(resume: str | None, tracking: Mapping[str, Any]) -> str | No
     """
     if not resume:
         return None
-    record = Path(str(resume)) / "tracking.json"
+    record = Path(str(resume)) / TRACKING_RECORD
     if not record.exists() or not bool(tracking.get("enabled", True)):
         return None
-    previous = json.loads(record.read_text())
+    try:
+        previous = json.loads(record.read_text())
+        previous = previous if isinstance(previous, dict) else {}
+    except (OSError, ValueError):
+        previous = {}
+    if not previous:
+        log.warning("resume: %s cannot be read; starting a new MLflow run", record)
+        return None
     if previous.get("uri") != resolve_uri(tracking.get("uri"), create=False):
         log.warning("resume: the first part was logged to %s; starting a new MLflow run", previous)
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shlex
 from pathlib import Path
 
 import torch
@@ -14,15 +13,14 @@ from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.evaluation import evaluate_mechanism, write_allocation_map, write_curve
 from auctionlab.reporting.summary import headline_tags, summarize, warn_ir
 from auctionlab.runs import (
-    HYDRA_FILES,
     MANIFEST,
+    checkpoint_interrupted,
     hash_path,
-    load_checkpoint,
     misfit,
     record_failure,
+    resume_state,
     save_checkpoint,
     save_config,
-    verify_manifest,
     write_json,
     write_manifest,
     write_metrics,
@@ -94,13 +92,7 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
         lr_decay_to=float(cfg.trainer.get("lr_decay_to", 0.1)),
     )
     if cfg.get("resume"):
-        resumed = Path(str(cfg.resume))
-        if (resumed / "metrics.json").exists():  # a finished run: its files as sealed
-            # Inside the job, Hydra has already rewritten the run's .hydra/ files for this run.
-            job = hydra_output_dir()
-            rewritten = HYDRA_FILES if job and job.resolve() == resumed.resolve() else ()
-            verify_manifest(resumed, f"resume={cfg.resume}", skip=rewritten)
-        state = load_checkpoint(resumed / "checkpoint.pt", device)
+        state = resume_state(Path(str(cfg.resume)), device, hydra_output_dir())
         try:
             trainer.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as err:
@@ -139,9 +131,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             (out / stale).unlink(missing_ok=True)
         save_config(cfg, out)
         write_json(out / "choices.json", picked)
-        if tracker.run_id is not None:  # run_dir: a copy of this directory is not this run
-            record = {"uri": tracker.uri, "run_id": tracker.run_id, "run_dir": tags["run_dir"]}
-            write_json(out / "tracking.json", record)
+        tracker.write_record(out)
         every = int(cfg.train.checkpoint_every)
         # A resumed run starts from a checkpoint that is known to be good.
         saved = {"iteration": trainer.iteration if cfg.get("resume") else None}
@@ -165,12 +155,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             summary = trainer.fit(on_log)
             trainer.check_parameters()
         except InterruptedRunError as err:
-            save_checkpoint(trainer.state_dict(), checkpoint)
-            raise InterruptedRunError(
-                f"{err}; checkpoint saved to {checkpoint}; continue with: "
-                f"auctionlab train {shlex.quote(f'resume={out}')}",  # a shell-safe command
-                err.signum,
-            ) from None
+            raise checkpoint_interrupted(err, trainer.state_dict(), checkpoint, out) from None
         except NonFiniteError as err:
             raise record_failure(out, checkpoint, saved["iteration"], str(err)) from None
         digest = save_checkpoint(trainer.state_dict(), checkpoint)

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from auctionlab.errors import ConfigError
+from auctionlab.errors import ConfigError, NonFiniteError
 from auctionlab.solvers.wdp import HighsWDP, choice_to_allocation, feasibility_violation
 from auctionlab.utils import make_generator
 
@@ -274,7 +274,7 @@ def records(mechanism, env, reports: Tensor) -> list[dict]:
 
 def canonical(value: Any) -> str:
     """The JSON that is hashed: sorted keys, no spaces, floats as shortest round-trip repr."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def _sha256(text: str) -> str:
@@ -310,24 +310,31 @@ def write_log(path: Path, head: dict, rows: list[dict]) -> Path:
     here, so a log read with :func:`read_log`, edited and written again is sealed afresh (its
     content is still checked by :func:`replay`).
     """
-    head, rows = seal(head, rows)
-    with open(path, "w") as handle:
-        handle.write(json.dumps(head) + "\n")
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    return path
+    from auctionlab.runs import write_bytes
+
+    try:  # strict JSON, as every output: a NaN or inf outcome is no audit record
+        head, rows = seal(head, rows)
+        text = "".join(json.dumps(line, allow_nan=False) + "\n" for line in (head, *rows))
+    except ValueError as err:
+        raise NonFiniteError(f"audit: {path.name} would hold a non-finite number ({err})") from None
+    return write_bytes(path, text.encode())  # atomic; a failed write is one line, no temp file
 
 
 def _parse(name: str, number: int, line: str) -> dict:
     """One line as a JSON object, or a ``ConfigError`` naming the file and the line."""
+
+    def refuse_constant(constant: str) -> None:  # logs are strict JSON: no NaN / Infinity
+        raise ValueError(f"{constant} is not a JSON number")
+
     try:
-        value = json.loads(line)
+        value = json.loads(line, parse_constant=refuse_constant)
     except json.JSONDecodeError as err:
         raise ConfigError(
             f"log={name} line {number}: not JSON at column {err.colno} ({err.msg})"
         ) from None
-    except (ValueError, RecursionError) as err:  # e.g. absurdly deep nesting
-        raise ConfigError(f"log={name} line {number}: not JSON ({type(err).__name__})") from None
+    except (ValueError, RecursionError) as err:  # NaN / Infinity, absurdly deep nesting
+        reason = str(err) or type(err).__name__
+        raise ConfigError(f"log={name} line {number}: not JSON ({reason})") from None
     if not isinstance(value, dict):
         raise ConfigError(f"log={name} line {number}: not a JSON object")
     return value

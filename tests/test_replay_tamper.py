@@ -197,6 +197,12 @@ def _missing_key(lines: list[str]) -> str:
     return "\n".join([*lines[:3], json.dumps(row), *lines[4:]]) + "\n"
 
 
+def _nan_payment(lines: list[str]) -> str:
+    row = json.loads(lines[2])
+    row["payments"][0] = float("nan")  # json.dumps writes the non-standard literal NaN
+    return "\n".join([*lines[:2], json.dumps(row), *lines[3:]]) + "\n"
+
+
 def _version_1(lines: list[str]) -> str:
     return lines[0].replace("auctionlab-ca-audit/2", "auctionlab-ca-audit/1") + "\n"
 
@@ -212,6 +218,7 @@ MALFORMED = {
     "header_only": (_header_only, "a header (line 1) and no records"),
     "not_json": (_not_json, "line 5: not JSON"),
     "missing_key": (_missing_key, "line 4: the record lacks key 'certificate'"),
+    "nan_literal": (_nan_payment, "line 3: not JSON (NaN is not a JSON number)"),
     "version_1": (_version_1, "re-run `auctionlab audit`"),
     "header_key": (_header_without_seed, "line 1: the header lacks key 'profiles'"),
 }
@@ -254,3 +261,15 @@ def test_console_refuses_a_malformed_log_in_one_line(pristine, cli, tmp_path, ca
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("auctionlab: error: log="), done.stderr
     assert phrase in lines[0] and "Traceback" not in done.stderr
+
+
+def test_a_non_finite_outcome_is_never_written_into_a_log(pristine, tmp_path):
+    from auctionlab.audit import read_log, write_log
+    from auctionlab.errors import NonFiniteError
+
+    head, rows = read_log(pristine)
+    rows[0]["payments"][0] = float("inf")
+    log = tmp_path / "inf.jsonl"
+    with pytest.raises(NonFiniteError, match="inf.jsonl would hold a non-finite number"):
+        write_log(log, head, rows)
+    assert not log.exists() and not list(tmp_path.glob("*.tmp"))

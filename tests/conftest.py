@@ -179,3 +179,13 @@ def mlflow_client(mlflow_uri):
 def list_runs(mlflow_uri) -> Callable[[], list]:
     """``list_runs()``: every MLflow run recorded in the session store so far."""
     return lambda: mlflow_runs(mlflow_uri)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many documented commands the docs tests ran, per page (tests/docs/test_commands.py)."""
+    ran = getattr(sys.modules.get("test_commands"), "RAN", None)
+    if ran:
+        per_page = ", ".join(f"{page}: {n}" for page, n in sorted(ran.items()) if n)
+        terminalreporter.write_line(
+            f"documented commands run: {sum(ran.values())} from {len(ran)} pages ({per_page})"
+        )

@@ -27,7 +27,7 @@ TRAIN_EVALUATE = [
 
 
 def _objective(table: pd.DataFrame) -> str:
-    """The objective column: revenue, or NSW for payment-free allocation (seed 002)."""
+    """The objective column: revenue, or NSW for payment-free allocation ([zeng2025rpf])."""
     return "revenue" if "revenue" in table else "nsw"
 
 

@@ -20,15 +20,15 @@ An experiment (``conf/experiment/<name>.yaml``, package ``_global_``) sets its d
       table: {...}               # see auctionlab.reporting.tables.TableSpec
       plot: {...}                # see auctionlab.reporting.plots.plot_table
 
-The point's sweep overrides go to its ``train`` (or ``resume``) stage, its first stage when it
-has neither; ``evaluate`` and ``certify`` after training get ``run=<train dir>``. A ``teacher``
-stage is a ``train`` job (``overrides.teacher`` plus the point's ``env*`` and ``seed``) whose
-directory is passed to the point's ``train`` as ``mechanism.teacher=<dir>`` (distillation, seed
-004 §3.2). A ``resume`` stage is a staged schedule (warm restarts): the first point that trains
-runs a fresh ``train`` (``overrides.train`` plus its sweep overrides); every later one continues
-the previous training point's run in a copy of its directory (``train resume=<copy>`` with
-``overrides.resume`` and its own sweep overrides; the earlier stage stays as it was, the copy
-gets its own MLflow run). See :mod:`auctionlab.experiments.stages` for how the jobs run.
+The point's sweep overrides go to its ``train`` (or ``resume``) stage, its first stage when it has
+neither; ``evaluate`` and ``certify`` after training get ``run=<train dir>``. A ``teacher`` stage is
+a ``train`` job (``overrides.teacher`` plus the point's ``env*`` and ``seed``) whose directory is
+passed to the point's ``train`` as ``mechanism.teacher=<dir>`` (distillation, [curry2020certifying]
+§3.2). A ``resume`` stage is a staged schedule (warm restarts): the first point that trains runs a
+fresh ``train`` (``overrides.train`` plus its sweep overrides); every later one continues the
+previous training point's run in a copy of its directory (``train resume=<copy>`` with
+``overrides.resume`` and its own sweep overrides; the earlier stage stays as it was, the copy gets
+its own MLflow run). See :mod:`auctionlab.experiments.stages` for how the jobs run.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ EXPERIMENT_KEYS = (
     "fixed_rules",
 )
 #: ``experiment.fixed_rules``: a fixed-rule point of a train pipeline is an error, or is only
-#: evaluated (its sweep overrides go to ``evaluate``; seed 002 tables mix PF and RPF-Net rows).
+#: evaluated (its sweep overrides go to ``evaluate``; [zeng2025rpf] tables mix PF and RPF-Net rows).
 FIXED_RULES = ("error", "evaluate")
 
 

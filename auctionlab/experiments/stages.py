@@ -52,7 +52,7 @@ from auctionlab.tracking import Tracker, flatten
 log = logging.getLogger("auctionlab")
 
 #: Per-family budget blocks of the ``scale`` group (``scale.allocation``, ``allocation_timing``:
-#: seed 002's RPF-Net experiments), read by those experiments' overrides.
+#: [zeng2025rpf]'s RPF-Net experiments), read by those experiments' overrides.
 FAMILIES = ("allocation", "allocation_timing")
 #: ``task name -> its run(cfg)`` (``train``, ``evaluate``, ``certify``), given by the caller.
 JobRunner = Callable[[str], Callable[[DictConfig], Any]]

@@ -270,6 +270,10 @@ _ENTRIES = (
     ),
 )
 
+#: The ``cite`` of a reference row whose number auctionlab computes itself from a closed form
+#: with no paper behind it (``m (n-1)/(n+1)`` for VCG); a theory source is cited by its key.
+CLOSED_FORM = "closed_form"
+
 #: Every entry by key, in the order the reference page lists them.
 BIBLIOGRAPHY: dict[str, Reference] = {entry.key: entry for entry in _ENTRIES}
 
@@ -293,6 +297,36 @@ def resolve(key: str) -> Reference:
         raise ConfigError(
             f"unknown citation key {key!r}; valid keys: {', '.join(BIBLIOGRAPHY)}"
         ) from None
+
+
+def check_keys(keys: object, where: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Validate citation keys from a config: one key or a list of keys.
+
+    Args:
+        keys: a key (``str``) or a list of keys; ``None`` means none.
+        where: what cites them, the start of the error message (``experiment curry_table1:
+            experiment.cite``).
+        extra: reserved values accepted besides the bibliography's keys (``closed_form``).
+
+    Returns:
+        The keys, in order.
+
+    Raises:
+        ConfigError: one line naming ``where``, the unknown key and the valid keys.
+
+    """
+    if keys is None:
+        return []
+    items = [keys] if isinstance(keys, str) else keys
+    if not isinstance(items, list | tuple) or not all(isinstance(k, str) for k in items):
+        raise ConfigError(f"{where}: expected a citation key or a list of keys, got {keys!r}")
+    for key in items:
+        if key not in BIBLIOGRAPHY and key not in extra:
+            raise ConfigError(
+                f"{where}: unknown citation key {key!r}; valid keys: "
+                + ", ".join([*BIBLIOGRAPHY, *extra])
+            )
+    return list(items)
 
 
 def citation(key: str) -> str:

@@ -6,7 +6,9 @@ An experiment (``conf/experiment/<name>.yaml``, package ``_global_``) sets its d
     experiment:
       name: classical_revenue
       title: ...                 # the table's heading
-      reproduces: ...            # the seed / table / figure it reproduces (one line)
+      reproduces: ...            # the paper's table / figure it reproduces, cited as [key]
+      cite: [curry2020certifying]  # bibliography keys (auctionlab.references): the papers
+                                 # it reproduces or compares against
       pipeline: [evaluate]       # stages run for every point, in the order of STAGES:
                                  # [evaluate], [train], [train, evaluate], [train, certify],
                                  # [teacher, train, certify], [resume, evaluate]...
@@ -45,6 +47,7 @@ from auctionlab.components import build_env_and_mechanism
 from auctionlab.conf import compose as compose_config
 from auctionlab.conf import group_options, job_config_dirs
 from auctionlab.errors import ConfigError
+from auctionlab.references import check_keys
 from auctionlab.reporting import TableSpec, check_budget_columns
 from auctionlab.reporting.plots import check_plot
 from auctionlab.schema import validate
@@ -59,6 +62,7 @@ EXPERIMENT_KEYS = (
     "name",
     "title",
     "reproduces",
+    "cite",
     "pipeline",
     "sweep",
     "overrides",
@@ -112,6 +116,7 @@ class Plan:
     table: TableSpec
     plot: dict[str, Any]
     scale: str
+    cite: list[str] = field(default_factory=list)
 
 
 def options(group: str) -> list[str]:
@@ -276,7 +281,8 @@ def build_plan(cfg: DictConfig, groups: Collection[str]) -> Plan:
     stage_overrides = {
         s: [str(o) for o in (spec.get("overrides") or {}).get(s, [])] for s in STAGES
     }
-    table = TableSpec.from_config(spec.get("table") or {})
+    cite = check_keys(spec.get("cite"), f"experiment {name}: experiment.cite")
+    table = TableSpec.from_config(spec.get("table") or {}, name)
     check_budget_columns(table)
     outside = table.stages() - set(pipeline)
     if outside:
@@ -352,6 +358,7 @@ def build_plan(cfg: DictConfig, groups: Collection[str]) -> Plan:
         table=table,
         plot=plot,
         scale=scale,
+        cite=cite,
     )
 
 

@@ -47,7 +47,8 @@ class TableSpec:
         formats: output column -> Python format spec (``".4f"``, ``".2e"``; ``"d"`` for ints).
         caption: one sentence under the table (markdown) / the LaTeX caption.
         citations: the bibliography keys the reference rows cite, in order, without repeats
-            (``closed_form`` rows add none); set by :meth:`from_config`, not by the config.
+            (``closed_form`` rows add none); :meth:`from_config` collects them (keys given here
+            too are validated and kept first, so a spec's fields round-trip).
 
     """
 
@@ -75,16 +76,16 @@ class TableSpec:
 
         """
         owner = f"experiment {experiment}: " if experiment else ""
-        valid = [k for k in cls.__dataclass_fields__ if k != "citations"]
-        unknown = set(node) - set(valid)
+        unknown = set(node) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(
                 f"{owner}experiment.table: unknown keys {sorted(unknown)}; valid keys: "
-                + ", ".join(valid)
+                + ", ".join(cls.__dataclass_fields__)
             )
         if not node.get("index") or not node.get("columns"):
             raise ConfigError(f"{owner}experiment.table needs 'index' (row keys) and 'columns'")
-        reference, citations = [], []
+        reference = []
+        citations = check_keys(node.get("citations"), f"{owner}experiment.table.citations")
         for number, row in enumerate(node.get("reference") or []):
             row = dict(row)
             where = f"{owner}experiment.table.reference[{number}].cite"

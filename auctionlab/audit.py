@@ -1,4 +1,4 @@
-"""Audit trail of combinatorial mechanisms (seed 001 §8): log, replay, explain.
+"""Audit trail of combinatorial mechanisms ([lemma2026solver] §8): log, replay, explain.
 
 An audit log is JSON lines. The first line is the header: what reproduces the mechanism and
 its instances (the env and mechanism configs, the trained run's checkpoint and its SHA-256,

@@ -34,7 +34,7 @@ def evaluate_mechanism(
         types: ``B`` held-out profiles.
         generator: randomness of the attacker's restarts.
         prefix: prepended to every metric key (``val_`` during training).
-        local_attacker: the local search behind the LIC metrics (seed 003 §3.1); default one
+        local_attacker: the local search behind the LIC metrics ([okada2025lic] §3.1); default one
             Adam step of 0.1 of the report range from the truth.
         wdp_instances: combinatorial mechanisms: also solve the first this many truthful
             instances with HiGHS (see ``wdp_metrics``).
@@ -243,7 +243,7 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
 
 
 def _local_metrics(mechanism, env, types: Types, generator, local_attacker) -> dict[str, float]:
-    """Both LIC conditions of seed 003 §3.1 at the misreport a local search finds.
+    """Both LIC conditions of [okada2025lic] §3.1 at the misreport a local search finds.
 
     ``local_regret_*``: condition 1 (the truth beats a nearby report, for the true type);
     ``lic_reverse_violation_*``: condition 2 (a nearby type prefers its own outcome to the

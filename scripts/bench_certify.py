@@ -4,12 +4,12 @@ Example:
     python scripts/bench_certify.py --run outputs/runs/<date>/<time>_train --profiles 50
     python scripts/bench_certify.py --train --env 2x2 --iterations 3000   # trains its own net
 
-The network is a ``regretnet_sparsemax`` run (the IR-penalty architecture: free payment,
-clipped at 0, with the ReLU-stability regulariser for the seed 004 Table 1 row). ``--train``
+The network is a ``regretnet_sparsemax`` run (the IR-penalty architecture: free payment, clipped at
+0, with the ReLU-stability regulariser for the [curry2020certifying] Table 1 row). ``--train``
 trains one first (``auctionlab train``: 32x32 trunk, ``relu_stability=1.0``, no teacher). Each
-instance is solved in this process, one after the other, with one HiGHS thread: ``solve``
-times are HiGHS's wall time per instance, ``bounds`` the LP tightening before it (``--bounds
-lp``), ``total`` their sum. Only ``optimal`` solves are certificates; the JSON counts the rest.
+instance is solved in this process, one after the other, with one HiGHS thread: ``solve`` times are
+HiGHS's wall time per instance, ``bounds`` the LP tightening before it (``--bounds lp``), ``total``
+their sum. Only ``optimal`` solves are certificates; the JSON counts the rest.
 """
 
 from __future__ import annotations

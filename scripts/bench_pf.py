@@ -1,4 +1,4 @@
-"""Seed 002 Table 2 on this machine: PF solver throughput, training and inference times, JSON out.
+"""[zeng2025rpf] Table 2 on this machine: PF solver throughput, training and inference times, JSON.
 
 Example:
     python scripts/bench_pf.py --env 10x3 --batch 128 --misreport-steps 5 --threads 2
@@ -12,9 +12,9 @@ Reports, for the allocation env ``--env``:
   backend``: the same for each backend (``native``: the C solver, ``torch``: batched torch);
 * ``train_seconds_per_iteration``: one training iteration (the one loop: PGD misreports with
   ``--misreport-steps`` steps, truthful + deviation forward, backward, primal-dual update) for
-  ExS-Net, the plain softmax net and RPF-Net, and RPF-Net's ratio to ExS-Net (seed 002: 380.2);
+  ExS-Net, the plain softmax net and RPF-Net, and RPF-Net's ratio to ExS-Net ([zeng2025rpf]: 380.2);
 * ``inference_seconds``: one forward pass on ``--batch`` profiles for every mechanism, and the
-  ratios to ExS-Net (seed 002: PF 40.1, PA 310.0, RPF-Net 114.5);
+  ratios to ExS-Net ([zeng2025rpf]: PF 40.1, PA 310.0, RPF-Net 114.5);
 * ``rpfnet_inference_by_batch``: RPF-Net's and ExS-Net's forward pass and their ratio at each
   ``--inference-batches`` size (the solver's cost per profile falls with the batch while its
   per-operation overhead is amortised).

@@ -4,7 +4,7 @@ Example:
     python scripts/bench_train.py --env 2x2 --batch 512 --misreport-steps 50 --threads 2
     python scripts/bench_train.py --batch 128 --misreport-steps 25 --local --no-reference
 
-``--local`` also times RegretNet-Local (seed 003: one gradient step from the truth) at the
+``--local`` also times RegretNet-Local ([okada2025lic]: one gradient step from the truth) at the
 same batch, interleaved with the standard iterations so machine noise hits both alike, and
 reports the ratio of their medians.
 

@@ -1,4 +1,4 @@
-"""Winner-determination benchmark (seed 001 §7.7): batched exact WDP and HiGHS latency.
+"""Winner-determination benchmark ([lemma2026solver] §7.7): batched exact WDP and HiGHS latency.
 
 * exact: ``ExactWDP`` on ``--exact-env`` (default 2x5, 31 bundles per bidder), instances per
   second over ``--exact-batch`` score profiles drawn from the env (best of ``--repeats``);

@@ -1,4 +1,4 @@
-"""``auctionlab audit`` / ``auctionlab replay``: logs re-derived bit for bit (seed 001 §8)."""
+"""``auctionlab audit`` / ``replay``: logs re-derived bit for bit ([lemma2026solver] §8)."""
 
 from __future__ import annotations
 

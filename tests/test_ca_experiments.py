@@ -1,5 +1,5 @@
 """What the ca_stress / ca_scaling / ca_tolerance experiments read: the eta-optimal
-enumeration rule, curve and PGD-phase metrics, winner-determination statistics (seed 001)."""
+enumeration rule, curve and PGD-phase metrics, winner-determination stats ([lemma2026solver])."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def test_curry_experiments_are_valid_plans(compose):
     assert reproduce.stage_arguments("teacher", point, plan.pipeline, done) == ["env=1x2"]
     train = reproduce.stage_arguments("train", point, plan.pipeline, done)
     assert "mechanism.teacher='/t'" in train
-    # students at seed 004's operating point; the teachers keep the default budget
+    # students at [curry2020certifying]'s operating point; the teachers keep the default budget
     assert "trainer.constraint.budget_end=0.01" in plan.stage_overrides["train"]
     assert not any("budget_end" in o for o in plan.stage_overrides["teacher"])
     done["train"] = Path("/s")

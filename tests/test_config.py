@@ -140,7 +140,7 @@ def test_every_attacker(task, name, compose):
     OmegaConf.resolve(cfg)
     attacker = build(cfg.attacker, "attacker")
     budget = attacker.budget
-    # The local attacker (seed 003) always searches from the truth alone.
+    # The local attacker ([okada2025lic]) always searches from the truth alone.
     expected = 1 if name == "local" else int(cfg.attack_budget.restarts)
     assert budget["restarts"] == expected
     assert budget["restarts"] >= 1 and budget["steps"] >= 0

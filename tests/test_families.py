@@ -1,7 +1,7 @@
 """Problem families live in config: the console script, ``--cfg job`` and the compose API agree.
 
 Every env option declares its family; a mechanism of another family overrides it, so
-``mechanism=rpfnet env=2x2`` composes seed 002's allocation 2x2 with its primal-dual trainer
+``mechanism=rpfnet env=2x2`` composes [zeng2025rpf]'s allocation 2x2 with its primal-dual trainer
 without any rewriting of the command line.
 """
 

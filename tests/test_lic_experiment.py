@@ -1,4 +1,4 @@
-"""Seed 003 Table 1 (``lic_table1``): the plan behind its rows, without running jobs."""
+"""[okada2025lic] Table 1 (``lic_table1``): the plan behind its rows, without running jobs."""
 
 from __future__ import annotations
 

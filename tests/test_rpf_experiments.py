@@ -1,4 +1,4 @@
-"""Seed 002 reproduce experiments (rpf_*): plans, fixed-rule points, figures, timing.
+"""[zeng2025rpf] reproduce experiments (rpf_*): plans, fixed-rule points, figures, timing.
 
 The experiments themselves are smoke-run end to end by tests/test_reproduce.py; here the
 pieces are checked without running jobs (a second or two each).
@@ -23,7 +23,7 @@ from auctionlab.tasks import reproduce
 from auctionlab.utils import make_generator
 
 CONF = CONF_DIR
-#: The seed 002 tables and figures (rpf_stages, a staged schedule: tests/test_rpf_stages.py).
+#: The [zeng2025rpf] tables and figures (rpf_stages, a staged schedule: tests/test_rpf_stages.py).
 RPF = sorted(p.stem for p in (CONF / "experiment").glob("rpf_*.yaml") if p.stem != "rpf_stages")
 
 

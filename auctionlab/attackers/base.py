@@ -52,7 +52,7 @@ def project_deviations(env, types: Types, misreports: Tensor) -> Tensor:
 
     Most report spaces are boxes (the attackers' own projection suffices); an env whose
     report space overrides ``restrict(misreports, truth)`` narrows the set per profile, e.g.
-    verifiable budgets (``B' <= B``, seed 000 §8). Maximising utility at the restricted
+    verifiable budgets (``B' <= B``, [lemma2026certified] §8). Maximising utility at the restricted
     point over the box is maximising it over the deviation set (``restrict`` is onto it and
     the identity on it), so every attacker applies unchanged.
 
@@ -159,7 +159,7 @@ class Attacker(Component, ABC):
         uses_init: explicit starts (the trainer's cached misreports) are used; when ``False``
             the trainer keeps no cache.
         two_sided: training only: the trainer's regret also counts the reverse LIC condition
-            at the misreport found (seed 003 §3.1).
+            at the misreport found ([okada2025lic] §3.1).
         include_truthful: the truthful report is among the starts.
         restarts: starts per bidder and profile.
         steps: search steps from each start.

@@ -1,7 +1,7 @@
 """Best-response searches that envs ask for by name (``Env.training_adversary``).
 
 Envs sit below mechanisms and attackers, so an env whose training data are best responses to
-a reference mechanism (seed 002, eq. 19) only names the mechanism and the PGD budget; this
+a reference mechanism ([zeng2025rpf], eq. 19) only names the mechanism and the PGD budget; this
 module builds the search and installs it on the env (``Env.set_best_response``).
 """
 

@@ -1,4 +1,4 @@
-"""Cutting-plane regret surrogate for training (seed 001 §5.3 (iii)): witness deviations.
+"""Cutting-plane regret surrogate for training ([lemma2026solver] §5.3 (iii)): witness deviations.
 
 For every training profile the attacker keeps the last ``witnesses`` misreports found for each
 bidder (a growing set of violated incentive constraints). Each call evaluates all of them on the

@@ -1,4 +1,4 @@
-"""Hybrid misreport search for integral mechanisms (seed 001 §7.6).
+"""Hybrid misreport search for integral mechanisms ([lemma2026solver] §7.6).
 
 Gradients through a piecewise-constant allocation only see the surrogate, so the stress test
 adds gradient-free search on top of projected gradient ascent, all bidders at once:

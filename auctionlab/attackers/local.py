@@ -1,4 +1,4 @@
-"""Local regret (seed 003 §3.3): a few gradient steps started at the true valuation."""
+"""Local regret ([okada2025lic] §3.3): a few gradient steps started at the true valuation."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from auctionlab.types import Outcome, Types
 
 
 class LocalAttacker(PGDAttacker):
-    """Gradient ascent from the truthful report only: the "local regret" of seed 003.
+    """Gradient ascent from the truthful report only: the "local regret" of [okada2025lic].
 
     One start (the true valuation), ``steps`` projected Adam steps (the paper: one), the best
     iterate kept. What it finds is a lower bound on global regret; the evaluation attacker
@@ -38,7 +38,7 @@ class LocalAttacker(PGDAttacker):
             neighbourhood is probed at every distance up to ``step_size`` rather than on its
             boundary only).
         two_sided: training only: the trainer's regret also counts the reverse LIC condition
-            (seed 003 §3.1, condition 2) at the same nearby report ``b_i``:
+            ([okada2025lic] §3.1, condition 2) at the same nearby report ``b_i``:
             ``max(0, u(b_i; M(v)) - u(b_i; M(b_i, v_-i)))``, from the two outcomes the
             trainer computes anyway.
         chunk_size: profiles per batch when attacking many profiles.
@@ -138,7 +138,7 @@ class LocalAttacker(PGDAttacker):
 
 
 def reverse_lic_violation(mechanism, env, types: Types, misreports: Tensor) -> Tensor:
-    """Condition 2 of LIC (seed 003 §3.1): does the type ``b_i`` prefer its own outcome?
+    """Condition 2 of LIC ([okada2025lic] §3.1): does the type ``b_i`` prefer its own outcome?
 
     For each bidder ``i`` with misreport ``b_i`` (others truthful), the violation is
     ``max(0, u(b_i; outcome(v)) - u(b_i; outcome(b_i, v_-i)))``: how much a bidder whose true

@@ -1,4 +1,4 @@
-"""The strengthened best-response oracle of the statistical certificate (seed 000 §6).
+"""The strengthened best-response oracle of the statistical certificate ([lemma2026certified] §6).
 
 PGD from a portfolio of starts (the truthful report, corners of the report box, uniform
 restarts), one run per step size; the best utility over all runs is kept per profile and

@@ -1,4 +1,4 @@
-"""Pieces of the statistical certificate (seed 000 §6): oracle gap, tail, budget curve, stress.
+"""Parts of the statistical certificate ([lemma2026certified] §6): oracle gap, tail, budget, stress.
 
 Everything here is computed on a holdout by a fixed mechanism; only ``eta`` (the oracle gap)
 enters the ``1 - delta`` statement, the rest are diagnostics reported next to it ("known
@@ -128,10 +128,10 @@ def random_certificate(
 ) -> dict:
     """The certificate a random-misreport oracle would issue on the same holdout (ablation).
 
-    Seed 000 §9 ablation (iii): random search (``random_oracle_samples`` uniform reports per
-    bidder plus the truthful one) replaces the PGD portfolio; its bound uses the same slack and
-    delta but no oracle gap, i.e. what one would claim by trusting the weak oracle. Not part of
-    the ``1 - delta`` statement.
+    [lemma2026certified] §9 ablation (iii): random search (``random_oracle_samples`` uniform reports
+    per bidder plus the truthful one) replaces the PGD portfolio; its bound uses the same slack and
+    delta but no oracle gap, i.e. what one would claim by trusting the weak oracle. Not part of the
+    ``1 - delta`` statement.
     """
     attacker = RandomAttacker(
         samples=o["random_oracle_samples"], chunk_size=o["chunk_size"], progress=show

@@ -1,7 +1,7 @@
 """Exact MIP regret certificates per (profile, bidder), in parallel over worker processes.
 
 Each instance maximises bidder ``i``'s utility over its report space with the others truthful
-(seed 004 eq. 1). The network is encoded once per worker and bidder
+([curry2020certifying] eq. 1). The network is encoded once per worker and bidder
 (``auctionlab.solvers``); per instance only bounds, big-M coefficients and the objective
 change. The parent computes the IBP bounds for all instances at once (torch) and the truthful
 and PGD utilities; every certified misreport is re-evaluated by the torch forward pass.

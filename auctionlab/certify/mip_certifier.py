@@ -1,4 +1,4 @@
-"""``certifier=mip``: exact regret certificates per (profile, bidder) (seed 004).
+"""``certifier=mip``: exact regret certificates per (profile, bidder) ([curry2020certifying]).
 
 For ``profiles`` held-out profiles and every bidder, the certifier solves
 ``max_{b_i} u_i(b_i, v_-i)`` exactly (a MIP over the network the mechanism declares through
@@ -206,8 +206,8 @@ class MIPCertifier(Certifier):
         with torch.no_grad():
             revenue = mechanism(rev_types.values).payment.sum(-1)  # [R]
         revenue_ms = (float(revenue.mean()), float(revenue.std(unbiased=False)))
-        # Empirical regret on those held-out profiles too (seed 004 Table 1 measures it on
-        # other points than the certified ones), same attacker budget.
+        # Empirical regret on those held-out profiles too ([curry2020certifying] Table 1
+        # measures it on other points than the certified ones), same attacker budget.
         held_out = attacker.attack(
             mechanism, env, rev_types, make_generator(self.seed + 1, CPU)
         ).gain

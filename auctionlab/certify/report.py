@@ -1,4 +1,4 @@
-"""Certificate summaries in the layout of seed 004 Table 1, and the §4.2 best-bid figure."""
+"""Certificate summaries laid out as [curry2020certifying] Table 1, and its §4.2 best-bid figure."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def write_rows_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 def plot_best_bids(
     instances: list[dict[str, Any]], path: Path, threshold: float, title: str
 ) -> Path | None:
-    """Seed 004 Figure 1: truthful bid -> certified best bid, for two-item bidders.
+    """[curry2020certifying] Figure 1: truthful bid -> certified best bid, for two-item bidders.
 
     Only certified instances with regret at least ``threshold`` get an arrow; marker size grows
     with the regret. One panel per bidder.

@@ -1,4 +1,4 @@
-"""Statistical certificates (seed 000 §6-7): holdout estimates + concentration slack + oracle gap.
+"""Statistical certificates ([lemma2026certified] §6-7): holdout estimate + slack + oracle gap.
 
 For a fixed mechanism and an i.i.d. holdout of ``N`` profiles, each bidder's per-sample regret
 ``phi_i(v)`` lies in ``[0, U_r]``, its IR violation in ``[0, U_ir]`` and the fairness statistic
@@ -238,7 +238,7 @@ def ir_range(mechanism, env=None) -> float:
     return max(payments[1], 0.0) if payments is not None else math.inf
 
 
-# -- exact oracle gap by MIP (seed 000 §6 + seed 004) -------------------------------------------
+# -- exact oracle gap by MIP ([lemma2026certified] §6 + [curry2020certifying]) -----------------
 def mip_regret_upper(
     mechanism,
     env,
@@ -338,7 +338,7 @@ def certificate_bounds(
     slack: str,
     eta: float,
 ) -> dict:
-    """The population upper bounds of seed 000 §6 ("Certification output").
+    """The population upper bounds of [lemma2026certified] §6 ("Certification output").
 
     Args:
         regret: ``[N, n]`` per-sample holdout regret (oracle estimate).

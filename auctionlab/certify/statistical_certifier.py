@@ -1,4 +1,4 @@
-"""``certifier=statistical``: holdout certificates of seed 000 §6.
+"""``certifier=statistical``: holdout certificates of [lemma2026certified] §6.
 
 With probability at least ``1 - delta`` over the holdout draw, every bidder's population regret
 is at most its holdout estimate + slack + the oracle gap ``eta``, its IR violation at most

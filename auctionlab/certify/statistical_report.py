@@ -1,4 +1,4 @@
-"""The statistical certificate's metrics, Markdown and per-sample CSV (seed 000 §6 output)."""
+"""The statistical certificate's metrics, Markdown and per-sample CSV ([lemma2026certified] §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Payment-free allocation of divisible resources (seed 002: PF, PA, ExS-Net, RPF-Net).
+"""Payment-free allocation of divisible resources ([zeng2025rpf]: PF, PA, ExS-Net, RPF-Net).
 
 An agent's type is a value and a demand per resource; its utility is
 ``u_i(a) = sum_m v_im * min(a_im, x_im)`` (eq. 1). Types, reports and misreports are laid out
@@ -73,7 +73,7 @@ class AllocationBox:
 
 
 class AllocationEnv(Env):
-    """``n`` agents, ``m`` divisible resources, no money (eq. 17 of seed 002).
+    """``n`` agents, ``m`` divisible resources, no money (eq. 17 of [zeng2025rpf]).
 
     Values ``v_im ~ U(value_low, value_high)``; demands ``x_im = Bern(demand_prob) *
     U(value_low, value_high)``; budget ``budget_per_agent * n`` per resource (``N/2`` in the
@@ -96,21 +96,21 @@ class AllocationEnv(Env):
         cauchy_scale: scale of the Cauchy perturbation (0.01).
         adversarial_restarts: restarts of the attacker that builds eq. 19 data.
         adversarial_steps: its steps.
-        objective: what training maximises: ``log_nsw`` (mean log-NSW, seed 002's Algorithm 1)
+        objective: what training maximises: ``log_nsw`` (mean log-NSW, [zeng2025rpf]'s Algorithm 1)
             or ``nsw`` (mean NSW, the reported metric itself).
 
     """
 
     family = "allocation"
     demand = "capped_linear"
-    #: What summaries call ``regret_mean`` here (seed 002's word: there is no money).
+    #: What summaries call ``regret_mean`` here ([zeng2025rpf]'s word: there is no money).
     regret_label = "exploitability"
     #: ``evaluate``'s extra figures for this env (``auctionlab.reporting.figures.FIGURES``):
-    #: seed 002 Table 2's inference time and Figures 1 and 5 (2 agents x 2 resources only).
+    #: [zeng2025rpf] Table 2's inference time and Figures 1 and 5 (2 agents x 2 resources only).
     evaluation_figures = ("inference_time", "allocation_example")
 
     def headline_metrics(self) -> tuple[str, ...]:
-        """NSW, efficiency and exploitability (mean regret): seed 002's Table 1 columns."""
+        """NSW, efficiency and exploitability (mean regret): [zeng2025rpf]'s Table 1 columns."""
         return ("nsw", "efficiency", "regret_mean")
 
     def __init__(
@@ -295,7 +295,7 @@ class AllocationEnv(Env):
         """Per-profile NSW, log-NSW and efficiency, each ``[B]``.
 
         NSW is ``prod_i u_i^{w_i}`` over all agents (0 when one demands nothing, under
-        ``keep``); efficiency is allocated total over budget total (seed 002 §6).
+        ``keep``); efficiency is allocated total over budget total ([zeng2025rpf] §6).
         """
         utility = self.utility(outcome, types.values)
         weights = types.public["weights"]

@@ -89,7 +89,7 @@ class Env(Component, ABC):
             log-NSW). An attribute, not a method, so that "no objective" is visible.
         objective_name: metric name of ``objective``.
         fairness: ``None``, or ``fairness(outcome, types) -> [B]`` a per-profile fairness
-            statistic that constrained ERM bounds (seed 000 §5).
+            statistic that constrained ERM bounds ([lemma2026certified] §5).
         fairness_range: a priori bound on ``fairness`` (certificates); ``inf`` if unknown.
         ir_violation_range: a priori bound on a bidder's IR violation, or ``None``.
         context_dim: width ``d`` of the public context ``[B, d]`` (0: none).
@@ -122,7 +122,7 @@ class Env(Component, ABC):
     def sample_training(self, batch: int, generator: torch.Generator) -> Types:
         """Draw ``batch`` training profiles ``[batch, n, d]`` (default: ``sample``).
 
-        An env may train on another distribution than it is tested on (seed 002's perturbed
+        An env may train on another distribution than it is tested on ([zeng2025rpf]'s perturbed
         or adversarial training data).
         """
         return self.sample(batch, generator)
@@ -130,7 +130,7 @@ class Env(Component, ABC):
     def training_adversary(self) -> dict | None:
         """What ``sample_training`` needs a best-response search for, or ``None`` (default).
 
-        An env whose training data are best responses to a reference mechanism (seed 002,
+        An env whose training data are best responses to a reference mechanism ([zeng2025rpf],
         eq. 19) names it here instead of importing it (envs sit below mechanisms and
         attackers): ``{"mechanism": <dotted class path>, "attacker": <PGDAttacker kwargs>}``.
         The caller that trains (``Trainer``) builds the search and hands it over with

@@ -1,4 +1,4 @@
-"""Additive auctions with private budgets (seed 000 §8): types ``tau_i = (v_i, B_i)``.
+"""Additive auctions with private budgets ([lemma2026certified] §8): types ``tau_i = (v_i, B_i)``.
 
 Bidder ``i`` has additive values ``v_i in [v_low, v_high]^m`` and a budget
 ``B_i ~ U[budget_low, budget_high]``; both are private and reported. Types, reports and

@@ -1,4 +1,4 @@
-"""Combinatorial auctions over a bundle language (seed 001 §3, §7.1).
+"""Combinatorial auctions over a bundle language ([lemma2026solver] §3, §7.1).
 
 Every bidder reports a value per bundle of its language ``K_i`` (``[B, n, k]``); an allocation
 gives each bidder at most one bundle and each item to at most one bidder. Outcomes use the

@@ -1,4 +1,4 @@
-"""Contextual ad allocation with a total-variation fairness functional (seed 000 §9 ii, eq. 6).
+"""Contextual ad allocation with a TV fairness functional ([lemma2026certified] §9 ii, eq. 6).
 
 A user context ``x ~ U[0,1]^d`` arrives with ``m`` ad slots of decreasing quality ``q_j``;
 advertiser ``i`` belongs to class ``c(i) = i mod C`` and has random coefficients

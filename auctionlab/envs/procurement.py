@@ -1,4 +1,4 @@
-"""Volume-discount procurement (seed 000 §9 iii): a reverse auction for ``m`` demand units.
+"""Volume-discount procurement ([lemma2026certified] §9 iii): a reverse auction for ``m`` units.
 
 Supplier ``i`` privately knows per-unit costs ``c_ij ~ U[low, high]`` and reports them (reports
 ``[B, n, m]``). The mechanism awards unit ``j`` to supplier ``i`` with probability ``p_ij``

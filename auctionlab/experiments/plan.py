@@ -6,7 +6,9 @@ An experiment (``conf/experiment/<name>.yaml``, package ``_global_``) sets its d
     experiment:
       name: classical_revenue
       title: ...                 # the table's heading
-      reproduces: ...            # the seed / table / figure it reproduces (one line)
+      reproduces: ...            # the paper's table / figure it reproduces, cited as [key]
+      cite: [curry2020certifying]  # bibliography keys (auctionlab.references): the papers
+                                 # it reproduces or compares against
       pipeline: [evaluate]       # stages run for every point, in the order of STAGES:
                                  # [evaluate], [train], [train, evaluate], [train, certify],
                                  # [teacher, train, certify], [resume, evaluate]...
@@ -20,15 +22,15 @@ An experiment (``conf/experiment/<name>.yaml``, package ``_global_``) sets its d
       table: {...}               # see auctionlab.reporting.tables.TableSpec
       plot: {...}                # see auctionlab.reporting.plots.plot_table
 
-The point's sweep overrides go to its ``train`` (or ``resume``) stage, its first stage when it
-has neither; ``evaluate`` and ``certify`` after training get ``run=<train dir>``. A ``teacher``
-stage is a ``train`` job (``overrides.teacher`` plus the point's ``env*`` and ``seed``) whose
-directory is passed to the point's ``train`` as ``mechanism.teacher=<dir>`` (distillation, seed
-004 §3.2). A ``resume`` stage is a staged schedule (warm restarts): the first point that trains
-runs a fresh ``train`` (``overrides.train`` plus its sweep overrides); every later one continues
-the previous training point's run in a copy of its directory (``train resume=<copy>`` with
-``overrides.resume`` and its own sweep overrides; the earlier stage stays as it was, the copy
-gets its own MLflow run). See :mod:`auctionlab.experiments.stages` for how the jobs run.
+The point's sweep overrides go to its ``train`` (or ``resume``) stage, its first stage when it has
+neither; ``evaluate`` and ``certify`` after training get ``run=<train dir>``. A ``teacher`` stage is
+a ``train`` job (``overrides.teacher`` plus the point's ``env*`` and ``seed``) whose directory is
+passed to the point's ``train`` as ``mechanism.teacher=<dir>`` (distillation, [curry2020certifying]
+§3.2). A ``resume`` stage is a staged schedule (warm restarts): the first point that trains runs a
+fresh ``train`` (``overrides.train`` plus its sweep overrides); every later one continues the
+previous training point's run in a copy of its directory (``train resume=<copy>`` with
+``overrides.resume`` and its own sweep overrides; the earlier stage stays as it was, the copy gets
+its own MLflow run). See :mod:`auctionlab.experiments.stages` for how the jobs run.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from auctionlab.components import build_env_and_mechanism
 from auctionlab.conf import compose as compose_config
 from auctionlab.conf import group_options, job_config_dirs
 from auctionlab.errors import ConfigError
+from auctionlab.references import check_keys
 from auctionlab.reporting import TableSpec, check_budget_columns
 from auctionlab.reporting.plots import check_plot
 from auctionlab.schema import validate
@@ -59,6 +62,7 @@ EXPERIMENT_KEYS = (
     "name",
     "title",
     "reproduces",
+    "cite",
     "pipeline",
     "sweep",
     "overrides",
@@ -67,7 +71,7 @@ EXPERIMENT_KEYS = (
     "fixed_rules",
 )
 #: ``experiment.fixed_rules``: a fixed-rule point of a train pipeline is an error, or is only
-#: evaluated (its sweep overrides go to ``evaluate``; seed 002 tables mix PF and RPF-Net rows).
+#: evaluated (its sweep overrides go to ``evaluate``; [zeng2025rpf] tables mix PF and RPF-Net rows).
 FIXED_RULES = ("error", "evaluate")
 
 
@@ -112,6 +116,7 @@ class Plan:
     table: TableSpec
     plot: dict[str, Any]
     scale: str
+    cite: list[str] = field(default_factory=list)
 
 
 def options(group: str) -> list[str]:
@@ -276,7 +281,8 @@ def build_plan(cfg: DictConfig, groups: Collection[str]) -> Plan:
     stage_overrides = {
         s: [str(o) for o in (spec.get("overrides") or {}).get(s, [])] for s in STAGES
     }
-    table = TableSpec.from_config(spec.get("table") or {})
+    cite = check_keys(spec.get("cite"), f"experiment {name}: experiment.cite")
+    table = TableSpec.from_config(spec.get("table") or {}, name)
     check_budget_columns(table)
     outside = table.stages() - set(pipeline)
     if outside:
@@ -352,6 +358,7 @@ def build_plan(cfg: DictConfig, groups: Collection[str]) -> Plan:
         table=table,
         plot=plot,
         scale=scale,
+        cite=cite,
     )
 
 

@@ -37,6 +37,7 @@ from auctionlab.experiments.plan import (
     stage_arguments,
     task_of,
 )
+from auctionlab.references import citation
 from auctionlab.reporting import (
     build_table,
     child_metrics,
@@ -52,7 +53,7 @@ from auctionlab.tracking import Tracker, flatten
 log = logging.getLogger("auctionlab")
 
 #: Per-family budget blocks of the ``scale`` group (``scale.allocation``, ``allocation_timing``:
-#: seed 002's RPF-Net experiments), read by those experiments' overrides.
+#: [zeng2025rpf]'s RPF-Net experiments), read by those experiments' overrides.
 FAMILIES = ("allocation", "allocation_timing")
 #: ``task name -> its run(cfg)`` (``train``, ``evaluate``, ``certify``), given by the caller.
 JobRunner = Callable[[str], Callable[[DictConfig], Any]]
@@ -299,7 +300,9 @@ def table_notes(plan: Plan, cfg: DictConfig, out: Path) -> list[str]:
     """The notes under the table: what it reproduces, the scale's budgets, where the jobs are.
 
     A family's own budgets (``scale.allocation``) are not listed: its experiments' tables show
-    the numbers they use in their columns.
+    the numbers they use in their columns. The notes end with the references: a
+    ``References:`` line, then ``- [key] <full citation>`` for every key the experiment
+    (``experiment.cite``) or its reference rows (``cite``) name, in that order, once each.
     """
     scale = flatten(OmegaConf.to_container(cfg.scale, resolve=True))
     budgets = ", ".join(
@@ -317,6 +320,9 @@ def table_notes(plan: Plan, cfg: DictConfig, out: Path) -> list[str]:
             "PGD attacker whose budget (restarts x steps on the held-out profiles) is in the "
             "same row."
         )
+    keys = list(dict.fromkeys([*plan.cite, *plan.table.citations]))
+    if keys:
+        lines += ["", "References:", "", *(f"- [{key}] {citation(key)}" for key in keys)]
     return lines
 
 

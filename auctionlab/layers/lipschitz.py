@@ -1,4 +1,4 @@
-"""Lipschitz-controlled building blocks with a priori l1 -> l1 Lipschitz bounds (seed 000 §4).
+"""Lipschitz-controlled blocks with a priori l1 -> l1 Lipschitz bounds ([lemma2026certified] §4).
 
 Every block reports ``l1_factor()``: an upper bound on ``||f(x) - f(x')||_1 / ||x - x'||_1``
 computed from its current weights (exact operator norms, no sampling), so a network's bound is

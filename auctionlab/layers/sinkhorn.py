@@ -1,4 +1,4 @@
-"""Sinkhorn allocation layer with slack (seed 000 §4): rows and columns capped by construction.
+"""Sinkhorn allocation layer with slack ([lemma2026certified] §4): rows and columns capped.
 
 Scores of ``n`` bidders x ``m`` items are completed to an ``(n + 1) x (m + 1)`` matrix: a dummy
 row (the item stays with the seller) and a dummy column (the bidder leaves capacity unused),

@@ -1,7 +1,7 @@
 """Sparsemax (Martins & Astudillo, 2016): Euclidean projection onto the simplex.
 
 Piecewise linear, hence exactly representable in a mixed-integer program through its KKT
-conditions (seed 004 §3.1, eq. 6); see ``auctionlab.solvers.mip_encoding``.
+conditions ([curry2020certifying] §3.1, eq. 6); see ``auctionlab.solvers.mip_encoding``.
 """
 
 from __future__ import annotations

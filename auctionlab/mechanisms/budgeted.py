@@ -1,4 +1,4 @@
-"""Payments capped at the reported budget (seed 000 §8), around any learned auction mechanism.
+"""Payments capped at the reported budget ([lemma2026certified] §8), around a learned mechanism.
 
 For a budgets env (``env=budgets/...``: reports ``[B, n, m + 1]`` = values then budget), the
 wrapper builds a *base* mechanism on a shadow additive env and caps its payments:

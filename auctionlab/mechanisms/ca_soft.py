@@ -1,6 +1,6 @@
 """Soft-feasibility learned combinatorial auction with its own rounding (CANet / CAFormer spirit).
 
-The seed 001 §7.2 baseline: a bidder-equivariant network outputs a *fractional* bundle
+The [lemma2026solver] §7.2 baseline: a bidder-equivariant network outputs a *fractional* bundle
 allocation that is feasible by construction, trained like RegretNet on that relaxation, and
 deployed through its own rounding (no winner determination solver anywhere).
 

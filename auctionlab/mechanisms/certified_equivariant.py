@@ -1,4 +1,4 @@
-"""Certified equivariant mechanism (seed 000 §4): equivariant over bidders, Lipschitz by design.
+"""Certified equivariant mechanism ([lemma2026certified] §4): bidder-equivariant, Lipschitz.
 
 The class the statistical certificate is meant for: feasibility by construction (softmax over
 bidders plus a dummy per item, eq. 9, or a Sinkhorn layer with slack for unit-demand / exposure

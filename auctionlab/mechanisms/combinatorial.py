@@ -1,4 +1,4 @@
-"""Combinatorial-auction mechanisms over a bundle language, and the seed 001 baselines.
+"""Combinatorial-auction mechanisms over a bundle language, and the [lemma2026solver] baselines.
 
 Every mechanism here maps bids ``[B, n, k]`` to ``Outcome(allocation [B, n, k], payment
 [B, n])`` with an integral, feasible allocation (each bidder one bundle at most, each item
@@ -7,7 +7,7 @@ once at most). ``CombinatorialMechanism`` holds the winner determination (``back
 smooth surrogate whose Jacobian stands in for the argmax's when an attacker or the trainer
 differentiates (values stay exact: ``x + x_soft - x_soft.detach()``).
 
-Baselines (seed 001 §7.3, §4.5):
+Baselines ([lemma2026solver] §7.3, §4.5):
 
 * ``PayYourBid``: welfare-maximising (``allocation=exact``) or greedy (``allocation=greedy``)
   winner determination on the bids, payment ``alpha * b_iS*`` (``alpha=1``: pay as bid); with
@@ -230,7 +230,7 @@ class PayYourBid(CombinatorialMechanism):
 
 
 class AffineMaximizer(CombinatorialMechanism):
-    """Affine maximiser with affine VCG payments on bundles (DSIC and IR; seed 001 §4.5).
+    """Affine maximiser with affine VCG payments on bundles (DSIC and IR; [lemma2026solver] §4.5).
 
     Allocation: maximise ``sum_i w_i b_i(x) + sum_(i,S) in x kappa_iS`` (tie rule as usual);
     payment ``p_i = (h_i - sum_{j != i} w_j b_j(x*) - lambda(x*)) / w_i`` with

@@ -1,9 +1,9 @@
-"""ProportionNet-style baseline (seed 000 §9; Kuo et al. 2020): proportional allocation.
+"""ProportionNet-style baseline ([lemma2026certified] §9; [kuo2020proportionnet]).
 
-Seed 000 describes ProportionNet as "a fairness-oriented baseline that hard-codes proportional
-allocation heuristics (or their smooth relaxations) and then learns payments"; Kuo et al. train
-RegretNet under a total-variation fairness constraint. This module is the former, and training it
-with ``trainer=constrained_erm`` on an env with a fairness functional (``env=ads_4x2``,
+[lemma2026certified] describes ProportionNet as "a fairness-oriented baseline that hard-codes
+proportional allocation heuristics (or their smooth relaxations) and then learns payments"; Kuo et
+al. train RegretNet under a total-variation fairness constraint. This module is the former, and
+training it with ``trainer=constrained_erm`` on an env with a fairness functional (``env=ads_4x2``,
 ``trainer.constraint.eps_fairness``) adds the latter.
 
 Allocation: item ``j`` goes to bidder ``i`` with probability

@@ -1,4 +1,4 @@
-"""Certifiable RegretNet (Curry et al. 2020, seed 004): ReLU trunk, sparsemax, exact payments.
+"""Certifiable RegretNet ([curry2020certifying]): ReLU trunk, sparsemax, exact payments.
 
 Every operation is piecewise linear (or bilinear for the fractional IR payment), so the
 mechanism can be written exactly as a mixed-integer program (``auctionlab.solvers``) and each
@@ -25,7 +25,7 @@ CLIPS = ("none", "nonneg", "ir")
 
 
 class RegretNetSparsemax(Mechanism):
-    """Shared ReLU trunk, a sparsemax allocation head and a payment head (seed 004 §3).
+    """Shared ReLU trunk, a sparsemax allocation head and a payment head ([curry2020certifying] §3).
 
     Allocation: per item, sparsemax over the ``n`` bidders plus a dummy (eq. 5).
     Payment (``payment``):

@@ -1,7 +1,7 @@
-"""Learned payment-free allocation: RPF-Net (seed 002 §3), ExS-Net (Zeng et al. 2024), softmax net.
+"""Learned payment-free allocation: RPF-Net ([zeng2025rpf] §3), ExS-Net ([zeng2024learning]), MLP.
 
 All three share the trunk (an MLP on the normalised reports and budgets) and differ in the
-output activation, which is what seed 002 compares:
+output activation, which is what [zeng2025rpf] compares:
 
 * ``RPFNet``: the trunk outputs ``z [n, m]``, fed into the regularised PF program (9); the
   allocation is its solution (feasible by construction), differentiated through the KKT
@@ -172,7 +172,7 @@ class ExSNet(_AllocationNet):
 
 
 class SoftmaxNet(ExSNet):
-    """Plain softmax network (seed 002 §6 baseline): ExS-Net without the synthetic agent."""
+    """Plain softmax network ([zeng2025rpf] §6 baseline): ExS-Net without the synthetic agent."""
 
     config_name = "softmax_net"
     synthetic_agent = False

@@ -1,4 +1,4 @@
-"""Solver-backed neural combinatorial auction (seed 001 §4).
+"""Solver-backed neural combinatorial auction ([lemma2026solver] §4).
 
 A bidder-equivariant network maps bids ``b [B, n, k]`` to scores ``s [B, n, k]`` and payment
 fractions ``alpha [B, n]`` in ``[0, 1]``; the allocation is the exact maximiser of ``<s, x>``

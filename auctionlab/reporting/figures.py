@@ -2,7 +2,7 @@
 
 An env lists figure kinds (keys of :data:`FIGURES`) in its ``evaluation_figures`` attribute;
 ``evaluate`` draws each into the run directory and adds its metrics. No task branches on an
-env family: seed 002's allocation env asks for ``inference_time`` (Table 2) and
+env family: [zeng2025rpf]'s allocation env asks for ``inference_time`` (Table 2) and
 ``allocation_example`` (Figures 1 and 5). ``evaluate figures=[nsw_loss]`` asks for more
 (``nsw_loss``: where a learned allocation mechanism loses NSW against PF).
 """
@@ -29,7 +29,7 @@ def time_inference(mechanism, types, repeats: int = 3) -> dict[str, float]:
     """Wall time of one no-grad forward pass over all held-out profiles (best of ``repeats``).
 
     The best of a few passes, because the shared machines this runs on add noise that only
-    ever makes a pass slower. Seed 002 Table 2 divides it by ExS-Net's.
+    ever makes a pass slower. Zeng et al. 2025 [zeng2025rpf] Table 2 divides it by ExS-Net's.
 
     Args:
         mechanism: the mechanism (eval mode).
@@ -59,14 +59,14 @@ def time_inference(mechanism, types, repeats: int = 3) -> dict[str, float]:
     }
 
 
-#: Seed 002 §2.1 (Figure 1): v1 = (1, 1/2), v2 = (1, 1/4), every demand 1, budgets 1, w = 1.
+#: [zeng2025rpf] §2.1 (Figure 1): v1 = (1, 1/2), v2 = (1, 1/4), every demand 1, budgets 1, w = 1.
 EXAMPLE = ((1.0, 0.5, 1.0, 1.0), (1.0, 0.25, 1.0, 1.0))
 
 
 def allocation_figures(
     mechanism, env, out: Path, title: str, ratios: int = 2901, points: int = 41
 ) -> tuple[dict[str, float], list[Path]]:
-    """Seed 002 Figures 1 and 5 for a 2-agent, 2-resource allocation env (else nothing).
+    """[zeng2025rpf] Figures 1 and 5 for a 2-agent, 2-resource allocation env (else nothing).
 
     Figure 1 (``fig1_ratio_curve.csv/.png``): agent 1's true utility in the §2.1 example when
     it reports the ratio ``v12 / v11 = r`` for ``r`` in [0.1, 3] (agent 2 truthful). The report

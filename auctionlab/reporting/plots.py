@@ -187,7 +187,7 @@ def plot_frontier(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> P
     ``plot.frontier`` names the hue value (the learned mechanism) whose Pareto frontier is
     drawn as a line; the title counts the other points it dominates (at least their ``y`` at no
     more ``x``) and gives the attacker budget (``plot.budget``) that measured the regret.
-    Seed 001 §7.5's revenue-regret frontier (experiment ca_frontier).
+    Lemma 2026 [lemma2026solver] §7.5's revenue-regret frontier (experiment ca_frontier).
 
     Args:
         table: the numeric table.

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from auctionlab.errors import ConfigError
+from auctionlab.references import CLOSED_FORM, check_keys
 
 #: The metrics that state an attacker budget, next to every regret.
 BUDGET = ("attack_restarts", "attack_steps", "profiles")
@@ -32,6 +33,11 @@ class TableSpec:
         index: row keys, taken from each point's labels (its Hydra choices and sweep keys).
         columns: output column -> ``"<stage>.<metric>"`` (e.g. ``evaluate.revenue``).
         reference: rows joined on ``index`` (e.g. closed-form targets, literature values).
+            Each row names its source with ``cite``: a key of
+            :data:`auctionlab.references.BIBLIOGRAPHY` (the paper that prints the number, or
+            the theory behind a closed form auctionlab computes: ``myerson1981optimal``), or
+            the reserved value ``closed_form`` for a closed form with no paper behind it. The
+            ``cite`` is validated and kept out of the table's columns (see ``citations``).
         relative: output column -> ``{column, key, to[, by]}``: ``column`` divided by its
             value in the row where index key ``key`` equals ``to`` and the index keys ``by``
             (default: all the others) agree (e.g. local training time over standard's, per
@@ -40,6 +46,9 @@ class TableSpec:
         order: the final column order (default: index, columns, reference, derived).
         formats: output column -> Python format spec (``".4f"``, ``".2e"``; ``"d"`` for ints).
         caption: one sentence under the table (markdown) / the LaTeX caption.
+        citations: the bibliography keys the reference rows cite, in order, without repeats
+            (``closed_form`` rows add none); :meth:`from_config` collects them (keys given here
+            too are validated and kept first, so a spec's fields round-trip).
 
     """
 
@@ -51,22 +60,43 @@ class TableSpec:
     order: list[str] | None = None
     formats: dict[str, str] = field(default_factory=dict)
     caption: str = ""
+    citations: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, node: Mapping[str, Any]) -> TableSpec:
-        """Build from a plain mapping (``OmegaConf.to_container(cfg.experiment.table)``)."""
+    def from_config(cls, node: Mapping[str, Any], experiment: str | None = None) -> TableSpec:
+        """Build from a plain mapping (``OmegaConf.to_container(cfg.experiment.table)``).
+
+        Args:
+            node: the ``experiment.table`` mapping.
+            experiment: the experiment's name, for error messages.
+
+        Raises:
+            ConfigError: unknown keys, no index or columns, or a reference row whose ``cite``
+                is not a bibliography key (nor ``closed_form``).
+
+        """
+        owner = f"experiment {experiment}: " if experiment else ""
         unknown = set(node) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(
-                f"experiment.table: unknown keys {sorted(unknown)}; valid keys: "
+                f"{owner}experiment.table: unknown keys {sorted(unknown)}; valid keys: "
                 + ", ".join(cls.__dataclass_fields__)
             )
         if not node.get("index") or not node.get("columns"):
-            raise ConfigError("experiment.table needs 'index' (row keys) and 'columns'")
+            raise ConfigError(f"{owner}experiment.table needs 'index' (row keys) and 'columns'")
+        reference = []
+        citations = check_keys(node.get("citations"), f"{owner}experiment.table.citations")
+        for number, row in enumerate(node.get("reference") or []):
+            row = dict(row)
+            where = f"{owner}experiment.table.reference[{number}].cite"
+            for key in check_keys(row.pop("cite", None), where, extra=(CLOSED_FORM,)):
+                if key != CLOSED_FORM and key not in citations:
+                    citations.append(key)
+            reference.append(row)
         return cls(
             index=[str(k) for k in node["index"]],
             columns={str(k): str(v) for k, v in node["columns"].items()},
-            reference=[dict(row) for row in node.get("reference") or []],
+            reference=reference,
             relative={
                 str(k): {
                     str(a): [str(x) for x in b] if isinstance(b, list | tuple) else str(b)
@@ -78,6 +108,7 @@ class TableSpec:
             order=[str(k) for k in node["order"]] if node.get("order") else None,
             formats={str(k): str(v) for k, v in (node.get("formats") or {}).items()},
             caption=str(node.get("caption") or ""),
+            citations=citations,
         )
 
     def stages(self) -> set[str]:

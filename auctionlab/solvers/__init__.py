@@ -1,4 +1,4 @@
-"""Exact solvers: IBP / LP bounds and the MIP encoding of certifiable networks (seed 004)."""
+"""Exact solvers: IBP / LP bounds and the MIP encoding of certifiable nets [curry2020certifying]."""
 
 from auctionlab.solvers.bounds import interval_bounds, lp_tighten, relu_stability_loss
 

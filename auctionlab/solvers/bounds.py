@@ -2,7 +2,7 @@
 
 * ``interval_bounds``: interval bound propagation (IBP, Gowal et al. 2018) in torch, batched
   and differentiable, used both by the MIP encoder (big-M constants, stable units) and by the
-  ReLU-stability regulariser at training time (seed 004 §3.3, Xiao et al. 2019).
+  ReLU-stability regulariser at training time ([curry2020certifying] §3.3, Xiao et al. 2019).
 * ``lp_tighten``: optional tightening layer by layer with the LP relaxation in which every
   unstable ReLU is replaced by its triangle ("Planet", Ehlers 2017) relaxation, solved by
   HiGHS: two LPs (min and max) per unstable unit.

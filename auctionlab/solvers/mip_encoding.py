@@ -1,4 +1,4 @@
-"""Exact mixed-integer encoding of a certifiable RegretNet (seed 004 §2.3, §3.1, §3.2).
+"""Exact mixed-integer encoding of a certifiable RegretNet ([curry2020certifying] §2.3, §3.1, §3.2).
 
 For a profile ``v`` and a bidder ``i`` the program maximises bidder ``i``'s true utility
 ``sum_j v_ij a_ij(b_i, v_-i) - p_i(b_i, v_-i)`` over reports ``b_i`` in the report space:

@@ -1,4 +1,4 @@
-"""Smooth stand-ins for winner determination, used only for gradients (seed 001 §5.3).
+"""Smooth stand-ins for winner determination, used only for gradients ([lemma2026solver] §5.3).
 
 * ``allocation_softmax``: entropy-regularised maximisation over the convex hull of the feasible
   allocations (a softmax over the enumerated ``X`` at temperature ``tau``); its marginals are

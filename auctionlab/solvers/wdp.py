@@ -1,7 +1,7 @@
 """Winner determination for combinatorial auctions: the same allocation from every backend.
 
-The feasible set ``X`` (seed 001, eqs. 1-2): binary ``x[i, S]`` with every item in at most one
-allocated bundle and every bidder holding at most one bundle of its language. A bundle
+The feasible set ``X`` ([lemma2026solver] eqs. 1-2): binary ``x[i, S]`` with every item in at most
+one allocated bundle and every bidder holding at most one bundle of its language. A bundle
 language is a membership tensor ``[n, k, m]`` (bidder ``i``'s bundle ``S`` holds item ``j``),
 so bidders may have different (sampled) bundle sets.
 
@@ -16,7 +16,7 @@ from ``priority_seed`` (float64). Backends:
   maximises the scores (warm-started from the greedy allocation) and returns the solver's
   certificate (objective, dual bound, gap, time, nodes); stage 2 applies the tie rule by
   maximising the priority subject to ``<s, x> >= z1 - tie_tol``. ``mip_rel_gap > 0`` makes it an
-  ``eta``-optimal solver (seed 001 §6.3); the realised gap is in the certificate.
+  ``eta``-optimal solver ([lemma2026solver] §6.3); the realised gap is in the certificate.
 * ``pyomo_model`` / ``export_lp``: the same program in Pyomo, written as a canonical LP file
   (symbolic names ``x(bidder<i>_items<j_l..>)``, fixed component order) for audits.
 """

@@ -1,4 +1,4 @@
-"""``auctionlab audit``: write the audit log of a combinatorial mechanism (seed 001 §8).
+"""``auctionlab audit``: write the audit log of a combinatorial mechanism ([lemma2026solver] §8).
 
 ``auctionlab audit run=<train dir>`` (a trained solver-backed mechanism) or
 ``auctionlab audit mechanism=ca_vcg env=ca_2x3``: ``profiles`` held-out bid profiles, one

@@ -2,8 +2,9 @@
 
 The certifier is built from ``conf/certifier/<name>.yaml`` (its ``_target_``), like every other
 choice; the library does the work (``auctionlab.certify``): ``certifier=mip`` gives exact
-per-(profile, bidder) regret certificates (seed 004), ``certifier=statistical`` a holdout
-certificate of population regret / IR (seed 000 §6). ``run=`` certifies trained weights,
+per-(profile, bidder) regret certificates ([curry2020certifying]), ``certifier=statistical`` a
+holdout certificate of population regret / IR ([lemma2026certified] §6). ``run=`` certifies trained
+weights,
 ``mechanism=<classical> env=...`` a fixed rule. This task composes, calls and logs.
 """
 

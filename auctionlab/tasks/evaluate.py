@@ -119,7 +119,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if bad:
             raise non_finite_failure(out, bad, "results")
         files = write_curve(curve, out, f"{env.name} {label}: {attacker.describe()}")
-        # Figures the env asks for (seed 002 Table 2, Figures 1 and 5 for allocation), then
+        # Figures the env asks for ([zeng2025rpf] Table 2, Figures 1 and 5 for allocation), then
         # those asked for here (figures=[nsw_loss], options in the node of the same name).
         asked = list(cfg.get("figures") or [])
         options = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in asked if k in cfg}

@@ -1,4 +1,4 @@
-"""Constrained ERM (seed 000 §5): augmented Lagrangian over regret, IR and fairness, eq. (12)-(13).
+"""Constrained ERM ([lemma2026certified] §5, eq. 12-13): augmented Lagrangian: regret, IR, fairness.
 
 The primal loss on the training minibatch is
 

@@ -180,7 +180,7 @@ class AugmentedLagrangian(ConstraintHandler):
 
 
 class RegretBudget(ConstraintHandler):
-    """Regret budget (Ivanov et al. 2022; seed 003 §2.4): one multiplier ``gamma``.
+    """Regret budget (Ivanov et al. 2022; [okada2025lic] §2.4): one multiplier ``gamma``.
 
     Loss ``-rev + gamma * (sum_i rgt_i - R_max)``. Dual step on the log ratio
     ``gamma <- max(0, gamma + dual_lr * (log sum_i rgt_i - log rev - log R_max))``: the budget
@@ -277,7 +277,7 @@ class Unconstrained(ConstraintHandler):
 
 
 class PrimalDual(ConstraintHandler):
-    """Primal-dual descent-ascent of seed 002, Algorithm 1: one multiplier per agent.
+    """Primal-dual descent-ascent of [zeng2025rpf], Algorithm 1: one multiplier per agent.
 
     Loss ``-objective + sum_i gamma_i expl_i``; after each primal step
     ``gamma_i <- max(0, gamma_i + dual_lr * (expl_i - epsilon))``. The objective is whatever

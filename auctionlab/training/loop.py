@@ -134,7 +134,7 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------
     def _sample(self, batch: int) -> Types:
-        # An env may train on another distribution than it tests on (seed 002's perturbed or
+        # An env may train on another distribution than it tests on ([zeng2025rpf]'s perturbed or
         # adversarial training data); ``Env.sample_training`` defaults to ``sample``.
         return self.env.sample_training(batch, self.generator)
 
@@ -221,7 +221,7 @@ class Trainer:
         objective_of = self.env.objective
         objective = objective_of(truthful, types) if objective_of is not None else revenue
         violations = {}
-        if self.constraint.needs_violations:  # IR / fairness (seed 000 §5)
+        if self.constraint.needs_violations:  # IR / fairness ([lemma2026certified] §5)
             violations = measure_violations(self.env, truthful, types)
         loss = self.constraint.loss(objective, {"regret": regret, **violations})
         auxiliary = self.mechanism.auxiliary_loss(values, truthful)

@@ -1,4 +1,4 @@
-"""Local regret (seed 003): one step from the truth, and the reverse LIC condition."""
+"""Local regret ([okada2025lic]): one step from the truth, and the reverse LIC condition."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Statistical certificates (seed 000 §6): slack formulas, closed-form regret, coverage.
+"""Statistical certificates ([lemma2026certified] §6): slack formulas, closed-form regret, coverage.
 
 Coverage is the acceptance check of issue 7: for item-wise first price with i.i.d. U[0,1]
 values, the population regret per bidder is ``m / (n (n + 1))`` in closed form, so we can count

@@ -1,4 +1,4 @@
-"""Allocation env (seed 002, eq. 1, 17, 18): sampling, report box, utility, metrics."""
+"""Allocation env ([zeng2025rpf], eq. 1, 17, 18): sampling, report box, utility, metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Private budgets (seed 000 §8): ``env=budgets/2x2`` and ``mechanism=budgeted``."""
+"""Private budgets ([lemma2026certified] §8): ``env=budgets/2x2`` and ``mechanism=budgeted``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Combinatorial envs (seed 001 §7.1 and RegretNet's 2x2 bundle settings), built from conf/."""
+"""Combinatorial envs ([lemma2026solver] §7.1, RegretNet's 2x2 bundle settings), from conf/."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``env=procurement/vd_3x2``: volume-discount procurement (seed 000 §9 iii)."""
+"""``env=procurement/vd_3x2``: volume-discount procurement ([lemma2026certified] §9 iii)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Combinatorial baselines (seed 001 §7.3, §4.5) and the hybrid attacker against them."""
+"""Combinatorial baselines ([lemma2026solver] §7.3, §4.5) and the hybrid attacker against them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``mechanism=certified_equivariant`` (seed 000 §4): feasibility, equivariance, Lipschitz bound.
+"""``mechanism=certified_equivariant`` ([lemma2026certified] §4): feasible, equivariant, Lipschitz.
 
 Variants cover the encoders (DeepSets, shared-weight attention, the flat-MLP ablation) and the
 feasibility layers (softmax with dummy, Sinkhorn with slack; unit demand through Sinkhorn).

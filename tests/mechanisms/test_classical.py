@@ -102,20 +102,20 @@ REVENUE_CASES = [
     # mechanism, env, target, rounding of the target, where the number comes from
     ("vcg", "2x2", 2 / 3, 0.0, "m (n-1)/(n+1)"),
     ("second_price", "3x1", 0.5, 0.0, "(n-1)/(n+1)"),
-    ("myerson_itemwise", "2x2", 0.8333, 5e-5, "TARGETS (exact 5/6)"),
-    ("myerson_itemwise", "2x3", 1.25, 5e-5, "TARGETS"),
-    ("myerson", "3x1", 0.5313, 5e-5, "TARGETS (exact 0.53125)"),
-    ("myerson", "5x1", 0.6719, 5e-5, "TARGETS (exact 0.671875)"),
+    ("myerson_itemwise", "2x2", 0.8333, 5e-5, "[myerson1981optimal] rounded (exact 5/6)"),
+    ("myerson_itemwise", "2x3", 1.25, 5e-5, "[myerson1981optimal] per item"),
+    ("myerson", "3x1", 0.5313, 5e-5, "[myerson1981optimal] rounded (exact 0.53125)"),
+    ("myerson", "5x1", 0.6719, 5e-5, "[myerson1981optimal] rounded (exact 0.671875)"),
     ("myerson", "3x1_exp", exponential_myerson(), 0.0, "closed form 2.7517"),
-    ("myerson", "3x1_exp", 2.749, 0.005, "TARGETS (itself an MC estimate)"),
+    ("myerson", "3x1_exp", 2.749, 0.005, "[dutting2019optimal] (itself an MC estimate)"),
     ("myerson", "3x1_irregular", irregular_myerson(), 0.0, "hand-ironed integral 2.3749"),
     # 2.380 sits 0.005 above the exact 2.3749; it is the source paper's estimate.
-    ("myerson", "3x1_irregular", 2.380, 0.01, "TARGETS (MC estimate, 0.005 above exact)"),
-    ("bundled_myerson", "2x2", 0.8392, 5e-5, "TARGETS"),
-    ("bundled_myerson", "2x3", 1.2776, 5e-5, "TARGETS"),
-    ("manelli_vincent", "1x2", manelli_vincent_revenue(), 0.0, "closed form 0.54920"),
-    ("manelli_vincent", "1x2", 0.549, 5e-4, "TARGETS"),
-    ("pavlov", "1x2_unit", 2 / (3 * math.sqrt(3)), 0.0, "(1 - p^2) p at p = 1/sqrt 3"),
+    ("myerson", "3x1_irregular", 2.380, 0.01, "[dutting2019optimal] (MC, 0.005 above exact)"),
+    ("bundled_myerson", "2x2", 0.8392, 5e-5, "[myerson1981optimal] on the bundle"),
+    ("bundled_myerson", "2x3", 1.2776, 5e-5, "[myerson1981optimal] on the bundle"),
+    ("manelli_vincent", "1x2", manelli_vincent_revenue(), 0.0, "[manelli2006bundling] 0.54920"),
+    ("manelli_vincent", "1x2", 0.549, 5e-4, "[manelli2006bundling] rounded"),
+    ("pavlov", "1x2_unit", 2 / (3 * math.sqrt(3)), 0.0, "[pavlov2011optimal] p = 1/sqrt 3"),
 ]
 
 

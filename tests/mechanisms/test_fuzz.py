@@ -32,9 +32,9 @@ from auctionlab.types import Outcome
 #: Envs that cover every shape, demand and prior of the env group (a few share a class).
 ENVS = ["1x2", "1x2_asym", "1x2_unit", "1x2_triangle", "2x2", "2x2_unit", "2x3", "3x1_irregular"]
 ENVS = [e for e in ENVS if e in options("env")]
-ENVS += ["allocation/2x2"]  # payment-free family (seed 002); nested option of the env group
-ENVS += ["combinatorial/ca_2x3"]  # bundle bids (seed 001): allocation [B, n, bundles]
-ENVS += ["budgets/2x2"]  # private budgets (seed 000 §8): reports [B, n, m + 1]
+ENVS += ["allocation/2x2"]  # payment-free family ([zeng2025rpf]); nested option of the env group
+ENVS += ["combinatorial/ca_2x3"]  # bundle bids ([lemma2026solver]): allocation [B, n, bundles]
+ENVS += ["budgets/2x2"]  # private budgets ([lemma2026certified] §8): reports [B, n, m + 1]
 TOL = 1e-5
 
 

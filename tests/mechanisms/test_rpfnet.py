@@ -1,4 +1,4 @@
-"""Allocation mechanisms (seed 002): PF, PA, mixture, RPF-Net, ExS-Net, softmax net; CLI family."""
+"""Allocation mechanisms ([zeng2025rpf]): PF, PA, mixture, RPF-Net, ExS-Net, softmax; CLI family."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batched PF / RPF solver (seed 002 programs 4 and 9) against a reference, and its gradients."""
+"""Batched PF / RPF solver ([zeng2025rpf] programs 4, 9) against a reference, and its gradients."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_matches_reference_solver_1000(n, m, with_z, backend):
 
 
 def test_feasible_and_fig1_example():
-    # Seed 002 §2.1: v1 = (1, 1/2), v2 = (1, 1/4), x = 1, b = 1: agent 1 takes resource 2.
+    # [zeng2025rpf] §2.1: v1 = (1, 1/2), v2 = (1, 1/4), x = 1, b = 1: agent 1 takes resource 2.
     v = torch.tensor([[[1.0, 0.5], [1.0, 0.25]]], dtype=torch.float64)
     a = pf_allocate(v, torch.ones_like(v), torch.ones(1, 2, dtype=torch.float64))
     assert float(a[0, 0, 1]) == pytest.approx(1.0, abs=1e-6)

@@ -1,4 +1,4 @@
-"""``trainer=constrained_erm`` (seed 000 §5, eqs. 12-13)."""
+"""``trainer=constrained_erm`` ([lemma2026certified] §5, eqs. 12-13)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batched proportional-fairness programs and their implicit gradients (seed 002, §4, App. C-D).
+"""Batched proportional-fairness programs and their implicit gradients ([zeng2025rpf] §4, App. C-D).
 
 The regularised PF program (9) (``z = 0`` gives PF, program (4))::
 

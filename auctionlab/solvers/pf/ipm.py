@@ -1,4 +1,4 @@
-"""The PF / RPF programs solved by a batched primal-dual interior-point method (seed 002, §4).
+"""The PF / RPF programs solved by a batched primal-dual interior-point method ([zeng2025rpf], §4).
 
 The regularised PF program (9) (``z = 0`` gives PF, program (4))::
 

@@ -1,4 +1,4 @@
-"""Where a run's numbers came from: code version, library versions, device and threads.
+"""Where a run's numbers came from: code version, library versions, machine, device, threads.
 
 Every task records this as MLflow tags (MLflow's own ``mlflow.source.*`` tags included, which
 its automatic detection leaves empty for a console script) and in ``metrics.json``.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -66,6 +67,49 @@ def code_version() -> dict[str, str]:
     return found
 
 
+def _cpu_model() -> str:
+    # /proc/cpuinfo names the model ("AMD EPYC 7B13"); platform.processor() is often only the
+    # architecture on Linux, so it is the fallback (macOS, Windows).
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+@functools.cache
+def machine() -> dict[str, str]:
+    """The machine a run ran on: CPU model, logical CPU count, operating system.
+
+    Returns:
+        ``cpu_model`` (``/proc/cpuinfo``'s model name, else ``platform.processor()``),
+        ``cpu_count`` (logical CPUs, ``os.cpu_count()``) and ``platform``
+        (``platform.platform()``: OS, kernel, architecture, C library).
+
+    """
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": str(os.cpu_count() or "unknown"),
+        "platform": platform.platform(),
+    }
+
+
+def cuda_device_name(device: str) -> str | None:
+    """The GPU's name (``NVIDIA H100 80GB HBM3``) on a CUDA ``device``, else ``None``."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        import torch
+
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    except (ImportError, RuntimeError, AssertionError, ValueError):
+        return "unknown"  # a device string that names CUDA on a machine without it
+
+
 def provenance(device: str, threads: int) -> dict[str, str]:
     """Everything a run records about where it ran.
 
@@ -75,15 +119,20 @@ def provenance(device: str, threads: int) -> dict[str, str]:
 
     Returns:
         Flat string values: code version (see :func:`code_version`), ``python``, one
-        ``<library>_version`` per entry of ``LIBRARIES``, ``device`` and ``threads``.
+        ``<library>_version`` per entry of ``LIBRARIES``, the machine (see :func:`machine`),
+        ``device`` and ``threads``; on a CUDA device also ``cuda_device`` (the GPU's name).
 
     """
     found = dict(code_version())
+    found.update(machine())
     found["python"] = platform.python_version()
     for name in LIBRARIES:
         found[f"{name.replace('-', '_')}_version"] = _version(name)
     found["device"] = device
     found["threads"] = str(threads)
+    gpu = cuda_device_name(device)
+    if gpu is not None:
+        found["cuda_device"] = gpu
     return found
 
 

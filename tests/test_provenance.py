@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from auctionlab import __version__
-from auctionlab.provenance import SOURCE_ROOT, code_version, mlflow_tags, provenance
+from auctionlab.provenance import (
+    SOURCE_ROOT,
+    code_version,
+    cuda_device_name,
+    machine,
+    mlflow_tags,
+    provenance,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,6 +41,31 @@ def test_provenance_names_versions_device_and_threads():
     assert tags["provenance.auctionlab_version"] == __version__
 
 
+def test_provenance_names_the_machine():
+    found = provenance("cpu", 1)
+    assert found["cpu_count"] == str(os.cpu_count())
+    assert found["platform"] == platform.platform()
+    assert found["cpu_model"] and found["cpu_model"] != "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and "model name" in cpuinfo.read_text():
+        assert f": {found['cpu_model']}\n" in cpuinfo.read_text()  # the model, not the arch
+    assert "cuda_device" not in found  # a CPU run names no GPU
+    assert mlflow_tags("evaluate", found)["provenance.cpu_model"] == found["cpu_model"]
+    assert {k: found[k] for k in machine()} == machine()
+
+
+def test_a_cuda_device_is_named():
+    import torch
+
+    assert cuda_device_name("cpu") is None
+    name = cuda_device_name("cuda:0")
+    if torch.cuda.is_available():
+        assert name == torch.cuda.get_device_name(0)
+        assert provenance("cuda:0", 1)["cuda_device"] == name
+    else:
+        assert name == "unknown"  # said, never guessed
+
+
 @pytest.mark.skipif(_head() is None or SOURCE_ROOT != REPO, reason="not run from a git checkout")
 def test_a_train_run_from_the_checkout_records_commit_and_version(cli, mlflow_client, tmp_path):
     result = cli("train", "scale=smoke", "threads=1")
@@ -41,6 +75,7 @@ def test_a_train_run_from_the_checkout_records_commit_and_version(cli, mlflow_cl
     assert recorded["git_commit"] == _head() == code_version()["git_commit"]
     assert recorded["auctionlab_version"] == __version__
     assert recorded["threads"] == "1" and recorded["device"] == "cpu"
+    assert recorded["cpu_count"] == str(os.cpu_count()) and recorded["cpu_model"]
     (run,) = [
         r
         for r in mlflow_client.search_runs(

@@ -37,6 +37,7 @@ from auctionlab.experiments.plan import (
     stage_arguments,
     task_of,
 )
+from auctionlab.experiments.record import write_record
 from auctionlab.references import citation
 from auctionlab.reporting import (
     build_table,
@@ -284,6 +285,7 @@ def run_experiment(
             "jobs_failed": float(failed),
             "seconds": time.perf_counter() - started,
         }
+        files.append(write_record(cfg, plan, out, summary, tracker.provenance))
         tracker.log_metrics(summary)
         tracker.log_artifacts([out / "config.yaml", *files])
         print(f"{plan.title}\n\n{render_markdown(format_table(table, plan.table))}")

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP_CONSTRAINTS ?= .ci/constraints.txt
 
-.PHONY: setup test test-slow bench results lint format clean
+.PHONY: setup test test-slow bench results lint format docs docs-serve clean
 
 setup:  ## create .venv and install auctionlab with dev tools (CPU torch pinned)
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,15 @@ lint:  ## ruff, and the import layers (pyproject's [tool.importlinter])
 	$(BIN)/ruff format --check auctionlab scripts tests
 	$(BIN)/lint-imports
 
+docs:  ## the documentation site into site/ (strict: a broken link or docstring fails)
+	$(BIN)/mkdocs build --strict
+
+docs-serve:  ## live preview of the site on http://127.0.0.1:8000
+	$(BIN)/mkdocs serve
+
 format:
 	$(BIN)/ruff format auctionlab scripts tests
 	$(BIN)/ruff check --fix auctionlab scripts tests
 
 clean:
-	rm -rf outputs/runs outputs/multirun .pytest_cache
+	rm -rf outputs/runs outputs/multirun .pytest_cache site

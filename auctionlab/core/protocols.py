@@ -6,15 +6,13 @@ optional capability a default, so shared code calls a capability instead of prob
 with ``getattr`` / ``hasattr``, and never branches on a concrete class or a family name:
 behaviour that differs by family is a method of the object.
 
-==================  =============================================  ==========================
-Contract            Base class (defaults live there)               Implemented by
-==================  =============================================  ==========================
-``Env``             ``auctionlab.envs.base.Env``                   ``auctionlab.envs.*``
-``Mechanism``       ``auctionlab.mechanisms.base.Mechanism``       ``auctionlab.mechanisms.*``
-``Attacker``        ``auctionlab.attackers.base.Attacker``         ``auctionlab.attackers.*``
-``ConstraintHandler`` ``auctionlab.training.constraints``          ``auctionlab.training.*``
-``Certifier``       stated by ``auctionlab.certify``               ``auctionlab.certify.*``
-==================  =============================================  ==========================
+| Contract | Base class (defaults live there) | Implemented by |
+|---|---|---|
+| ``Env`` | ``auctionlab.envs.base.Env`` | ``auctionlab.envs.*`` |
+| ``Mechanism`` | ``auctionlab.mechanisms.base.Mechanism`` | ``auctionlab.mechanisms.*`` |
+| ``Attacker`` | ``auctionlab.attackers.base.Attacker`` | ``auctionlab.attackers.*`` |
+| ``ConstraintHandler`` | ``auctionlab.training.constraints`` | ``auctionlab.training.*`` |
+| ``Certifier`` | stated by ``auctionlab.certify`` | ``auctionlab.certify.*`` |
 
 Shapes: ``B`` profiles, ``n`` bidders, ``m`` items (the allocation's last axis), ``d`` report
 coordinates per bidder (``d = m`` for item auctions; allocation envs report values and

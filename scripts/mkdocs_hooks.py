@@ -1,0 +1,22 @@
+"""MkDocs hooks (mkdocs.yml `hooks:`): small rendering fixes for the API reference.
+
+Some docstrings use Sphinx roles (:class:`X`, :func:`~a.b.c`) that Markdown renders as the
+literal role followed by inline code; the role is dropped so only the code remains, and a
+leading ``~`` keeps the last dotted component, as Sphinx shows it.
+"""
+
+from __future__ import annotations
+
+import re
+
+ROLE = re.compile(r":(?:class|func|mod|meth|attr|data|exc|obj):<code>(~?)([^<]+)</code>")
+
+
+def _code(match: re.Match) -> str:
+    short, name = match.group(1), match.group(2)
+    return f"<code>{name.rsplit('.', 1)[-1] if short else name}</code>"
+
+
+def on_page_content(html: str, **kwargs) -> str:
+    """Replace rendered Sphinx roles by their inline code."""
+    return ROLE.sub(_code, html)

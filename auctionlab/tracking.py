@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -61,6 +62,15 @@ def resolve_uri(uri: str | None, create: bool = True) -> str:
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def tag_key(key: str) -> str:
+    """``key`` as a name ``set_tag`` accepts (other characters become ``_``).
+
+    MLflow refuses tag names outside alphanumerics, ``_ - . : /`` and space in ``set_tag``;
+    Hydra's choice keys can hold ``@`` (``env_variants/2x2@env``).
+    """
+    return re.sub(r"[^\w\-. :/]", "_", key)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -381,8 +391,12 @@ class Tracker:
             # finishes; it is removed then, not now, so a crash in between still shows it.
             self._stale_failure = "failure" in previous.data.tags
             with_retry(self.client.update_run, self.run_id, status="RUNNING")
+            # Only what changed: the run's tags were accepted when it was created, while
+            # ``set_tag`` refuses some names ``create_run`` took (Hydra's ``env_variants/2x2@env``).
+            before = previous.data.tags
             for key, value in {**self.tags, **self._provenance_tags()}.items():
-                with_retry(self.client.set_tag, self.run_id, key, str(value))
+                if before.get(key) != str(value):
+                    with_retry(self.client.set_tag, self.run_id, tag_key(key), str(value))
             return self
         tags = {**self._provenance_tags(), **self.tags}
         parent = self.tracking.get("parent_run_id")
@@ -486,7 +500,9 @@ class Tracker:
         if not self.active:
             return
         for key, value in tags.items():
-            self._safely("set_tag", self.client.set_tag, self.run_id, key, str(value)[:5000])
+            self._safely(
+                "set_tag", self.client.set_tag, self.run_id, tag_key(key), str(value)[:5000]
+            )
 
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         """Attach files to the run."""

@@ -276,3 +276,30 @@ def test_nan_stops_keeps_last_good_checkpoint_and_fails_mlflow_run(cli, tmp_path
 def test_detect_anomaly_switch_runs(cli, tmp_path):
     result = cli("train", "scale=smoke", "env=1x2", "train.detect_anomaly=true", "tracking=none")
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_finished_2x2_run_resumes_into_its_mlflow_run_and_a_refused_resume_leaves_it_sealed(
+    cli, tmp_path, mlflow_uri
+):
+    """2x2 composes ``env_variants/2x2@env``: a tag name MLflow's ``set_tag`` refuses."""
+    run = tmp_path / "run"
+    first = cli("train", "env=2x2", "scale=smoke", f"hydra.run.dir={run}", "threads=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_id = json.loads((run / "tracking.json").read_text())["run_id"]
+
+    # An unreachable store is refused before the job starts: the run stays sealed as it was.
+    sealed = (run / "manifest.json").read_bytes()
+    unreachable = ["tracking.uri=http://127.0.0.1:9", "tracking.fallback=none"]
+    refused = cli("train", f"resume={run}", "train.iterations=30", *unreachable)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert (run / "manifest.json").read_bytes() == sealed
+
+    resumed = cli("train", f"resume={run}", "train.iterations=30")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "tracking.json").read_text())["run_id"] == run_id
+    finished = mlflow.MlflowClient(tracking_uri=mlflow_uri).get_run(run_id)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.tags["resumed_at_iteration"] == "20"
+    assert (run / "manifest.json").exists()
+    evaluated = cli("evaluate", f"run={run}", "scale=smoke", "threads=1")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -126,9 +126,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     tags.update(headline_tags(env))  # what `auctionlab runs` shows for this family
     name = f"train {picked.get('mechanism', '')} {picked.get('env', env.name)} seed={cfg.seed}"
     resume_run_id = previous_run_id(cfg.get("resume"), cfg.tracking)
+    # From the part before a resume (its seal was checked by prepare): unsealed first, so a
+    # resume that fails from here on leaves a run that resumes again, not a broken seal.
+    for stale in ("metrics.json", "failure.json", MANIFEST):
+        (out / stale).unlink(missing_ok=True)
     with Tracker(cfg, cfg.tracking, name, tags, resume_run_id=resume_run_id) as tracker:
-        for stale in ("metrics.json", "failure.json", MANIFEST):  # from the part before a resume
-            (out / stale).unlink(missing_ok=True)
         save_config(cfg, out)
         write_json(out / "choices.json", picked)
         tracker.write_record(out)

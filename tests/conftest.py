@@ -185,7 +185,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """How many documented commands the docs tests ran, per page (tests/docs/test_commands.py)."""
     ran = getattr(sys.modules.get("test_commands"), "RAN", None)
     if ran:
-        per_page = ", ".join(f"{page}: {n}" for page, n in sorted(ran.items()) if n)
+        per_page = [f"{page}: {n}" for page, n in sorted(ran.items()) if n]
         terminalreporter.write_line(
-            f"documented commands run: {sum(ran.values())} from {len(ran)} pages ({per_page})"
+            f"documented commands run: {sum(ran.values())} from {len(per_page)} pages "
+            f"({len(ran)} pages read): {', '.join(per_page)}"
         )

@@ -278,6 +278,7 @@ def test_detect_anomaly_switch_runs(cli, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.slow  # the tag names are tested in-process (tests/test_tracking.py)
 def test_a_finished_2x2_run_resumes_into_its_mlflow_run_and_a_refused_resume_leaves_it_sealed(
     cli, tmp_path, mlflow_uri
 ):

@@ -174,6 +174,22 @@ def test_resumed_tracker_continues_the_same_run(mlflow_uri):
     assert [m.value for m in client.get_metric_history(first.run_id, "x")] == [1.0, 2.0]
 
 
+@pytest.mark.parametrize("changed", [False, True])
+def test_resumed_tracker_takes_hydra_choice_tags_set_tag_refuses(mlflow_uri, changed):
+    """``create_run`` accepts ``choice.env_variants/2x2@env``; ``set_tag`` refuses the ``@``."""
+    cfg = OmegaConf.create({"seed": 0, "tracking": {"enabled": True, "uri": mlflow_uri}})
+    tags = {"task": "test", "choice.env_variants/2x2@env": "auction"}
+    with Tracker(cfg, cfg.tracking, "first part", tags) as first:
+        first.log_metrics({"x": 1.0}, 1)
+    again_tags = {**tags, "choice.env_variants/2x2@env": "allocation" if changed else "auction"}
+    with Tracker(cfg, cfg.tracking, "again", again_tags, resume_run_id=first.run_id) as again:
+        again.log_metrics({"x": 2.0}, 2)
+    run = mlflow.MlflowClient(tracking_uri=mlflow_uri).get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    if changed:  # under the name set_tag accepts
+        assert run.data.tags["choice.env_variants/2x2_env"] == "allocation"
+
+
 def test_resumed_tracker_of_another_run_directory_starts_a_new_run(mlflow_uri, tmp_path, caplog):
     cfg = OmegaConf.create({"seed": 0, "tracking": {"enabled": True, "uri": mlflow_uri}})
     original_dir, copy_dir = str(tmp_path / "original"), str(tmp_path / "copy")

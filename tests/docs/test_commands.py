@@ -19,6 +19,9 @@ from documented import REPO, pages, parse
 
 #: Pages whose commands another test runs with stronger checks.
 RUN_ELSEWHERE = {"docs/extend.md": "tests/docs/test_extend.py runs it end to end"}
+#: Generated pages, not run here: a results page's command is the one its reproduce run
+#: recorded (tests/docs/test_results_pages.py checks the pages).
+GENERATED = ("docs/results/",)
 #: Commands run by this module (reported at the end of the session, see conftest.py).
 RAN: dict[str, int] = {}
 
@@ -60,7 +63,20 @@ def _run_page(path: Path, cwd: Path, mlflow_uri: str) -> int:
     return ran
 
 
-@pytest.mark.parametrize("path", pages(), ids=_id)
+#: Pages whose commands run in ``make test-slow`` (the default suite stays within its time):
+#: the tour again in more detail, the family pages' trainings and the parallel sweeps.
+SLOW = ("docs/getting-started.md", "docs/families/", "docs/sweeps.md")
+
+
+def _documented() -> list:
+    return [
+        pytest.param(p, marks=pytest.mark.slow) if _id(p).startswith(SLOW) else p
+        for p in pages()
+        if not _id(p).startswith(GENERATED)
+    ]
+
+
+@pytest.mark.parametrize("path", _documented(), ids=_id)
 def test_documented_commands_run(path, tmp_path, mlflow_uri):
     if _id(path) in RUN_ELSEWHERE:
         pytest.skip(RUN_ELSEWHERE[_id(path)])

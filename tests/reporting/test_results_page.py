@@ -236,3 +236,23 @@ def test_every_attacker_budget_of_a_scale_is_found(compose):
     assert found["allocation.val"] == {"restarts": 2, "steps": 10, "profiles": 64}
     assert {"evaluation", "validation", "certify.statistical", "allocation"} <= set(found)
     assert "train" not in found  # training schedule, not an attacker
+
+
+def test_bare_citations_become_links_but_not_in_code_or_existing_links():
+    from auctionlab.reporting.results_page import link_citations
+
+    text = "\n".join(
+        [
+            "Table 1 of [curry2020certifying] and [okada2025lic](../references.md#okada2025lic).",
+            "```text",
+            "[curry2020certifying] stays in a fence",
+            "```",
+            "`[okada2025lic]` stays in backticks, [not a key] stays",
+        ]
+    )
+    linked = link_citations(text).splitlines()
+    assert linked[0] == (
+        "Table 1 of [curry2020certifying](../references.md#curry2020certifying) and "
+        "[okada2025lic](../references.md#okada2025lic)."
+    )
+    assert linked[1:] == text.splitlines()[1:]

@@ -96,15 +96,28 @@ def _cli_env(mlflow_uri: str) -> dict[str, str]:
 
 
 def run_cli(
-    args: list[str], cwd: Path, mlflow_uri: str, timeout: float = 300
+    args: list[str],
+    cwd: Path,
+    mlflow_uri: str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run the installed ``auctionlab`` console script in ``cwd``; output captured as text."""
+    """Run the installed ``auctionlab`` console script in ``cwd``; output captured as text.
+
+    ``env`` adds to (or, with ``None`` values, removes from) the test environment.
+    """
     exe = Path(sys.executable).with_name("auctionlab")
     command = str(exe) if exe.exists() else "auctionlab"
+    environment = _cli_env(mlflow_uri)
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     return subprocess.run(
         [command, *args],
         cwd=cwd,
-        env=_cli_env(mlflow_uri),
+        env=environment,
         capture_output=True,
         text=True,
         timeout=timeout,

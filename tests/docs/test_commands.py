@@ -7,14 +7,11 @@ empty working directory, in reading order, through the installed console script.
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import _cli_env
+from conftest import run_cli
 from documented import REPO, pages, parse
 
 #: Pages whose commands another test runs with stronger checks.
@@ -31,11 +28,9 @@ def _id(path: Path) -> str:
 
 
 def _run_page(path: Path, cwd: Path, mlflow_uri: str) -> int:
-    page = parse(path)
-    exe = Path(os.environ.get("AUCTIONLAB_EXE", Path(sys.executable).with_name("auctionlab")))
-    env = _cli_env(mlflow_uri)
+    env: dict[str, str] = {}
     ran = 0
-    for kind, step in page.steps:
+    for kind, step in parse(path).steps:
         if kind == "export":
             name, value = step  # type: ignore[misc]
             env[name] = value
@@ -45,15 +40,7 @@ def _run_page(path: Path, cwd: Path, mlflow_uri: str) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
         else:
-            done = subprocess.run(
-                [str(exe), *step],  # type: ignore[list-item]
-                cwd=cwd,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=False,
-            )
+            done = run_cli(step, cwd, mlflow_uri, timeout=600, env=env)  # type: ignore[arg-type]
             command = "auctionlab " + shlex.join(step)  # type: ignore[arg-type]
             assert done.returncode == 0, (
                 f"{_id(path)}: `{command}` exited {done.returncode}\n"

@@ -12,11 +12,10 @@ import json
 import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "extend.md"
@@ -56,16 +55,15 @@ def test_page_shows_complete_files():
     assert "_target_: mymech.itemnet.ItemNet" in files["myconf/mechanism/itemnet.yaml"]
 
 
-def test_extend_page_end_to_end(tmp_path):
+def test_extend_page_end_to_end(tmp_path, mlflow_uri):
     text = PAGE.read_text()
     for path, content in page_files(text).items():
         target = tmp_path / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PWD=str(tmp_path))
-    env.pop("AUCTIONLAB_TRUSTED_MODULES", None)  # only the page's export may trust mymech
-    exe = Path(sys.executable).with_name("auctionlab")
+    # Only the page's export may trust mymech.
+    env: dict[str, str | None] = {"PWD": str(tmp_path), "AUCTIONLAB_TRUSTED_MODULES": None}
     run_dirs, ran = {}, []
     for words in page_commands(text):
         if words[0] == "export":
@@ -74,16 +72,7 @@ def test_extend_page_end_to_end(tmp_path):
             continue
         if words[0] != "auctionlab" or "scale=smoke" not in words:
             continue  # paper-scale variants and placeholders are not run
-        args = [*words[1:], "threads=1"]
-        done = subprocess.run(
-            [str(exe) if exe.exists() else "auctionlab", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        done = run_cli([*words[1:], "threads=1"], tmp_path, mlflow_uri, timeout=600, env=env)
         assert done.returncode == 0, f"{' '.join(words)}\n{done.stderr[-3000:]}"
         task = words[1]
         (run_dir,) = [w.split("=", 1)[1] for w in words if w.startswith("hydra.run.dir=")]
@@ -113,26 +102,14 @@ def test_extend_page_end_to_end(tmp_path):
         (True, "1x2_asym", "items have different value ranges"),  # the constructor's check
     ],
 )
-def test_page_mechanism_is_refused_in_one_line(tmp_path, trusted, env_name, message):
+def test_page_mechanism_is_refused_in_one_line(tmp_path, mlflow_uri, trusted, env_name, message):
     """Untrusted package, or an env the mechanism cannot serve: exit 2 before any work."""
     for path, content in page_files(PAGE.read_text()).items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(content)
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    env.pop("AUCTIONLAB_TRUSTED_MODULES", None)
-    if trusted:
-        env["AUCTIONLAB_TRUSTED_MODULES"] = "mymech"
-    exe = Path(sys.executable).with_name("auctionlab")
+    env = {"PYTHONPATH": str(tmp_path), "AUCTIONLAB_TRUSTED_MODULES": "mymech" if trusted else None}
     args = ["train", "--config-dir", "myconf", "mechanism=itemnet", f"env={env_name}"]
-    done = subprocess.run(
-        [str(exe) if exe.exists() else "auctionlab", *args, "scale=smoke", "threads=1"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_cli([*args, "scale=smoke", "threads=1"], tmp_path, mlflow_uri, env=env)
     assert done.returncode == 2, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()[-1:]
     assert line.startswith("auctionlab: error:") and message in line

@@ -52,6 +52,8 @@ METADATA_KEYS = (
     "run time",
     "failed jobs",
 )
+#: Table columns holding a cited paper's printed numbers (and the column ``published``).
+PUBLISHED_PREFIXES = ("lit_", "paper_")
 #: Where a page links its citation keys (``docs/references.md``, next to ``docs/results/``).
 REFERENCES = "../references.md"
 #: Training stages: their jobs are ``train`` jobs.
@@ -502,7 +504,7 @@ def render_results_page(run_dir: Path) -> ResultsPage:
     # smoke run is shown in a text block so the docs test does not spend minutes on it.
     fence = "text" if scale == "smoke" and not cheap else "bash"
     table, columns = _table_section(run_dir, name)
-    literature = [c for c in columns if c.startswith("lit_")]
+    literature = [c for c in columns if c.startswith(PUBLISHED_PREFIXES) or c == "published"]
     links = ", ".join(f"[{k}]({REFERENCES}#{k})" for k in cite)
 
     lines = [f"# {title}", ""]
@@ -510,8 +512,8 @@ def render_results_page(run_dir: Path) -> ResultsPage:
         lines += [
             '!!! warning "scale=smoke: a pipeline check, not a reproduction"',
             "    This page was made at `scale=smoke`, whose training and attacker budgets only "
-            "check that the pipeline runs end to end in seconds. Its numbers do not reproduce "
-            "the paper's; a page made at `scale=paper` does.",
+            "check that the pipeline runs end to end in seconds. Its numbers are not comparable "
+            "with the paper's.",
             "",
         ]
     what = reproduces.rstrip(".") if reproduces else f"experiment `{name}`"
@@ -537,15 +539,17 @@ def render_results_page(run_dir: Path) -> ResultsPage:
         names = ", ".join(f"`{c}`" for c in literature)
         source = f"the cited paper ({links})" if links else "the cited paper"
         lines.append(
-            f"Columns named `lit_*` ({names}) are the numbers printed in {source}; every other "
-            "column is measured by this run."
+            f"Columns {names} are the numbers printed in {source}; every other column is "
+            "measured by this run (closed-form references such as `target` are described in "
+            "the caption)."
         )
     else:
         lines.append(
-            "Columns named `lit_*` would hold the cited paper's numbers; this table has none "
-            "(its reference columns, if any, are described in the caption)."
+            "This table has no column of published numbers (`lit_*`, `paper_*`); its reference "
+            "columns, if any, are described in the caption."
         )
-    lines += ["", "## Figure", "", f"![{title}](img/{name}.png)", ""]
+    alt = title.replace("[", "").replace("]", "")  # alt text holds no links
+    lines += ["", "## Figure", "", f"![{alt}](img/{name}.png)", ""]
     return ResultsPage(
         name=name,
         markdown=link_citations("\n".join(lines)),

@@ -9,42 +9,21 @@ and its ``auctionlab ... scale=smoke`` lines run in order (with ``threads=1``).
 from __future__ import annotations
 
 import json
-import os
-import re
-import shlex
-from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from documented import REPO, Page, parse
 
-REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "extend.md"
 
-FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```\s*$", re.S | re.M)
-TITLE = re.compile(r'title="([^"]+)"')
 
-
-def page_files(text: str) -> dict[str, str]:
+def page_files(page: Page) -> dict[str, str]:
     """``{path: content}`` of every fenced block whose info string has ``title="path"``."""
-    files = {}
-    for _, info, body in FENCE.findall(text):
-        found = TITLE.search(info)
-        if found:
-            files[found.group(1)] = body
-    return files
-
-
-def page_commands(text: str) -> list[list[str]]:
-    """The shell lines of the page's ``bash`` blocks, split into words (comments dropped)."""
-    lines = []
-    for language, _, body in FENCE.findall(text):
-        if language == "bash":
-            lines += [shlex.split(line, comments=True) for line in body.splitlines()]
-    return [words for words in lines if words]
+    return dict(step for kind, step in page.steps if kind == "file")  # type: ignore[misc]
 
 
 def test_page_shows_complete_files():
-    files = page_files(PAGE.read_text())
+    files = page_files(parse(PAGE))
     assert set(files) == {
         "mymech/__init__.py",
         "mymech/itemnet.py",
@@ -56,8 +35,8 @@ def test_page_shows_complete_files():
 
 
 def test_extend_page_end_to_end(tmp_path, mlflow_uri):
-    text = PAGE.read_text()
-    for path, content in page_files(text).items():
+    page = parse(PAGE)
+    for path, content in page_files(page).items():
         target = tmp_path / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
@@ -65,19 +44,17 @@ def test_extend_page_end_to_end(tmp_path, mlflow_uri):
     # Only the page's export may trust mymech.
     env: dict[str, str | None] = {"PWD": str(tmp_path), "AUCTIONLAB_TRUSTED_MODULES": None}
     run_dirs, ran = {}, []
-    for words in page_commands(text):
-        if words[0] == "export":
-            name, _, value = words[1].partition("=")
-            env[name] = os.path.expandvars(value.replace("$PWD", str(tmp_path)))
-            continue
-        if words[0] != "auctionlab" or "scale=smoke" not in words:
-            continue  # paper-scale variants and placeholders are not run
-        done = run_cli([*words[1:], "threads=1"], tmp_path, mlflow_uri, timeout=600, env=env)
-        assert done.returncode == 0, f"{' '.join(words)}\n{done.stderr[-3000:]}"
-        task = words[1]
-        (run_dir,) = [w.split("=", 1)[1] for w in words if w.startswith("hydra.run.dir=")]
-        run_dirs[task] = tmp_path / run_dir
-        ran.append(task)
+    for kind, step in page.steps:  # paper-scale variants and placeholders are not steps
+        if kind == "export":
+            name, value = step  # type: ignore[misc]
+            env[name] = value.replace("$PWD", str(tmp_path))
+        elif kind == "run":
+            words: list[str] = step  # type: ignore[assignment]
+            done = run_cli([*words, "threads=1"], tmp_path, mlflow_uri, timeout=600, env=env)
+            assert done.returncode == 0, f"{' '.join(words)}\n{done.stderr[-3000:]}"
+            (run_dir,) = [w.split("=", 1)[1] for w in words if w.startswith("hydra.run.dir=")]
+            run_dirs[words[0]] = tmp_path / run_dir
+            ran.append(words[0])
 
     assert ran == ["train", "evaluate", "certify"]
     for task, run_dir in run_dirs.items():
@@ -104,7 +81,7 @@ def test_extend_page_end_to_end(tmp_path, mlflow_uri):
 )
 def test_page_mechanism_is_refused_in_one_line(tmp_path, mlflow_uri, trusted, env_name, message):
     """Untrusted package, or an env the mechanism cannot serve: exit 2 before any work."""
-    for path, content in page_files(PAGE.read_text()).items():
+    for path, content in page_files(parse(PAGE)).items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(content)
     env = {"PYTHONPATH": str(tmp_path), "AUCTIONLAB_TRUSTED_MODULES": "mymech" if trusted else None}

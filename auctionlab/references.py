@@ -9,6 +9,7 @@ link ``references.md#<key>`` stays valid. ``docs/references.md`` is generated fr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from auctionlab.errors import ConfigError
@@ -356,3 +357,40 @@ def markdown() -> str:
             f"**Used for:** {entry.used_for}",
         ]
     return "\n".join(lines) + "\n"
+
+
+#: A bare citation ``[key]``: not a link's text already, not followed by a link target.
+BARE_CITATION = re.compile(r"(?<![`\[\w])\[([a-z]+\d{4}[a-z]+)\](?![(\[\]:])")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def link_citations(markdown: str, target: str = "references.md") -> str:
+    """Every bare ``[key]`` of the bibliography becomes a link to its entry on ``target``.
+
+    Code fences, inline code and image alt texts are left alone, and so is a key that is not
+    in :data:`BIBLIOGRAPHY`.
+
+    Args:
+        markdown: a Markdown page.
+        target: the references page relative to that page (``../references.md``).
+
+    Returns:
+        The page with ``[key](<target>#key)`` links.
+
+    """
+
+    def link(match: re.Match) -> str:
+        key = match.group(1)
+        return f"[{key}]({target}#{key})" if key in BIBLIOGRAPHY else match.group(0)
+
+    out, fenced = [], False
+    for line in markdown.split("\n"):
+        if _FENCE.match(line):
+            fenced = not fenced
+        if fenced or line.lstrip().startswith("!["):
+            out.append(line)
+            continue
+        pieces = line.split("`")  # odd-numbered pieces are inline code
+        pieces[::2] = [BARE_CITATION.sub(link, piece) for piece in pieces[::2]]
+        out.append("`".join(pieces))
+    return "\n".join(out)

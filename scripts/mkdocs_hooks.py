@@ -12,7 +12,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from auctionlab.references import BIBLIOGRAPHY
+from auctionlab.references import link_citations
 
 ROLE = re.compile(r":(?:class|func|mod|meth|attr|data|exc|obj):<code>(~?)([^<]+)</code>")
 
@@ -22,32 +22,12 @@ def _code(match: re.Match) -> str:
     return f"<code>{name.rsplit('.', 1)[-1] if short else name}</code>"
 
 
-#: A bare ``[key]``: not a link's text already, not followed by a link target.
-CITATION = re.compile(r"(?<![`\[\w])\[([a-z]+\d{4}[a-z]+)\](?![(\[\]:])")
-FENCE = re.compile(r"^\s*(```|~~~)")
-
-
 def on_page_markdown(markdown: str, page, **kwargs) -> str:
-    """Link every bare citation key outside code fences and inline code to the references."""
+    """Link every bare citation key outside code to the references page."""
+    if page.file.src_uri == "references.md":
+        return markdown
     here = posixpath.dirname(page.file.src_uri)
-    target = posixpath.relpath("references.md", here or ".")
-
-    def link(match: re.Match) -> str:
-        key = match.group(1)
-        return f"[\\[{key}\\]]({target}#{key})" if key in BIBLIOGRAPHY else match.group(0)
-
-    out, fenced = [], False
-    for line in markdown.split("\n"):
-        if FENCE.match(line):
-            fenced = not fenced
-        if fenced or page.file.src_uri == "references.md":
-            out.append(line)
-            continue
-        # Inline code (odd-numbered pieces between backticks) is left alone.
-        pieces = line.split("`")
-        pieces[::2] = [CITATION.sub(link, piece) for piece in pieces[::2]]
-        out.append("`".join(pieces))
-    return "\n".join(out)
+    return link_citations(markdown, posixpath.relpath("references.md", here or "."))
 
 
 def on_page_content(html: str, **kwargs) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from auctionlab.errors import ConfigError
+from auctionlab.references import link_citations
 
 #: The record a reproduce run writes into its directory.
 RECORD = "reproduce.json"
@@ -404,22 +405,6 @@ def _table_section(run_dir: Path, name: str) -> tuple[str, list[str]]:
     return body, columns
 
 
-#: A bare citation ``[key]`` (not already a link, not inside backticks).
-BARE_CITATION = re.compile(r"(?<![`\[])\[([a-z]+\d{4}[a-z]+)\](?![(\]])")
-
-
-def link_citations(markdown: str) -> str:
-    """Every bare ``[key]`` outside code fences becomes a link to the bibliography's entry."""
-    out, fenced = [], False
-    for line in markdown.split("\n"):
-        if line.lstrip().startswith(("```", "~~~")):
-            fenced = not fenced
-        out.append(
-            line if fenced else BARE_CITATION.sub(lambda m: f"[{m[1]}]({REFERENCES}#{m[1]})", line)
-        )
-    return "\n".join(out)
-
-
 def render_results_page(run_dir: Path) -> ResultsPage:
     """Render the results page of a finished ``auctionlab reproduce`` run.
 
@@ -552,7 +537,7 @@ def render_results_page(run_dir: Path) -> ResultsPage:
     lines += ["", "## Figure", "", f"![{alt}](img/{name}.png)", ""]
     return ResultsPage(
         name=name,
-        markdown=link_citations("\n".join(lines)),
+        markdown=link_citations("\n".join(lines), REFERENCES),
         figure=run_dir / f"{name}.png",
         metadata=metadata,
     )
@@ -627,4 +612,4 @@ def render_index(experiments: Sequence[tuple[str, str]], pages: Path) -> str:
                 "`python scripts/results_pages.py <run dir>`"
             )
         lines.append(f"| `{name}` | {_cell(title)} | {cell} |")
-    return link_citations("\n".join(lines)) + "\n"
+    return link_citations("\n".join(lines), REFERENCES) + "\n"

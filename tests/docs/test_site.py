@@ -105,6 +105,6 @@ def test_strict_build(tmp_path):
     assert (site / "search" / "search_index.json").is_file()
     # A bare citation key on a page links to its bibliography entry (scripts/mkdocs_hooks.py).
     additive = (site / "families" / "additive" / "index.html").read_text()
-    assert '<a href="../../references/#myerson1981optimal">[myerson1981optimal]</a>' in additive
+    assert '<a href="../../references/#myerson1981optimal">myerson1981optimal</a>' in additive
     references = (site / "references" / "index.html").read_text()
     assert 'id="myerson1981optimal"' in references

@@ -239,7 +239,7 @@ def test_every_attacker_budget_of_a_scale_is_found(compose):
 
 
 def test_bare_citations_become_links_but_not_in_code_or_existing_links():
-    from auctionlab.reporting.results_page import link_citations
+    from auctionlab.references import link_citations
 
     text = "\n".join(
         [
@@ -250,7 +250,7 @@ def test_bare_citations_become_links_but_not_in_code_or_existing_links():
             "`[okada2025lic]` stays in backticks, [not a key] stays",
         ]
     )
-    linked = link_citations(text).splitlines()
+    linked = link_citations(text, "../references.md").splitlines()
     assert linked[0] == (
         "Table 1 of [curry2020certifying](../references.md#curry2020certifying) and "
         "[okada2025lic](../references.md#okada2025lic)."

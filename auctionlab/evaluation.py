@@ -81,6 +81,9 @@ def evaluate_mechanism(
         "attack_step_size": float(budget["step_size"]),
         "attack_gradient": float(bool(budget.get("gradient", True))),
     }
+    if "deviation_steps" in budget:  # what the search actually spent, in utility evaluations
+        metrics["attack_deviation_steps"] = float(budget["deviation_steps"])
+        metrics["attack_deviation_steps_per_instance"] = float(budget["deviation_steps"]) / (B * n)
     # e.g. NSW, log-NSW, efficiency
     for key, per_profile_value in env.outcome_metrics(outcome, types).items():
         metrics[key] = float(per_profile_value.mean())
@@ -96,6 +99,12 @@ def evaluate_mechanism(
             "steps": float(s),
             "regret_mean": float(g.mean()),
             "regret_max": float(g.max()),
+            # what reaching this point cost, per bidder and profile (where the attacker counts)
+            **(
+                {"deviation_steps": result.curve_cost[(r, s)]}
+                if (r, s) in result.curve_cost
+                else {}
+            ),
         }
         for (r, s), g in sorted(result.curve.items())
     ]
@@ -106,13 +115,14 @@ def evaluate_mechanism(
         metrics[key + "attack_restarts"] = row["restarts"]
         metrics[key + "attack_steps"] = row["steps"]
         metrics[key + "profiles"] = float(B)
-    if curve:  # the largest budget of the curve: the whole gradient phase (hybrid: PGD alone)
+    phase = getattr(attacker, "curve_phase", None)
+    if curve and phase:  # the curve's largest budget: its whole phase (hybrid: PGD alone)
         top = max(curve, key=lambda row: (row["restarts"], row["steps"]))
-        metrics["pgd_regret_mean"] = top["regret_mean"]
-        metrics["pgd_regret_max"] = top["regret_max"]
-        metrics["pgd_attack_restarts"] = top["restarts"]
-        metrics["pgd_attack_steps"] = top["steps"]
-        metrics["pgd_profiles"] = float(B)
+        metrics[f"{phase}_regret_mean"] = top["regret_mean"]
+        metrics[f"{phase}_regret_max"] = top["regret_max"]
+        metrics[f"{phase}_attack_restarts"] = top["restarts"]
+        metrics[f"{phase}_attack_steps"] = top["steps"]
+        metrics[f"{phase}_profiles"] = float(B)
     return {prefix + k: v for k, v in metrics.items()}, curve
 
 
@@ -221,6 +231,8 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     # One line per attacker and restart count; rows may name their attacker (``oracle``).
     lines = sorted({(str(row.get("oracle", "")), row["restarts"]) for row in curve})
+    # Regret against what it cost where every row says (deviation-steps per bidder and profile).
+    by_cost = all("deviation_steps" in row for row in curve)
     for oracle, r in lines:
         rows = sorted(
             (row for row in curve if (str(row.get("oracle", "")), row["restarts"]) == (oracle, r)),
@@ -228,13 +240,13 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
         )
         label = f"{int(r)} restart" + ("" if r == 1 else "s")
         ax.plot(
-            [row["steps"] + 1 for row in rows],
+            [row["deviation_steps"] if by_cost else row["steps"] + 1 for row in rows],
             [row["regret_mean"] for row in rows],
             marker="o",
             label=f"{oracle}, {label}" if oracle else label,
         )
     ax.set_xscale("log")
-    ax.set_xlabel("attacker steps + 1")
+    ax.set_xlabel("deviation-steps per bidder and profile" if by_cost else "attacker steps + 1")
     ax.set_ylabel("mean regret per bidder")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -197,7 +197,10 @@ def test_evaluate_trained_run(smoke_evaluate):
     metrics = json.loads((dirs[0] / "metrics.json").read_text())
     _numeric_flat(metrics)
     assert metrics["regret_mean"] >= 0
-    assert metrics["attack_restarts"] == 4 and metrics["attack_steps"] == 20
+    # The adaptive default at smoke: 4 starts, 5 + 20 Adam steps; what it spent is reported.
+    assert metrics["attack_restarts"] == 4 and metrics["attack_steps"] == 25
+    assert 0 < metrics["attack_deviation_steps_per_instance"] <= 16 + 1 + 2 * 5 + 4 * 5 + 1 * 20 + 4
+    assert metrics["attack_deviation_steps"] == metrics["attack_deviation_steps_per_instance"] * 256
     assert metrics["profiles"] == 128
     assert (dirs[0] / "regret_vs_budget.png").stat().st_size > 0
     assert len(new) == 1 and new[0].info.status == "FINISHED"
@@ -251,6 +254,7 @@ def test_hydra_run_dir_respected_and_tracking_none(smoke_train, cli, tmp_path, l
         f"run={train_dir}",
         "scale=smoke",
         "tracking=none",
+        "attacker=pgd",
         "attack_budget.restarts=2",
         "attack_budget.steps=3",
         f"hydra.run.dir={target}",

@@ -141,7 +141,10 @@ def test_every_attacker(task, name, compose):
     attacker = build(cfg.attacker, "attacker")
     budget = attacker.budget
     # The local attacker ([okada2025lic]) always searches from the truth alone.
-    expected = 1 if name == "local" else int(cfg.attack_budget.restarts)
+    # The adaptive search's starts come from the scale (its budget is not restarts x steps).
+    expected = {"local": 1, "adaptive": int(cfg.scale.adaptive.starts)}.get(
+        name, int(cfg.attack_budget.restarts)
+    )
     assert budget["restarts"] == expected
     assert budget["restarts"] >= 1 and budget["steps"] >= 0
     env, mechanism = build_env_and_mechanism(compose("train", ["env=1x2", "scale=smoke"]))
@@ -205,7 +208,7 @@ def test_every_tracking(task, name, compose, mlflow_client):
     [("cpu", 100, 1000, 2000), ("paper", 1000, 2000, 10000)],
 )
 def test_evaluate_scale_budgets(scale, restarts, steps, profiles, compose):
-    cfg = compose("evaluate", [f"scale={scale}"])
+    cfg = compose("evaluate", [f"scale={scale}", "attacker=pgd"])
     OmegaConf.resolve(cfg)
     attacker = build(cfg.attacker, "attacker")
     assert attacker.restarts >= restarts and attacker.steps >= steps
@@ -215,6 +218,22 @@ def test_evaluate_scale_budgets(scale, restarts, steps, profiles, compose):
     assert attacker.include_truthful
     assert attacker.curve_restarts[-1] == attacker.restarts
     assert attacker.curve_steps[-1] == attacker.steps
+
+
+@pytest.mark.parametrize("task", ["evaluate", "certify"])
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+def test_adaptive_default_spends_at_most_a_twentieth_of_pgd(task, scale, compose):
+    cfg = compose(task, [f"scale={scale}"])
+    OmegaConf.resolve(cfg)
+    adaptive = build(cfg.attacker, "attacker")
+    assert adaptive.name == "adaptive" and adaptive.include_truthful
+    pgd = build(compose(task, [f"scale={scale}", "attacker=pgd"]).attacker, "attacker")
+    pgd_steps = pgd.restarts * (pgd.steps + 1)
+    for dimensions in (2, 10):  # 2x2 ... 5x10
+        if scale == "smoke":  # smoke only checks the pipeline: a budget of the same size
+            assert adaptive.max_deviation_steps(dimensions) <= 3 * pgd_steps
+        else:
+            assert adaptive.max_deviation_steps(dimensions) <= pgd_steps / 20
 
 
 def test_evaluate_is_default_scale_cpu(compose):

@@ -1,5 +1,6 @@
 """Attackers: misreport search for all bidders at once (every class registered by name)."""
 
+from auctionlab.attackers.adaptive import AdaptiveAttacker
 from auctionlab.attackers.base import (
     Attacker,
     AttackResult,
@@ -14,6 +15,7 @@ from auctionlab.attackers.portfolio import PortfolioOracle
 from auctionlab.attackers.random import RandomAttacker
 
 __all__ = [
+    "AdaptiveAttacker",
     "AttackResult",
     "Attacker",
     "CuttingPlaneAttacker",

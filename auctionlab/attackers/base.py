@@ -127,6 +127,8 @@ class AttackResult:
             where the attacker was not asked for it (training).
         budget: the attacker budget that produced these numbers.
         curve: gains ``[B, n]`` keyed by ``(restarts, steps)`` budgets below the full one.
+        curve_cost: mean deviation-steps per (profile, bidder) spent to reach each curve point,
+            where the attacker counts them (one per deviation-utility evaluation).
 
     """
 
@@ -135,6 +137,7 @@ class AttackResult:
     truthful_utility: Tensor | None
     budget: dict
     curve: dict[tuple[int, int], Tensor] = field(default_factory=dict)
+    curve_cost: dict[tuple[int, int], float] = field(default_factory=dict)
 
     @property
     def gain(self) -> Tensor:
@@ -173,6 +176,10 @@ class Attacker(Component, ABC):
 
     name: str = "attacker"
     exact: bool = False
+    #: The search phase the regret-vs-budget curve measures, repeated in stress tests under
+    #: this prefix at the curve's largest budget (``pgd_regret_mean``...); ``None``: the curve
+    #: is the whole search, already reported as ``regret_*``.
+    curve_phase: str | None = "pgd"
     #: Why the search is for training only (``None``: it may stress-test, the default).
     training_only: str | None = None
     #: Every attacker class by ``name``, filled as subclasses are defined: a search that converts
@@ -271,6 +278,13 @@ class Attacker(Component, ABC):
         budget = dict(self.budget)
         if all("gradient" in p.budget for p in pieces):
             budget["gradient"] = all(p.budget["gradient"] for p in pieces)
+        if all("deviation_steps" in p.budget for p in pieces):
+            budget["deviation_steps"] = sum(p.budget["deviation_steps"] for p in pieces)
+        sizes = [p.utility.shape[0] for p in pieces]
+        curve_cost = {
+            k: sum(p.curve_cost[k] * size for p, size in zip(pieces, sizes, strict=True)) / B
+            for k in pieces[0].curve_cost
+        }
         return AttackResult(
             misreports=torch.cat([p.misreports for p in pieces]),
             utility=torch.cat([p.utility for p in pieces]),
@@ -279,6 +293,7 @@ class Attacker(Component, ABC):
             else torch.cat([p.truthful_utility for p in pieces]),
             budget=budget,
             curve={k: torch.cat([p.curve[k] for p in pieces]) for k in pieces[0].curve},
+            curve_cost=curve_cost,
         )
 
     @abstractmethod

@@ -193,4 +193,9 @@ class HybridAttacker(Attacker):
                 candidates = best_x.unsqueeze(0).repeat(options.shape[0], 1, 1, 1)
                 candidates[..., c] = options
                 best_x, best_u = self._better(mechanism, env, types, candidates, best_x, best_u)
-        return AttackResult(best_x, best_u, pgd.truthful_utility, dict(self.budget), pgd.curve)
+        # The gradient-free phases' candidates, on top of what the PGD phase spent.
+        extra = self.random_samples + self.local_samples * len(self.local_scales)
+        extra += self.coordinate_rounds * k * (self.grid + 2)
+        spent = pgd.budget.get("deviation_steps", 0.0) + float(extra * B * n)
+        budget = dict(self.budget, deviation_steps=spent)
+        return AttackResult(best_x, best_u, pgd.truthful_utility, budget, pgd.curve, pgd.curve_cost)

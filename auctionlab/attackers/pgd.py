@@ -174,5 +174,8 @@ class PGDAttacker(Attacker):
         if truthful:
             truthful_utility = self.truthful_utility(mechanism, env, types)
             curve = self.regret_curve(curve_best, truthful_utility)
-        budget = dict(self.budget, gradient=differentiable)
-        return AttackResult(misreports, utility, truthful_utility, budget, curve)
+        # t + 1 evaluations per start (the last one scores the final iterate).
+        spent = float(x.shape[0] * (t + 1) * values.shape[0] * values.shape[1])
+        budget = dict(self.budget, gradient=differentiable, deviation_steps=spent)
+        cost = {(r, s): float(r * (min(s, t) + 1)) for r, s in curve}
+        return AttackResult(misreports, utility, truthful_utility, budget, curve, cost)

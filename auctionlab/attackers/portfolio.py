@@ -169,10 +169,12 @@ class PortfolioOracle(Attacker):
         if init is not None:
             starts = torch.cat([init.to(starts), starts])
         best: AttackResult | None = None
+        spent = 0.0
         for run in self.runs:
             if init is not None:
                 run.restarts = self.restarts + 1 + self.corners + init.shape[0]
             result = run.attack(mechanism, env, types, generator, init=starts)
+            spent += result.budget.get("deviation_steps", 0.0)
             if best is None:
                 best = result
                 continue
@@ -183,5 +185,5 @@ class PortfolioOracle(Attacker):
                 truthful_utility=best.truthful_utility,
                 budget=self.budget,
             )
-        best.budget = self.budget
+        best.budget = dict(self.budget, deviation_steps=spent)
         return best

@@ -88,5 +88,7 @@ class RandomAttacker(Attacker):
         if truthful:
             truthful_utility = self.truthful_utility(mechanism, env, types)
             curve = self.regret_curve(curve_best, truthful_utility)
-        budget = dict(self.budget, gradient=True)
-        return AttackResult(misreports, utility, truthful_utility, budget, curve)
+        spent = float(x.shape[0] * x.shape[1] * x.shape[2])
+        budget = dict(self.budget, gradient=True, deviation_steps=spent)
+        cost = {(r, s): float(r) for r, s in curve}
+        return AttackResult(misreports, utility, truthful_utility, budget, curve, cost)

@@ -10,6 +10,7 @@ certificate); other solver failures are reported per instance.
 
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from auctionlab.attackers.base import AttackResult, deviation_utility
 from auctionlab.certify import options as opt
 from auctionlab.certify.base import Certificate, Certifier, Source
 from auctionlab.certify.holdout import Holdout
@@ -37,6 +39,7 @@ from auctionlab.solvers.backends import (
     resolve_backend,
     scip_available,
 )
+from auctionlab.types import Types
 from auctionlab.utils import make_generator
 
 log = logging.getLogger("auctionlab")
@@ -157,8 +160,8 @@ class MIPCertifier(Certifier):
         types, n_profiles, n = holdout.types, holdout.types.batch_size, env.n_bidders
         values = types.values  # [P, n, m]
         # Empirical regret on the same profiles: the attacker (budget logged with it).
-        log.info("PGD on %d profiles: %s", n_profiles, attacker.describe())
-        attack = attacker.attack(mechanism, env, types, make_generator(self.seed, CPU))
+        log.info("stress test on %d profiles: %s", n_profiles, attacker.describe())
+        attack = attack_in_float32(attacker, mechanism, env, types, self.seed)
         pgd_regret = attack.gain  # [P, n]
         truthful = attack.truthful_utility  # [P, n]
         profiles_idx = np.repeat(np.arange(n_profiles), n)
@@ -208,9 +211,7 @@ class MIPCertifier(Certifier):
         revenue_ms = (float(revenue.mean()), float(revenue.std(unbiased=False)))
         # Empirical regret on those held-out profiles too ([curry2020certifying] Table 1
         # measures it on other points than the certified ones), same attacker budget.
-        held_out = attacker.attack(
-            mechanism, env, rev_types, make_generator(self.seed + 1, CPU)
-        ).gain
+        held_out = attack_in_float32(attacker, mechanism, env, rev_types, self.seed + 1).gain
         train_cfg = holdout.source.train_cfg
         relu = float(train_cfg.mechanism.get("relu_stability", 0)) if train_cfg else 0.0
         setting = {
@@ -324,6 +325,35 @@ class MIPCertifier(Certifier):
             f"regret_mean {metrics['regret_mean']:.4g} per bidder (metrics.json).",
             "Solve time: solver wall time per (profile, bidder), one thread per worker.",
         ]
+
+
+def attack_in_float32(attacker, mechanism, env, types: Types, seed: int) -> AttackResult:
+    """The stress test on a float32 copy of the float64 network, its finds re-scored in float64.
+
+    The certificate's network runs in float64 (the MIP's precision); the search itself does not
+    need it and runs about twice as fast in float32. The misreports it finds are evaluated again
+    on the float64 network, so the regret reported next to the certificate is that network's.
+
+    Args:
+        attacker: the stress-test attacker.
+        mechanism: the float64 network (eval mode).
+        env: the environment.
+        types: profiles with float64 ``values`` ``[P, n, m]``.
+        seed: the attacker's restarts.
+
+    Returns:
+        Misreports ``[P, n, m]``, utilities and truthful utilities ``[P, n]`` in float64, with
+        the attacker's budget.
+
+    """
+    fast = copy.deepcopy(mechanism).float()
+    single = Types(types.values.float(), {k: v.float() for k, v in types.public.items()})
+    found = attacker.attack(fast, env, single, make_generator(seed, CPU))
+    misreports = found.misreports.double()
+    with torch.no_grad():
+        utility = deviation_utility(mechanism, env, types, misreports.unsqueeze(0))[0]
+    truthful = attacker.truthful_utility(mechanism, env, types)
+    return AttackResult(misreports, utility, truthful, found.budget, found.curve, found.curve_cost)
 
 
 def instance_records(

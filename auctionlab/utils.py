@@ -1,8 +1,7 @@
-"""Device selection, threads and seeding."""
+"""Device selection and seeding."""
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -36,35 +35,6 @@ def resolve_device(device: str) -> torch.device:
             )
         return torch.device(device)
     raise ConfigError(f"device={device} is not valid; choose one of {', '.join(DEVICE_CHOICES)}")
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def default_threads(parallel_jobs: int | None = None) -> int:
-    """Torch intra-op threads when ``threads`` is unset.
-
-    Jobs that run side by side (a parallel launcher's ``n_jobs``) share the cores evenly, one
-    thread at least: more threads than free cores make torch's threads wait on each other, and
-    throughput then collapses instead of degrading in proportion to the cores taken.
-
-    Args:
-        parallel_jobs: jobs running at once on this machine (``None``: this one alone;
-            ``-1``: one per core, joblib's convention).
-
-    Returns:
-        The thread count.
-
-    """
-    cores = available_cores()
-    if parallel_jobs is None:
-        return cores
-    jobs = cores if parallel_jobs < 0 else max(1, parallel_jobs)
-    return max(1, cores // jobs)
 
 
 def seed_everything(seed: int) -> None:

@@ -181,17 +181,27 @@ def render_evaluation(
     lines += [f"| {key} | {metrics[key]:.6g} |" for key in shown if key in metrics]
     if ir_material(metrics):
         lines += ["", f"**Warning**: IR violation is material (mean > {IR_MATERIAL:g} of scale)."]
+    if "attack_deviation_steps_per_instance" in metrics:
+        lines += [
+            "",
+            f"Deviation-steps spent: {metrics['attack_deviation_steps_per_instance']:.0f} per "
+            f"bidder and profile ({metrics['attack_deviation_steps']:.4g} in all).",
+        ]
     if curve:
+        cost = all("deviation_steps" in r for r in curve)
         lines += [
             "",
             "Regret vs attacker budget:",
             "",
-            "| restarts | steps | mean regret | max regret |",
-            "|---|---|---|---|",
+            "| restarts | steps | "
+            + ("deviation-steps per bidder and profile | " if cost else "")
+            + "mean regret | max regret |",
+            "|---|---|" + ("---|" if cost else "") + "---|---|",
         ]
         lines += [
-            f"| {int(r['restarts'])} | {int(r['steps'])} | {r['regret_mean']:.6g} | "
-            f"{r['regret_max']:.6g} |"
+            f"| {int(r['restarts'])} | {int(r['steps'])} | "
+            + (f"{r['deviation_steps']:.0f} | " if cost else "")
+            + f"{r['regret_mean']:.6g} | {r['regret_max']:.6g} |"
             for r in curve
         ]
     return "\n".join(lines) + "\n"

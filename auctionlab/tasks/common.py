@@ -63,27 +63,14 @@ def integer(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
 def setup_runtime(cfg: DictConfig) -> torch.device:
     """Validate the whole config (types, ranges, targets); then seed, threads and device."""
     from auctionlab.schema import validate
-    from auctionlab.utils import default_threads, resolve_device, seed_everything
+    from auctionlab.utils import resolve_device, seed_everything
 
     validate(cfg)
     check_seeds(OmegaConf.to_container(cfg, resolve=True))
     seed_everything(integer(cfg, "seed"))
     if cfg.get("threads") is not None:
         torch.set_num_threads(integer(cfg, "threads", 1))
-    else:
-        torch.set_num_threads(default_threads(parallel_jobs()))
     return resolve_device(str(cfg.device))
-
-
-def parallel_jobs() -> int | None:
-    """Jobs a parallel Hydra launcher runs at once (its ``n_jobs``), ``None`` outside one."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    launcher = HydraConfig.get().get("launcher") or {}
-    jobs = launcher.get("n_jobs")
-    return None if jobs is None else int(jobs)
 
 
 #: The numbers a non-finite failure names first (when they are among the non-finite ones).

@@ -140,8 +140,9 @@ def test_every_attacker(task, name, compose):
     OmegaConf.resolve(cfg)
     attacker = build(cfg.attacker, "attacker")
     budget = attacker.budget
-    # The local attacker ([okada2025lic]) always searches from the truth alone.
-    expected = 1 if name == "local" else int(cfg.attack_budget.restarts)
+    # The local attacker ([okada2025lic]) always searches from the truth alone; the grid's
+    # "restarts" are its grid points (81 per report dimension, two dimensions until it attacks).
+    expected = {"local": 1, "grid": 81**2}.get(name, int(cfg.attack_budget.restarts))
     assert budget["restarts"] == expected
     assert budget["restarts"] >= 1 and budget["steps"] >= 0
     env, mechanism = build_env_and_mechanism(compose("train", ["env=1x2", "scale=smoke"]))

@@ -225,6 +225,19 @@ class Attacker(Component, ABC):
             "(use attacker=pgd or attacker=cutting_plane)"
         )
 
+    def unsupported(self, env) -> str | None:
+        """Why this attacker cannot search ``env``'s reports, or ``None`` (it can; the default).
+
+        Tasks ask before any work: a stress test is refused with the reason, a reference
+        search (``evaluate``'s oracle) is skipped with it. The reason is one line naming the
+        attacker, the env and what to use instead.
+
+        Args:
+            env: the environment to be searched.
+
+        """
+        return None
+
     # -- the search -----------------------------------------------------------------------
     def chunk_profiles(self) -> int | None:
         """Profiles per chunk of ``attack`` (``None``: every profile in one chunk)."""
@@ -271,6 +284,8 @@ class Attacker(Component, ABC):
         budget = dict(self.budget)
         if all("gradient" in p.budget for p in pieces):
             budget["gradient"] = all(p.budget["gradient"] for p in pieces)
+        if all("deviation_steps" in p.budget for p in pieces):
+            budget["deviation_steps"] = float(sum(p.budget["deviation_steps"] for p in pieces))
         return AttackResult(
             misreports=torch.cat([p.misreports for p in pieces]),
             utility=torch.cat([p.utility for p in pieces]),

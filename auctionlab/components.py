@@ -11,12 +11,14 @@ from omegaconf import DictConfig, OmegaConf
 from auctionlab.errors import ConfigError
 
 
-def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+def build(node: DictConfig, what: str, *, group: str | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that surfaces our own ``ConfigError`` unwrapped.
 
     Args:
         node: config node with ``_target_``.
         what: the option's name for error messages (``env``, ``mechanism``...).
+        group: the group the component names its options from when that is not the last
+            part of ``what`` (``evaluate``'s ``oracle`` is an ``attacker``).
         **kwargs: extra constructor arguments (e.g. ``env=`` for mechanisms).
 
     """
@@ -32,21 +34,22 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
         while cause is not None and not isinstance(cause, ConfigError) and cause.__cause__:
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
-            raise ConfigError(_at(what, str(cause))) from None
+            raise ConfigError(_at(what, str(cause), group)) from None
         # Hydra's message ends with "full_key: ..."; the cause says what went wrong.
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
         raise ConfigError(f"{what}: {' '.join(reason.split())}") from err
 
 
-def _at(what: str, message: str) -> str:
+def _at(what: str, message: str, group: str | None = None) -> str:
     """A component's message re-rooted at where it sits (``validation.attacker.steps``...).
 
-    Components name their options from their group (``attacker.steps``); the same class may
-    be configured under another key, which is the one the user has to change.
+    Components name their options from their group (``attacker.steps``; by default the last
+    part of ``what``); the same class may be configured under another key, which is the one
+    the user has to change.
     """
-    group = what.rpartition(".")[2]
+    group = group or what.rpartition(".")[2]
     if what != group and message.startswith((f"{group}.", f"{group}=", f"{group}:")):
-        return what.removesuffix(group) + message
+        return what + message.removeprefix(group)
     return message
 
 

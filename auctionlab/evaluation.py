@@ -24,6 +24,7 @@ def evaluate_mechanism(
     prefix: str = "",
     local_attacker=None,
     wdp_instances: int = 0,
+    oracle=None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Measure a mechanism on fixed profiles.
 
@@ -38,13 +39,17 @@ def evaluate_mechanism(
             Adam step of 0.1 of the report range from the truth.
         wdp_instances: combinatorial mechanisms: also solve the first this many truthful
             instances with HiGHS (see ``wdp_metrics``).
+        oracle: a reference search run on the same profiles after ``attacker``, from its
+            misreports (``oracle_metrics``); ``None``: no ``oracle_*`` metrics. The caller
+            checks that it applies to ``env`` (``oracle.unsupported(env)``).
 
     Returns:
         Flat numeric metrics, and the regret-vs-budget curve as rows
         ``{restarts, steps, regret_mean, regret_max}``. Every curve row is also a metric group
         ``curve_r<R>_s<S>_{regret_mean, regret_max, attack_restarts, attack_steps, profiles}``
         (e.g. the PGD phase of the hybrid attacker at several budgets, for stress tables), and
-        the curve's largest budget is repeated as ``pgd_*`` (same suffixes).
+        the curve's largest budget is repeated as ``pgd_*`` (same suffixes). With an
+        ``oracle``, the ``oracle_*`` metrics of ``oracle_metrics``.
 
     """
     mechanism.eval()
@@ -89,6 +94,8 @@ def evaluate_mechanism(
         metrics[key] = float(per_profile_value.mean())
         metrics[f"{key}_se"] = float(per_profile_value.std() / math.sqrt(B)) if B > 1 else 0.0
     metrics.update(_local_metrics(mechanism, env, types, generator, local_attacker))
+    if oracle is not None:  # after the local search: its randomness is the same with or without
+        metrics.update(oracle_metrics(mechanism, env, types, oracle, result, generator))
     metrics.update(solved)
     for i in range(n):
         metrics[f"regret_mean_bidder{i}"] = float(regret[:, i].mean())
@@ -124,6 +131,50 @@ def evaluate_mechanism(
         metrics[f"{phase}_attack_steps"] = top["steps"]
         metrics[f"{phase}_profiles"] = float(B)
     return {prefix + k: v for k, v in metrics.items()}, curve
+
+
+def oracle_metrics(
+    mechanism, env, types: Types, oracle, attack, generator: torch.Generator
+) -> dict[str, float]:
+    """How much regret the attacker left on the table: a reference search on its profiles.
+
+    The oracle (``evaluate``'s ``oracle``: an exhaustive grid of each bidder's report) starts
+    from the attacker's misreports (``init``), so per profile and bidder its gain is at least
+    the attacker's; it is taken as the larger of the two, so float noise between the two
+    forward passes cannot make the gap negative.
+
+    Args:
+        mechanism: the mechanism under attack.
+        env: the environment (the oracle must apply to it: ``oracle.unsupported(env)``).
+        types: the profiles the attacker searched.
+        oracle: the reference search.
+        attack: the attacker's result on ``types`` (truthful utility included).
+        generator: randomness of the oracle (a grid uses none).
+
+    Returns:
+        ``oracle_regret_mean`` / ``_max``; ``oracle_gap_mean``, the mean over profiles and
+        bidders of the oracle's gain minus the attacker's; ``oracle_gap_mean_frac`` (that gap
+        over the oracle's mean regret) and ``oracle_gap_max_frac`` (the max regret the
+        attacker missed over the oracle's max), both 0 when the oracle finds no regret;
+        ``oracle_deviation_steps`` (deviation utilities it computed) and ``oracle_points``
+        (its grid levels per report dimension; 0 for a search without a grid).
+
+    """
+    found = oracle.attack(mechanism, env, types, generator, init=attack.misreports.unsqueeze(0))
+    gain = attack.gain
+    oracle_gain = torch.maximum(found.gain, gain)
+    regret_mean, regret_max = float(oracle_gain.mean()), float(oracle_gain.max())
+    gap_mean = float((oracle_gain - gain).mean())
+    gap_max = regret_max - float(gain.max())
+    return {
+        "oracle_regret_mean": regret_mean,
+        "oracle_regret_max": regret_max,
+        "oracle_gap_mean": gap_mean,
+        "oracle_gap_mean_frac": gap_mean / regret_mean if regret_mean > 0 else 0.0,
+        "oracle_gap_max_frac": gap_max / regret_max if regret_max > 0 else 0.0,
+        "oracle_deviation_steps": float(found.budget.get("deviation_steps", 0.0)),
+        "oracle_points": float(found.budget.get("points", 0)),
+    }
 
 
 #: Largest enumeration built as the exact reference of ``wdp_metrics`` (beyond: HiGHS).

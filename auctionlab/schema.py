@@ -4,7 +4,7 @@ Two kinds of nodes make up a task config:
 
 * **sections** (``train``, ``validation``, ``attack_budget``, ``scale``, ``tracking``,
   ``trainer`` and the top-level runtime keys) have explicit dataclass schemas below;
-* **components** (``env``, ``env.distribution``, ``mechanism``, ``attacker``,
+* **components** (``env``, ``env.distribution``, ``mechanism``, ``attacker``, ``oracle``,
   ``trainer.constraint``, ``validation.attacker``...) carry a ``_target_``; their schema is the
   dataclass derived from the target class's constructor signature, so a new mechanism is still
   one module + one yaml. Their value ranges are checked by the constructors themselves
@@ -265,7 +265,7 @@ SECTIONS: dict[str, type] = {
 #: Keys inside sections that hold components (checked as such, not by the section).
 COMPONENT_KEYS = {"trainer": ("constraint",), "validation": ("attacker",)}
 #: Top-level component nodes.
-COMPONENTS = ("env", "mechanism", "attacker", "certifier")
+COMPONENTS = ("env", "mechanism", "attacker", "certifier", "oracle")
 
 
 # -- the checks ---------------------------------------------------------------------------------

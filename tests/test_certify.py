@@ -219,6 +219,15 @@ def test_certifier_is_built_from_its_target(compose):
         assert certifier.name == name
 
 
+def test_an_attacker_that_cannot_search_the_env_is_refused_before_any_work(compose):
+    from auctionlab.errors import ConfigError
+    from auctionlab.tasks import certify
+
+    cfg = compose("certify", ["attacker=grid", "mechanism=vcg", "env=2x5", "tracking=none"])
+    with pytest.raises(ConfigError, match=r"^attacker=grid .* env 2x5 has 5 \(use attacker=pgd"):
+        certify.prepare(cfg)
+
+
 def test_unknown_certifier_option_is_a_schema_error(compose):
     from auctionlab.errors import ConfigError
     from auctionlab.tasks import certify

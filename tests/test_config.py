@@ -140,9 +140,10 @@ def test_every_attacker(task, name, compose):
     OmegaConf.resolve(cfg)
     attacker = build(cfg.attacker, "attacker")
     budget = attacker.budget
-    # The local attacker ([okada2025lic]) always searches from the truth alone.
-    # The adaptive search's starts come from the scale (its budget is not restarts x steps).
-    expected = {"local": 1, "adaptive": int(cfg.scale.adaptive.starts)}.get(
+    # The local attacker ([okada2025lic]) always searches from the truth alone; the adaptive
+    # search's starts come from the scale; the grid's "restarts" are its grid points (81 per
+    # report dimension, two dimensions until it attacks).
+    expected = {"local": 1, "adaptive": int(cfg.scale.adaptive.starts), "grid": 81**2}.get(
         name, int(cfg.attack_budget.restarts)
     )
     assert budget["restarts"] == expected

@@ -8,6 +8,7 @@ from auctionlab.attackers.base import (
     deviation_utility,
 )
 from auctionlab.attackers.cutting_plane import CuttingPlaneAttacker
+from auctionlab.attackers.grid import GridAttacker
 from auctionlab.attackers.hybrid import HybridAttacker
 from auctionlab.attackers.local import LocalAttacker, reverse_lic_search, reverse_lic_violation
 from auctionlab.attackers.pgd import PGDAttacker
@@ -19,6 +20,7 @@ __all__ = [
     "AttackResult",
     "Attacker",
     "CuttingPlaneAttacker",
+    "GridAttacker",
     "HybridAttacker",
     "LocalAttacker",
     "PGDAttacker",

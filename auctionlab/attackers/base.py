@@ -232,6 +232,19 @@ class Attacker(Component, ABC):
             "(use attacker=pgd or attacker=cutting_plane)"
         )
 
+    def unsupported(self, env) -> str | None:
+        """Why this attacker cannot search ``env``'s reports, or ``None`` (it can; the default).
+
+        Tasks ask before any work: a stress test is refused with the reason, a reference
+        search (``evaluate``'s oracle) is skipped with it. The reason is one line naming the
+        attacker, the env and what to use instead.
+
+        Args:
+            env: the environment to be searched.
+
+        """
+        return None
+
     # -- the search -----------------------------------------------------------------------
     def chunk_profiles(self) -> int | None:
         """Profiles per chunk of ``attack`` (``None``: every profile in one chunk)."""
@@ -279,7 +292,7 @@ class Attacker(Component, ABC):
         if all("gradient" in p.budget for p in pieces):
             budget["gradient"] = all(p.budget["gradient"] for p in pieces)
         if all("deviation_steps" in p.budget for p in pieces):
-            budget["deviation_steps"] = sum(p.budget["deviation_steps"] for p in pieces)
+            budget["deviation_steps"] = float(sum(p.budget["deviation_steps"] for p in pieces))
         sizes = [p.utility.shape[0] for p in pieces]
         curve_cost = {
             k: sum(p.curve_cost[k] * size for p, size in zip(pieces, sizes, strict=True)) / B

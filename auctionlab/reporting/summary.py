@@ -152,7 +152,12 @@ DETAIL = (
 
 
 def render_evaluation(
-    label: str, env: object, attacker: str, metrics: Mapping[str, float], curve: list[dict]
+    label: str,
+    env: object,
+    attacker: str,
+    metrics: Mapping[str, float],
+    curve: list[dict],
+    oracle: str | None = None,
 ) -> str:
     """``evaluate``'s markdown report: summary line, metric table, regret vs attacker budget.
 
@@ -163,6 +168,8 @@ def render_evaluation(
         metrics: ``metrics.json``.
         curve: regret per attacker budget (rows with ``restarts, steps, regret_mean,
             regret_max``).
+        oracle: the reference search's description; its line is shown when the
+            ``oracle_*`` metrics are present.
 
     """
     names = headline_of(env)
@@ -174,9 +181,11 @@ def render_evaluation(
         "",
         "Summary: " + summary_line(metrics, names, "", regret_label_of(env)) + ".",
         "",
-        "| metric | value |",
-        "|---|---|",
     ]
+    line = oracle_line(metrics, oracle)
+    if line:
+        lines += [line, ""]
+    lines += ["| metric | value |", "|---|---|"]
     shown = [*names, *(k for k in DETAIL if k not in names)]
     lines += [f"| {key} | {metrics[key]:.6g} |" for key in shown if key in metrics]
     if ir_material(metrics):
@@ -205,6 +214,23 @@ def render_evaluation(
             for r in curve
         ]
     return "\n".join(lines) + "\n"
+
+
+def oracle_line(metrics: Mapping[str, float], oracle: str | None = None) -> str:
+    """The reference search's regret and the attacker's gap to it ("" without ``oracle_*``).
+
+    Example: ``Oracle (grid 81x81 + 2 refinements (21 per dim)): regret mean 1.20e-02, max
+    8.10e-02; the attacker's gap: 3.1% of mean, 0.0% of max.``
+    """
+    if "oracle_regret_mean" not in metrics:
+        return ""
+    name = f" ({oracle})" if oracle else ""
+    return (
+        f"Oracle{name}: regret mean {_get(metrics, 'oracle_regret_mean'):.2e}, "
+        f"max {_get(metrics, 'oracle_regret_max'):.2e}; the attacker's gap: "
+        f"{100 * _get(metrics, 'oracle_gap_mean_frac'):.1f}% of mean, "
+        f"{100 * _get(metrics, 'oracle_gap_max_frac'):.1f}% of max."
+    )
 
 
 def summarize(env: object, metrics: Mapping[str, float], prefix: str = "") -> str:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from auctionlab.attackers import Attacker
 from auctionlab.certify.base import Certifier, Source
 from auctionlab.certify.mip_certifier import load_instances
 from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError
 from auctionlab.runs import load_trained, read_run_config, save_config, write_manifest
 from auctionlab.tasks.common import (
+    check_applies,
     choices,
     integer,
     log,
@@ -30,17 +32,24 @@ from auctionlab.tasks.common import (
 )
 from auctionlab.tracking import Tracker
 
-__all__ = ["build_certifier", "load_instances", "prepare", "run"]
+__all__ = ["build_attacker", "build_certifier", "load_instances", "prepare", "run"]
 
 
-def build_certifier(cfg: DictConfig) -> Certifier:
+def build_attacker(cfg: DictConfig) -> Attacker:
+    """The comparison attacker of the certificate (the ``attacker`` node)."""
+    attacker = build(cfg.attacker, "attacker")
+    attacker.progress = progress_enabled(cfg)
+    return attacker
+
+
+def build_certifier(cfg: DictConfig, attacker: Attacker | None = None) -> Certifier:
     """The ``certifier`` node's ``_target_``, with the runtime pieces it may use injected.
 
     Every certifier takes the same injected keywords: the comparison ``attacker`` (built from
-    ``attacker``), ``seed`` (oracle restarts), ``profile_seed`` and ``progress``.
+    ``attacker`` unless given), ``seed`` (oracle restarts), ``profile_seed`` and ``progress``.
     """
-    attacker = build(cfg.attacker, "attacker")
-    attacker.progress = progress_enabled(cfg)
+    if attacker is None:
+        attacker = build_attacker(cfg)
     certifier = build(
         cfg.certifier,
         "certifier",
@@ -93,9 +102,11 @@ def prepare(cfg: DictConfig) -> dict:
 
     """
     device = setup_runtime(cfg)
-    certifier = build_certifier(cfg)
+    attacker = build_attacker(cfg)
+    certifier = build_certifier(cfg, attacker)
     picked = choices()
     env, mechanism, source = _load(cfg, certifier, picked)
+    check_applies(attacker, env)
     mechanism = certifier.check(mechanism, source)
     return {
         "env": env,

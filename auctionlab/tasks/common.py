@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from auctionlab.errors import NonFiniteError, OutputError
+from auctionlab.errors import ConfigError, NonFiniteError, OutputError
 from auctionlab.runs import write_failure
 from auctionlab.utils import check_seeds, integer_option
 
@@ -71,6 +71,18 @@ def setup_runtime(cfg: DictConfig) -> torch.device:
     if cfg.get("threads") is not None:
         torch.set_num_threads(integer(cfg, "threads", 1))
     return resolve_device(str(cfg.device))
+
+
+def check_applies(attacker: Any, env: Any) -> None:
+    """Refuse, before any work, an attacker that cannot search ``env``'s reports.
+
+    Raises:
+        ConfigError: the attacker's own reason (``Attacker.unsupported``), one line.
+
+    """
+    reason = attacker.unsupported(env)
+    if reason is not None:
+        raise ConfigError(reason)
 
 
 #: The numbers a non-finite failure names first (when they are among the non-finite ones).

@@ -21,6 +21,7 @@ from auctionlab.runs import (
     write_metrics,
 )
 from auctionlab.tasks.common import (
+    check_applies,
     choices,
     integer,
     log,
@@ -38,7 +39,9 @@ def prepare(cfg: DictConfig):
     """Build and check the mechanism, env and attacker; raises ``ConfigError`` on bad input.
 
     Returns:
-        ``(env, mechanism, mechanism_name, label, attacker, device, choices)``.
+        ``(env, mechanism, mechanism_name, label, attacker, oracle, device, choices)``;
+        ``oracle`` is the reference search (``None``: ``oracle=null``), which may not apply
+        to the env (``oracle_skipped``).
 
     """
     device = setup_runtime(cfg)
@@ -65,13 +68,24 @@ def prepare(cfg: DictConfig):
             f"attacker={attacker.name} {attacker.training_only}: stress tests need attacker=pgd "
             "or random; evaluate reports the local LIC metrics anyway"
         )
+    check_applies(attacker, env)
     attacker.progress = progress_enabled(cfg)
+    oracle = None
+    if cfg.get("oracle") is not None:
+        oracle = build(cfg.oracle, "oracle", group="attacker")
+        oracle.progress = attacker.progress
     integer(cfg, "profiles", 1)
     integer(cfg, "profile_seed")
     if cfg.get("wdp_instances") is not None:
         integer(cfg, "wdp_instances", 0)
     check_figures([*env.evaluation_figures, *(cfg.get("figures") or [])])
-    return env, mechanism, mechanism_name, label, attacker, device, picked
+    return env, mechanism, mechanism_name, label, attacker, oracle, device, picked
+
+
+def oracle_skipped(oracle, env) -> str | None:
+    """Why ``evaluate``'s reference search does not run on ``env`` (``None``: it does)."""
+    reason = oracle.unsupported(env)
+    return None if reason is None else f"no oracle metrics on env {env.name}: {reason}"
 
 
 @one_line_write_errors
@@ -83,7 +97,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             ``metrics.json`` is written and the MLflow run is FAILED.
 
     """
-    env, mechanism, mechanism_name, label, attacker, device, picked = prepare(cfg)
+    env, mechanism, mechanism_name, label, attacker, oracle, device, picked = prepare(cfg)
     out = run_dir()
     tags = {
         "task": "evaluate",
@@ -105,6 +119,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             int(cfg.profiles),
             attacker.describe(),
         )
+        skipped = None if oracle is None else oracle_skipped(oracle, env)
+        if skipped is not None:
+            log.info("%s", skipped)
+            oracle = None
         metrics, curve = evaluate_mechanism(
             mechanism,
             env,
@@ -112,6 +130,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             types,
             make_generator(int(cfg.seed), device),
             wdp_instances=int(cfg.get("wdp_instances") or 0),
+            oracle=oracle,
         )
         # Every stress-test number must be finite (as train's validation); a figure's own
         # extras may be NaN by definition and are written as null with a reason.
@@ -129,7 +148,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics.update(extra)
         files += figures
         write_metrics(out, metrics, tracker.provenance)
-        text = render_evaluation(label, env, attacker.describe(), metrics, curve)
+        text = render_evaluation(
+            label,
+            env,
+            attacker.describe(),
+            metrics,
+            curve,
+            None if oracle is None else oracle.describe(),
+        )
         report = out / "evaluation.md"
         report.write_text(text)
         write_manifest(out)  # last: seals the config and metrics.json

@@ -26,6 +26,7 @@ from auctionlab.runs import (
     write_metrics,
 )
 from auctionlab.tasks.common import (
+    check_applies,
     choices,
     hydra_output_dir,
     integer,
@@ -60,6 +61,7 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
 
         mechanism.set_teacher(load_trained(mechanism.teacher_run(), device)[1])
     attacker = build(cfg.attacker, "attacker")
+    check_applies(attacker, env)
     grad = cfg.trainer.get("grad")
     if grad is not None:  # gradient strategy of a mechanism with a discrete forward pass
         choose = mechanism.gradient_strategy
@@ -100,6 +102,7 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
     integer(cfg, "train.checkpoint_every", 0)
     integer(cfg, "validation.profiles", 1)
     validation_attacker = build(cfg.validation.attacker, "validation.attacker")
+    check_applies(validation_attacker, env)
     return trainer, validation_attacker, device, picked
 
 

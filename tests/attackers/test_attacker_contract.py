@@ -12,6 +12,7 @@ import torch
 import auctionlab.attackers as attackers_package
 from auctionlab.attackers import Attacker, PGDAttacker, RandomAttacker
 from auctionlab.attackers.cutting_plane import CuttingPlaneAttacker
+from auctionlab.attackers.grid import GridAttacker
 from auctionlab.attackers.hybrid import HybridAttacker
 from auctionlab.attackers.local import LocalAttacker
 from auctionlab.attackers.portfolio import PortfolioOracle
@@ -48,6 +49,7 @@ def test_every_attacker_subclasses_the_base_and_random_is_not_pgd():
         "LocalAttacker",
         "HybridAttacker",
         "CuttingPlaneAttacker",
+        "GridAttacker",
         "PortfolioOracle",
     }
     for cls in classes:
@@ -109,6 +111,7 @@ def test_random_search_is_zero_step_pgd_bit_for_bit():
             curve_restarts=(2,),
             curve_steps=(2,),
         ),
+        lambda chunk: GridAttacker(points=5, refinements=1, refine_points=3, chunk_size=chunk),
     ],
 )
 def test_chunks_are_attacked_in_order_and_concatenated(make):

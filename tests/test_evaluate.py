@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from auctionlab.attackers import GridAttacker, PGDAttacker
+from auctionlab.components import build
 from auctionlab.envs import AuctionEnv
 from auctionlab.envs.distributions import Uniform
 from auctionlab.errors import ConfigError
@@ -42,14 +43,20 @@ def test_evaluate_writes_the_oracle_metrics_and_the_summary_line(compose):
     for key in ORACLE:
         assert key in metrics and key in saved, key
         assert math.isfinite(metrics[key]), key
-    assert metrics["oracle_points"] == 81
+    assert metrics["oracle_points"] == 17  # scale.oracle at smoke
     assert metrics["oracle_regret_mean"] >= metrics["regret_mean"]
     assert metrics["oracle_regret_max"] >= metrics["regret_max"]
     assert metrics["oracle_gap_mean"] >= 0 and 0 <= metrics["oracle_gap_mean_frac"] <= 1
-    # truthful + the main attack's misreports + 81^2 + 2 x 21^2 + the re-check, 32 x 2 bidders
-    assert metrics["oracle_deviation_steps"] == (2 + 81**2 + 2 * 21**2 + 1) * 32 * 2
+    # truthful + the main attack's misreports + 17^2 + 1 x 5^2 + the re-check, 32 x 2 bidders
+    assert metrics["oracle_deviation_steps"] == (2 + 17**2 + 1 * 5**2 + 1) * 32 * 2
     report = Path("outputs/adhoc/evaluation.md").read_text()
-    assert "Oracle (grid 81x81 + 2 refinements (21 per dim)): regret mean" in report
+    assert "Oracle (grid 17x17 + 1 refinements (5 per dim)): regret mean" in report
+
+
+@pytest.mark.parametrize(("scale", "points"), [("smoke", 17), ("cpu", 81), ("paper", 161)])
+def test_the_oracle_density_comes_from_the_scale(scale, points, compose):
+    oracle = build(compose("evaluate", [f"scale={scale}"]).oracle, "oracle")
+    assert oracle.points == points and oracle.refinements >= 1
 
 
 def test_oracle_null_omits_the_oracle_metrics(compose):

@@ -60,7 +60,7 @@ def test_certify_writes_certificates_and_table(trained, cli, tmp_path):
     rows = load_instances(out / "instances.csv")
     assert len(rows) == 8  # 4 profiles x 2 bidders
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["attack_restarts"] == 4 and metrics["attack_steps"] == 25  # smoke adaptive budget
+    assert metrics["attack_restarts"] == 4 and metrics["attack_steps"] == 25  # adaptive, smoke
     assert metrics["certified"] + metrics["unknown"] + metrics["failed"] == 8
     for row in rows:
         if row["status"] == "optimal":
@@ -224,7 +224,9 @@ def test_an_attacker_that_cannot_search_the_env_is_refused_before_any_work(compo
     from auctionlab.tasks import certify
 
     cfg = compose("certify", ["attacker=grid", "mechanism=vcg", "env=2x5", "tracking=none"])
-    with pytest.raises(ConfigError, match=r"^attacker=grid .* env 2x5 has 5 \(use attacker=adaptive"):
+    with pytest.raises(
+        ConfigError, match=r"^attacker=grid .* env 2x5 has 5 \(use attacker=adaptive"
+    ):
         certify.prepare(cfg)
 
 

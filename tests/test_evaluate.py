@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -106,3 +107,20 @@ def test_bad_oracle_options_are_named_as_oracle_options(compose):
         evaluate.prepare(compose("evaluate", ["oracle.points=1", "tracking=none"]))
     with pytest.raises(ConfigError, match=r"^oracle\.points='two' has the wrong type"):
         evaluate.prepare(compose("evaluate", ["oracle.points=two", "tracking=none"]))
+
+
+@pytest.mark.parametrize("attacker", ["pgd", "adaptive"])
+def test_every_curve_row_says_what_it_cost(attacker, compose):
+    metrics = evaluate.run(
+        compose("evaluate", ["mechanism=first_price", "env=2x2", f"attacker={attacker}", *SHORT])
+    )
+    rows = list(csv.DictReader(Path("outputs/adhoc/regret_vs_budget.csv").open()))
+    assert rows and all(float(row["deviation_steps"]) > 0 for row in rows)
+    if attacker == "pgd":  # restarts x (steps + 1) evaluations per bidder and profile
+        for row in rows:
+            expected = float(row["restarts"]) * (float(row["steps"]) + 1)
+            assert float(row["deviation_steps"]) == expected
+    top = max(float(row["deviation_steps"]) for row in rows)
+    # The largest point of the curve is the whole search: what metrics.json says it spent.
+    assert top == pytest.approx(metrics["attack_deviation_steps_per_instance"])
+    assert metrics["attack_deviation_steps"] == pytest.approx(top * 32 * 2)

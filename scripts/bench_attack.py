@@ -195,7 +195,7 @@ def bench_run(run: Path, args, device) -> dict:
                 out["attackers"][name]["vs_reference"] = compare(
                     gain, ref_gain, out["attackers"][name], reference
                 )
-    grid = build_attacker("grid", args.scale, args.override) if args.oracle else None
+    grid = build_attacker("grid", args.scale, args.override) if args.oracle and gains else None
     if grid is not None and grid.unsupported(env) is None:
         start = time.perf_counter()
         seeds = torch.stack(misreports)
@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--env", default="2x2")
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--profiles", type=int, default=2000)
-    parser.add_argument("--attackers", nargs="+", default=["adaptive", "pgd"])
+    parser.add_argument("--attackers", nargs="*", default=["adaptive", "pgd"])
     parser.add_argument("--reference", default="pgd")
     parser.add_argument("--baseline", help="a previous JSON with --save-gains of the reference")
     parser.add_argument("--save-gains", action="store_true")

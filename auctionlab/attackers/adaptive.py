@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from auctionlab.attackers.base import Attacker, AttackResult, expand_public
+from auctionlab.attackers.base import Attacker, AttackResult, expand_public, require_at_least
 from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
 
@@ -149,17 +149,17 @@ class AdaptiveAttacker(Attacker):
         curve_steps: Sequence[int] = (),
         progress: bool = False,
     ) -> None:
-        for key, value, low in (
-            ("samples", samples, 0),
-            ("coordinate_rounds", coordinate_rounds, 0),
-            ("coordinate_levels", coordinate_levels, 2),
-            ("starts", starts, 1),
-            ("rounds", rounds, 0),
-            ("steps", steps, 1),
-            ("candidates_per_pass", candidates_per_pass, 1),
-        ):
-            if value < low:
-                raise ConfigError(f"attacker.{key}={value} must be >= {low}")
+        require_at_least(
+            [
+                ("samples", samples, 0),
+                ("coordinate_rounds", coordinate_rounds, 0),
+                ("coordinate_levels", coordinate_levels, 2),
+                ("starts", starts, 1),
+                ("rounds", rounds, 0),
+                ("steps", steps, 1),
+                ("candidates_per_pass", candidates_per_pass, 1),
+            ]
+        )
         if not 0.0 < keep <= 1.0:
             raise ConfigError(f"attacker.keep={keep} must be in (0, 1]")
         if step_size <= 0 or (final_step_size is not None and final_step_size <= 0):
@@ -333,11 +333,7 @@ class AdaptiveAttacker(Attacker):
                     trial = project_instances(env, types, profile, bidder, trial)
                     u = self._score(mechanism, env, types, profile, bidder, trial)
                     spent += trial.shape[0]
-                    u_top, pick = u.max(0)
-                    better = u_top > best_u
-                    best_u = torch.where(better, u_top, best_u)
-                    chosen = trial.gather(0, pick.view(1, K, 1).expand(1, K, d)).squeeze(0)
-                    best_x = torch.where(better.unsqueeze(-1), chosen, best_x)
+                    best_u, best_x = self.fold_best(u, trial, best_u, best_x)
         truthful_utility = self.truthful_utility(mechanism, env, types) if truthful else None
         curve_u: dict[tuple[int, int], Tensor] = {(self.starts_count, 0): best_u.clone()}
         curve_cost: dict[tuple[int, int], float] = {(self.starts_count, 0): float(spent.mean())}
@@ -419,16 +415,13 @@ class AdaptiveAttacker(Attacker):
             misreports, utility, truthful_utility, budget, curve, curve_cost=curve_cost
         )
 
-    @staticmethod
-    def _merge(best_x: Tensor, best_u: Tensor, active: Tensor, run_x: Tensor, run_u: Tensor):
+    def _merge(self, best_x: Tensor, best_u: Tensor, active: Tensor, run_x: Tensor, run_u: Tensor):
         """Fold the running starts' best ``[R, A]`` into the instances' incumbents (in place)."""
         if active.numel() == 0:
             return
-        top, pick = run_u.max(0)  # [A]
-        chosen = run_x.gather(0, pick.view(1, -1, 1).expand(1, -1, run_x.shape[-1])).squeeze(0)
-        better = top > best_u[active]
-        best_u[active] = torch.where(better, top, best_u[active])
-        best_x[active] = torch.where(better.unsqueeze(-1), chosen, best_x[active])
+        best_u[active], best_x[active] = self.fold_best(
+            run_u, run_x, best_u[active], best_x[active]
+        )
 
     def _step_sizes(self) -> list[float]:
         """Step size of every Adam step along the path of a start that survives every round."""

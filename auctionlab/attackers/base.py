@@ -23,6 +23,18 @@ from auctionlab.errors import ConfigError
 from auctionlab.types import Outcome, Types
 
 
+def require_at_least(checks: Iterable[tuple[str, float, float]]) -> None:
+    """Refuse the first ``(option, value, minimum)`` whose value is below its minimum.
+
+    Raises:
+        ConfigError: one line naming ``attacker.<option>``, its value and the minimum.
+
+    """
+    for key, value, low in checks:
+        if value < low:
+            raise ConfigError(f"attacker.{key}={value} must be >= {low}")
+
+
 def deviation_profiles(values: Tensor, misreports: Tensor) -> Tensor:
     """Stack the ``n`` unilateral-deviation profiles.
 
@@ -375,6 +387,26 @@ class Attacker(Component, ABC):
         utility = best_u.gather(0, pick.unsqueeze(0)).squeeze(0)
         index = pick.view(1, *pick.shape, 1).expand(1, *pick.shape, best_x.shape[-1])
         return best_x.gather(0, index).squeeze(0), utility
+
+    @classmethod
+    def fold_best(
+        cls, u: Tensor, x: Tensor, best_u: Tensor, best_x: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Fold scored candidates into the incumbents: the best one wins where it is better.
+
+        Args:
+            u: ``[C, *S]`` utilities of the candidates ``x`` ``[C, *S, d]`` (``S``: the
+                incumbents' shape, e.g. ``[B, n]`` or instances ``[K]``).
+            x: the candidates.
+            best_u: ``[*S]`` incumbent utilities.
+            best_x: ``[*S, d]`` incumbents.
+
+        Returns:
+            The new ``(best_u, best_x)``.
+
+        """
+        chosen, top = cls.pick_best(u, x)
+        return cls.keep_best(top, chosen, best_u, best_x)
 
     @staticmethod
     def truthful_utility(mechanism, env, types: Types) -> Tensor:

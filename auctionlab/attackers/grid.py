@@ -23,7 +23,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import Attacker, AttackResult, deviation_utility
+from auctionlab.attackers.base import (
+    Attacker,
+    AttackResult,
+    deviation_utility,
+    require_at_least,
+)
 from auctionlab.errors import ConfigError
 from auctionlab.types import Types
 
@@ -84,14 +89,14 @@ class GridAttacker(Attacker):
         curve_steps: Sequence[int] = (),
         progress: bool = False,
     ) -> None:
-        for key, value, low in (
-            ("points", points, 2),
-            ("refinements", refinements, 0),
-            ("refine_points", refine_points, 2),
-            ("candidates_per_pass", candidates_per_pass, 1),
-        ):
-            if value < low:
-                raise ConfigError(f"attacker.{key}={value} must be >= {low}")
+        require_at_least(
+            [
+                ("points", points, 2),
+                ("refinements", refinements, 0),
+                ("refine_points", refine_points, 2),
+                ("candidates_per_pass", candidates_per_pass, 1),
+            ]
+        )
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"attacker.chunk_size={chunk_size} must be >= 1 or null")
         self.points, self.refinements = int(points), int(refinements)
@@ -163,12 +168,7 @@ class GridAttacker(Attacker):
                 part = part.unsqueeze(1).expand(-1, B, n, d)
             part = env.report_space.project(part)
             u = deviation_utility(mechanism, env, types, part)  # [R, B, n]
-            top, pick = u.max(0)
-            better = top > best_u
-            index = pick.view(1, B, n, 1).expand(1, B, n, d)
-            chosen = part.gather(0, index).squeeze(0)
-            best_u = torch.where(better, top, best_u)
-            best_x = torch.where(better.unsqueeze(-1), chosen, best_x)
+            best_u, best_x = self.fold_best(u, part, best_u, best_x)
         return best_x, best_u, count
 
     def attack_chunk(

@@ -21,7 +21,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from auctionlab.attackers.base import Attacker, AttackResult, deviation_utility
+from auctionlab.attackers.base import (
+    Attacker,
+    AttackResult,
+    deviation_utility,
+    require_at_least,
+)
 from auctionlab.attackers.pgd import PGDAttacker
 from auctionlab.errors import ConfigError
 from auctionlab.types import Types
@@ -67,15 +72,15 @@ class HybridAttacker(Attacker):
         curve_steps: Sequence[int] = (),
         progress: bool = False,
     ) -> None:
-        for key, value, low in (
-            ("random_samples", random_samples, 0),
-            ("local_samples", local_samples, 0),
-            ("coordinate_rounds", coordinate_rounds, 0),
-            ("grid", grid, 2),
-            ("candidates_per_pass", candidates_per_pass, 1),
-        ):
-            if value < low:
-                raise ConfigError(f"attacker.{key}={value} must be >= {low}")
+        require_at_least(
+            [
+                ("random_samples", random_samples, 0),
+                ("local_samples", local_samples, 0),
+                ("coordinate_rounds", coordinate_rounds, 0),
+                ("grid", grid, 2),
+                ("candidates_per_pass", candidates_per_pass, 1),
+            ]
+        )
         if any(s <= 0 for s in local_scales):
             raise ConfigError(f"attacker.local_scales={list(local_scales)} must all be > 0")
         self.pgd = PGDAttacker(
@@ -137,12 +142,7 @@ class HybridAttacker(Attacker):
             for lo in range(0, candidates.shape[0], self.candidates_per_pass):
                 part = env.report_space.project(candidates[lo : lo + self.candidates_per_pass])
                 u = deviation_utility(mechanism, env, types, part)  # [R, B, n]
-                top, pick = u.max(0)
-                better = top > best_u
-                index = pick.view(1, *pick.shape, 1).expand(1, *pick.shape, part.shape[-1])
-                chosen = part.gather(0, index).squeeze(0)
-                best_u = torch.where(better, top, best_u)
-                best_x = torch.where(better.unsqueeze(-1), chosen, best_x)
+                best_u, best_x = self.fold_best(u, part, best_u, best_x)
         return best_x, best_u
 
     def attack_chunk(

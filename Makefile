@@ -21,9 +21,11 @@ test-slow:  ## long checks (learned mechanisms at scale=cpu) and the fuzz tests 
 bench:  ## performance benchmarks, JSON into outputs/bench/
 	$(BIN)/python scripts/bench_train.py --env 2x2 --batch 512 --misreport-steps 50 --threads 2 --out outputs/bench/train_2x2.json
 	$(BIN)/python scripts/bench_train.py --env 2x2 --batch 128 --misreport-steps 25 --local --no-reference --threads 2 --out outputs/bench/train_local_2x2.json
+	$(BIN)/python scripts/bench_contention.py --out outputs/bench/contention_2x2.json
 	$(BIN)/python scripts/bench_pf.py --env 10x3 --batch 128 --solve-batch 1024 --misreport-steps 5 --threads 2 --inference-batches 128 1024 8192 --out outputs/bench/pf_10x3.json
 	$(BIN)/python scripts/bench_wdp.py --threads 2 --out outputs/bench/wdp.json
 	$(BIN)/python scripts/bench_certify.py --train --env 2x2 --iterations 3000 --profiles 50 --out outputs/bench/certify_2x2.json
+	$(BIN)/python scripts/bench_certify.py --run outputs/bench/certify_2x2_train --empirical --profiles 100 --out outputs/bench/certify_empirical_2x2.json
 	$(BIN)/python scripts/bench_attack.py --train --env 2x2 --iterations 3000 --profiles 500 --attackers adaptive pgd --forwards --threads 1 --out outputs/bench/attack_2x2.json
 
 results:  ## results pages docs/results/<experiment>.md from reproduce runs: make results RUNS="<run dir> ..."

@@ -15,7 +15,10 @@ Where ``attacker=grid`` applies (report dimension <= 2), it runs last as the nea
 seeded with every attacker's misreports, and each attacker's gap to it is reported.
 
 ``--save-gains`` keeps per-(profile, bidder) regrets in the JSON so that a long reference run
-made once (``--attackers pgd``) can be compared later (``--baseline <that json>``).
+made once (``--attackers pgd``) can be compared later (``--baseline <that json>``). A reference
+too long for one sitting runs in slices of the same profiles (``--slice 0:1000``, ``--slice
+1000:2000``: separate processes, e.g. one per core, restarts drawn per slice); ``--baseline``
+repeated with every slice's JSON joins them, and their wall times and deviation-steps add up.
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ def bench_run(run: Path, args, device) -> dict:
     env, mechanism, choices = load_trained(str(run), device)
     mechanism.eval()
     types = env.sample(args.profiles, make_generator(PROFILE_SEED, device))
+    start, stop = args.slice
+    types = types[start:stop]
     out: dict = {
         "run": str(run),
         "checkpoint_sha256": sha256_file(run / "checkpoint.pt"),
@@ -141,6 +146,7 @@ def bench_run(run: Path, args, device) -> dict:
         "mechanism": choices.get("mechanism"),
         "profiles": args.profiles,
         "profile_seed": PROFILE_SEED,
+        "slice": [start, stop],
         "attackers": {},
     }
     if args.forwards:
@@ -177,16 +183,8 @@ def bench_run(run: Path, args, device) -> dict:
         )
     reference, ref_gain = None, None
     if args.baseline:
-        saved = json.loads(Path(args.baseline).read_text())
-        match = [
-            r
-            for r in saved["runs"]
-            if r["checkpoint_sha256"] == out["checkpoint_sha256"] and r["profiles"] == args.profiles
-        ]
-        if match and args.reference in match[0]["attackers"]:
-            reference = match[0]["attackers"][args.reference]
-            ref_gain = torch.tensor(reference["gains"], dtype=gains[args.attackers[0]].dtype)
-            out["baseline"] = {k: v for k, v in reference.items() if k != "gains"}
+        reference, ref_gain = load_baseline(args, out, gains[args.attackers[0]].dtype)
+        out["baseline"] = {k: v for k, v in reference.items() if k != "gains"}
     elif args.reference in gains:
         reference, ref_gain = out["attackers"][args.reference], gains[args.reference]
     if reference is not None:
@@ -218,6 +216,59 @@ def bench_run(run: Path, args, device) -> dict:
     return out
 
 
+def load_baseline(args, out: dict, dtype) -> tuple[dict, torch.Tensor]:
+    """The reference's saved gains ``[B, n]`` for this run's profiles, joined over slices.
+
+    Raises:
+        SystemExit: no saved reference for this checkpoint, or slices that do not cover this
+            run's profiles exactly.
+
+    """
+    pieces = []
+    for path in args.baseline:
+        for r in json.loads(Path(path).read_text())["runs"]:
+            same = r["checkpoint_sha256"] == out["checkpoint_sha256"]
+            if same and r["profiles"] == args.profiles and args.reference in r["attackers"]:
+                lo, hi = r.get("slice", [0, r["profiles"]])
+                pieces.append((lo, hi, r["attackers"][args.reference], path))
+    pieces.sort(key=lambda piece: piece[0])
+    covered = [(lo, hi) for lo, hi, _, _ in pieces]
+    start, stop = out["slice"]
+    if (
+        not pieces
+        or pieces[0][0] != start
+        or pieces[-1][1] != stop
+        or any(a[1] != b[0] for a, b in zip(covered, covered[1:], strict=False))
+    ):
+        raise SystemExit(
+            f"--baseline: the saved {args.reference} slices {covered} do not cover profiles "
+            f"{start}:{stop} of this checkpoint exactly"
+        )
+    gain = torch.cat([torch.tensor(e["gains"], dtype=dtype) for _, _, e, _ in pieces])
+    first = pieces[0][2]
+    joined = {
+        "attacker": first["attacker"],
+        "describe": first["describe"],
+        "budget": first["budget"],
+        "slices": covered,
+        "files": [path for *_, path in pieces],
+        "wall_s": sum(e["wall_s"] for _, _, e, _ in pieces),
+        "deviation_steps": sum(e["deviation_steps"] for _, _, e, _ in pieces),
+        "deviation_steps_per_instance": sum(e["deviation_steps"] for _, _, e, _ in pieces)
+        / gain.numel(),
+        **summary(gain),
+    }
+    return joined, gain
+
+
+def profile_slice(text: str) -> tuple[int, int] | None:
+    """``START:STOP`` -> ``(START, STOP)``."""
+    start, sep, stop = text.partition(":")
+    if not sep or not start.isdigit() or not stop.isdigit() or int(start) >= int(stop):
+        raise argparse.ArgumentTypeError(f"--slice {text}: expected START:STOP, e.g. 0:1000")
+    return int(start), int(stop)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", default=[], help="a train run directory")
@@ -227,7 +278,15 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=2000)
     parser.add_argument("--attackers", nargs="*", default=["adaptive", "pgd"])
     parser.add_argument("--reference", default="pgd")
-    parser.add_argument("--baseline", help="a previous JSON with --save-gains of the reference")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="a previous JSON with --save-gains of the reference (repeat for its slices)",
+    )
+    parser.add_argument(
+        "--slice", type=profile_slice, help="attack profiles START:STOP of --profiles only"
+    )
     parser.add_argument("--save-gains", action="store_true")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false")
     parser.add_argument(
@@ -240,6 +299,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="outputs/bench/attack.json")
     args = parser.parse_args()
+    if args.slice is None:
+        args.slice = (0, args.profiles)
+    elif args.slice[1] > args.profiles:
+        parser.error(f"--slice {args.slice[0]}:{args.slice[1]}: beyond --profiles {args.profiles}")
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     out = Path(args.out)

@@ -10,6 +10,14 @@ trains one first (``auctionlab train``: 32x32 trunk, ``relu_stability=1.0``, no 
 instance is solved in this process, one after the other, with one HiGHS thread: ``solve`` times are
 HiGHS's wall time per instance, ``bounds`` the LP tightening before it (``--bounds lp``), ``total``
 their sum. Only ``optimal`` solves are certificates; the JSON counts the rest.
+
+``--empirical`` times certify's empirical-regret stage instead (the attack on the certified
+profiles and on ``scale.evaluation.profiles`` held-out profiles, as ``certify certifier=mip`` runs
+it): the previous default (``attacker=pgd``, 100 x 1000 at ``scale=cpu``, on the float64 network)
+against the current one (``attacker=adaptive`` on a float32 copy, finds re-scored in float64), on
+the same profiles in one process, with the regret each finds:
+
+    python scripts/bench_certify.py --run <regretnet_sparsemax run> --empirical --profiles 100
 """
 
 from __future__ import annotations
@@ -27,8 +35,14 @@ import numpy as np
 import torch
 
 from auctionlab.certify.mip import SolverSettings, solve_instances
+from auctionlab.certify.mip_certifier import attack_in_float32
+from auctionlab.conf import compose
 from auctionlab.runs import load_trained
 from auctionlab.solvers.mip_encoding import NetworkSpec, instance_bounds
+from auctionlab.tasks.certify import build_attacker
+from auctionlab.utils import make_generator
+
+CPU = torch.device("cpu")
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -58,6 +72,80 @@ def train(env: str, iterations: int, directory: Path) -> Path:
     return directory
 
 
+def significant(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}g}"
+
+
+def empirical_stage(run: Path, profiles: int, scale: str, profile_seed: int) -> dict:
+    """Both stress tests of certify's empirical stage on the same profiles, timed in one process.
+
+    Returns:
+        Per variant: seconds, deviation-steps, the regret on the held-out profiles
+        (``regret_mean``/``regret_max``, certify's ``regret_mean``) and on the certified ones
+        (``regret_same``); then the speed-up and whether the regrets agree to 3 digits.
+
+    """
+    env, mechanism, picked = load_trained(str(run), CPU)
+    mechanism = mechanism.double().eval()
+    held_out_count = int(compose("certify", [f"scale={scale}"]).scale.evaluation.profiles)
+
+    def sample(count: int, seed: int):
+        types = env.sample(count, make_generator(seed, CPU))
+        types.values = types.values.double()
+        return types
+
+    certified, held_out = sample(profiles, profile_seed), sample(held_out_count, profile_seed + 1)
+
+    def float64_attack(attacker, types, seed: int):
+        return attacker.attack(mechanism, env, types, make_generator(seed, CPU))
+
+    def float32_attack(attacker, types, seed: int):
+        return attack_in_float32(attacker, mechanism, env, types, seed)
+
+    variants = {
+        "previous": ("pgd", float64_attack, "attacker=pgd on the float64 network"),
+        "current": (
+            "adaptive",
+            float32_attack,
+            "attacker=adaptive on a float32 copy, float64 re-scored",
+        ),
+    }
+    report: dict = {"held_out_profiles": held_out_count, "certified_profiles": profiles}
+    for key, (name, attack, how) in variants.items():
+        cfg = compose("certify", [f"attacker={name}", f"scale={scale}", "progress=false"])
+        attacker = build_attacker(cfg)
+        started = time.perf_counter()
+        same, other = attack(attacker, certified, 0), attack(attacker, held_out, 1)
+        seconds = time.perf_counter() - started
+        report[key] = {
+            "attacker": name,
+            "how": how,
+            "describe": attacker.describe(),
+            "seconds": seconds,
+            "deviation_steps": float(same.budget.get("deviation_steps", 0))
+            + float(other.budget.get("deviation_steps", 0)),
+            "regret_mean": float(other.gain.mean()),
+            "regret_max": float(other.gain.max()),
+            "regret_same": float(same.gain.mean()),
+        }
+        print(
+            f"{key}: {attacker.describe()}: {seconds:.1f} s, regret_mean "
+            f"{report[key]['regret_mean']:.6g}, regret_same {report[key]['regret_same']:.6g}",
+            file=sys.stderr,
+        )
+    previous, current = report["previous"], report["current"]
+    report["speedup"] = previous["seconds"] / current["seconds"]
+    report["deviation_steps_ratio"] = current["deviation_steps"] / previous["deviation_steps"]
+    for metric in ("regret_mean", "regret_same", "regret_max"):
+        report[f"{metric}_ratio"] = current[metric] / previous[metric]
+        report[f"{metric}_same_3_digits"] = significant(current[metric]) == significant(
+            previous[metric]
+        )
+    report["mechanism"] = picked.get("mechanism")
+    report["env"] = env.name
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a regretnet_sparsemax train run directory")
@@ -69,6 +157,12 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=54321)
     parser.add_argument("--out", default="outputs/bench/certify_2x2.json")
+    parser.add_argument(
+        "--empirical",
+        action="store_true",
+        help="time certify's empirical-regret stage: attacker=pgd (float64) vs adaptive (float32)",
+    )
+    parser.add_argument("--scale", default="cpu", help="the scale whose attacker budgets to use")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -79,6 +173,13 @@ def main() -> None:
         run = train(args.env, args.iterations, out.parent / f"certify_{args.env}_train")
     else:
         parser.error("pass --run <train run dir> or --train")
+    if args.empirical:
+        report = {"benchmark": "certify_empirical", "run": str(run), "scale": args.scale}
+        report |= empirical_stage(run, args.profiles, args.scale, args.seed)
+        report |= {"python": platform.python_version(), "torch": torch.__version__}
+        out.write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        return
     env, mechanism, picked = load_trained(str(run), torch.device("cpu"))
     spec = NetworkSpec.from_mechanism(mechanism.double().eval())
     rng = np.random.default_rng(args.seed)

@@ -156,6 +156,7 @@ def bench_run(run: Path, args, device) -> dict:
     misreports: list[torch.Tensor] = []
     for name in args.attackers:
         attacker = build_attacker(name, args.scale, args.override)
+        attacker.progress = args.progress
         start = time.perf_counter()
         result = attacker.attack(mechanism, env, types, make_generator(ATTACK_SEED, device))
         wall = time.perf_counter() - start
@@ -297,6 +298,7 @@ def main() -> None:
         "--override", action="append", default=[], help="evaluate override, e.g. attacker.keep=0.5"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--progress", action="store_true", help="a progress bar over chunks")
     parser.add_argument("--out", default="outputs/bench/attack.json")
     args = parser.parse_args()
     if args.slice is None:

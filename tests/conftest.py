@@ -157,6 +157,23 @@ def run_console(mlflow_uri) -> Callable[..., subprocess.CompletedProcess]:
     return lambda args, cwd: run_cli(list(args), cwd, mlflow_uri)
 
 
+@pytest.fixture(scope="session")
+def smoke_runs(run_console) -> Callable[[Path, dict[str, list[str]]], dict[str, Path]]:
+    """``smoke_runs(root, {name: overrides})``: 2x2 ``scale=smoke`` train runs under ``root``."""
+
+    def train(root: Path, specs: dict[str, list[str]]) -> dict[str, Path]:
+        runs = {}
+        for name, args in specs.items():
+            directory = root / name
+            args = ["env=2x2", "scale=smoke", "threads=1", f"hydra.run.dir={directory}", *args]
+            done = run_console(["train", *args], root)
+            assert done.returncode == 0, done.stderr[-2000:]
+            runs[name] = directory
+        return runs
+
+    return train
+
+
 @pytest.fixture
 def cli(run_console, tmp_path) -> Callable[..., subprocess.CompletedProcess]:
     """``cli(*args, cwd=None)``: the console script in a fresh temp cwd (or ``cwd``)."""

@@ -14,22 +14,15 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, run_console) -> dict[str, Path]:
+def trained(tmp_path_factory, smoke_runs) -> dict[str, Path]:
     """A smoke-trained 2x2 RegretNet and a certifiable (sparsemax) 2x2 net."""
-    root = tmp_path_factory.mktemp("bench")
-    runs = {}
-    for name, args in {
-        "regretnet": ["mechanism=regretnet", "mechanism.hidden=[8]"],
-        "sparsemax": ["mechanism=regretnet_sparsemax", "mechanism.hidden=[8,8]"],
-    }.items():
-        directory = root / name
-        done = run_console(
-            ["train", "env=2x2", "scale=smoke", "threads=1", f"hydra.run.dir={directory}", *args],
-            root,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        runs[name] = directory
-    return runs
+    return smoke_runs(
+        tmp_path_factory.mktemp("bench"),
+        {
+            "regretnet": ["mechanism=regretnet", "mechanism.hidden=[8]"],
+            "sparsemax": ["mechanism=regretnet_sparsemax", "mechanism.hidden=[8,8]"],
+        },
+    )
 
 
 def bench(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -13,26 +13,19 @@ from auctionlab.tasks.certify import load_instances
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, run_console) -> dict[str, Path]:
+def trained(tmp_path_factory, smoke_runs) -> dict[str, Path]:
     """Tiny smoke-trained runs: a certifiable 2x2 net and a plain RegretNet."""
-    root = tmp_path_factory.mktemp("trained")
-    runs = {}
-    for name, args in {
-        "sparsemax": [
-            "mechanism=regretnet_sparsemax",
-            "mechanism.hidden=[8,8]",
-            "mechanism.relu_stability=0.1",
-        ],
-        "regretnet": ["mechanism=regretnet", "mechanism.hidden=[8]"],
-    }.items():
-        directory = root / name
-        done = run_console(
-            ["train", "env=2x2", "scale=smoke", "threads=1", f"hydra.run.dir={directory}", *args],
-            root,
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        runs[name] = directory
-    return runs
+    return smoke_runs(
+        tmp_path_factory.mktemp("trained"),
+        {
+            "sparsemax": [
+                "mechanism=regretnet_sparsemax",
+                "mechanism.hidden=[8,8]",
+                "mechanism.relu_stability=0.1",
+            ],
+            "regretnet": ["mechanism=regretnet", "mechanism.hidden=[8]"],
+        },
+    )
 
 
 def test_certify_writes_certificates_and_table(trained, cli, tmp_path):

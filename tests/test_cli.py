@@ -197,9 +197,11 @@ def test_evaluate_trained_run(smoke_evaluate):
     metrics = json.loads((dirs[0] / "metrics.json").read_text())
     _numeric_flat(metrics)
     assert metrics["regret_mean"] >= 0
-    # The adaptive default at smoke: 4 starts, 5 + 20 Adam steps; what it spent is reported.
-    assert metrics["attack_restarts"] == 4 and metrics["attack_steps"] == 25
-    assert 0 < metrics["attack_deviation_steps_per_instance"] <= 16 + 1 + 2 * 5 + 4 * 5 + 1 * 20 + 4
+    # The adaptive default at smoke: 4 starts, 5 + 20 Adam steps, then a polish of 2 starts x 5
+    # steps; what it spent is reported.
+    assert metrics["attack_restarts"] == 4 and metrics["attack_steps"] == 30
+    most = 16 + 1 + 2 * 5 + 4 * 5 + 1 * 20 + 4 + 2 * 6
+    assert 0 < metrics["attack_deviation_steps_per_instance"] <= most
     assert metrics["attack_deviation_steps"] == metrics["attack_deviation_steps_per_instance"] * 256
     assert metrics["profiles"] == 128
     assert (dirs[0] / "regret_vs_budget.png").stat().st_size > 0

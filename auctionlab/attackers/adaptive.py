@@ -17,6 +17,12 @@ every profile (an *instance*) in one batch:
    steps, so every round costs the same. Every ``check_every`` steps, an instance whose best
    utility rose by less than ``stall_tolerance`` stops (the batch is compacted: no work is
    spent on it afterwards).
+4. **Polish**: ``polish_starts`` Adam starts around each instance's incumbent (the incumbent
+   itself and copies jittered by ``polish_step_size`` of the report range) run
+   ``polish_steps`` steps with a step size decaying to ``polish_final_step_size``. On
+   piecewise-linear nets the incumbent often sits next to a kink it cannot cross with the
+   refinement's last step size; the small jittered starts reach the kink from the other
+   side (without it the mean regret stays ~0.3% below PGD 100 x 1000 on such nets).
 
 Every evaluation of a deviation's utility counts as one *deviation-step* (a gradient step is
 one, a scored candidate is one); the total actually spent is in the budget next to every regret,
@@ -101,6 +107,35 @@ def project_instances(
     return full.gather(2, bidder.view(1, K, 1, 1).expand(R, K, 1, d)).squeeze(2)
 
 
+def utility_and_gradient(
+    mechanism, env, types: Types, profile: Tensor, bidder: Tensor, x: Tensor, gradient: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``instance_utility`` of ``[R, K, d]`` reports and, if asked, its gradient in them.
+
+    Returns:
+        ``[R, K]`` utilities (detached) and ``[R, K, d]`` gradients, or ``None`` where not
+        asked for or where the utility does not depend on the report.
+
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(gradient)
+        u = instance_utility(mechanism, env, types, profile, bidder, x)
+        grad = None
+        if gradient and u.requires_grad:
+            (grad,) = torch.autograd.grad(u.sum(), x, allow_unused=True)
+    return u.detach(), grad
+
+
+def adam_direction(
+    grad: Tensor, m1: Tensor, m2: Tensor, t: int, beta1: float = 0.9, beta2: float = 0.999
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One Adam ascent direction (bias-corrected) at step ``t`` (from 0), with the new moments."""
+    m1 = beta1 * m1 + (1 - beta1) * grad
+    m2 = beta2 * m2 + (1 - beta2) * grad * grad
+    direction = (m1 / (1 - beta1 ** (t + 1))) / ((m2 / (1 - beta2 ** (t + 1))).sqrt() + 1e-8)
+    return direction, m1, m2
+
+
 class AdaptiveAttacker(Attacker):
     """Global sweep + coordinate search + successive-halving gradient ascent (module docstring).
 
@@ -123,6 +158,11 @@ class AdaptiveAttacker(Attacker):
         curve_restarts: accepted for config compatibility (the curve has one point per stage).
         curve_steps: accepted for config compatibility.
         progress: show a progress bar over chunks.
+        polish_starts: starts of the polish stage (the incumbent + jittered copies; 0: none).
+        polish_steps: Adam steps of the polish stage.
+        polish_step_size: first polish step size and the jitter's standard deviation, as a
+            fraction of each coordinate's report range.
+        polish_final_step_size: last polish step size (geometric decay).
 
     """
 
@@ -148,6 +188,10 @@ class AdaptiveAttacker(Attacker):
         curve_restarts: Sequence[int] = (),
         curve_steps: Sequence[int] = (),
         progress: bool = False,
+        polish_starts: int = 8,
+        polish_steps: int = 200,
+        polish_step_size: float = 0.01,
+        polish_final_step_size: float = 1.0e-4,
     ) -> None:
         require_at_least(
             [
@@ -158,8 +202,14 @@ class AdaptiveAttacker(Attacker):
                 ("rounds", rounds, 0),
                 ("steps", steps, 1),
                 ("candidates_per_pass", candidates_per_pass, 1),
+                ("polish_starts", polish_starts, 0),
+                ("polish_steps", polish_steps, 1),
             ]
         )
+        if polish_step_size <= 0 or polish_final_step_size <= 0:
+            raise ConfigError(
+                "attacker.polish_step_size and attacker.polish_final_step_size must be > 0"
+            )
         if not 0.0 < keep <= 1.0:
             raise ConfigError(f"attacker.keep={keep} must be in (0, 1]")
         if step_size <= 0 or (final_step_size is not None and final_step_size <= 0):
@@ -183,9 +233,12 @@ class AdaptiveAttacker(Attacker):
         self.chunk_size = chunk_size
         self.curve_restarts, self.curve_steps = list(curve_restarts), list(curve_steps)
         self.progress = progress
+        self.polish_starts, self.polish_steps = int(polish_starts), int(polish_steps)
+        self.polish_step_size = float(polish_step_size)
+        self.polish_final_step_size = float(polish_final_step_size)
         # What the base class reports as ``attack_restarts`` / ``attack_steps``.
         self.restarts = self.starts_count
-        self.steps = sum(self.round_steps())
+        self.steps = sum(self.round_steps()) + (self.polish_steps if self.polish_starts else 0)
 
     # -- budget ---------------------------------------------------------------------------
     def round_steps(self) -> list[int]:
@@ -211,7 +264,8 @@ class AdaptiveAttacker(Attacker):
         sweep = self.samples + 1 + extra_starts
         coordinate = self.coordinate_rounds * dimensions * self.coordinate_levels
         gradient = sum(r * s for r, s in zip(self.round_starts(), self.round_steps(), strict=True))
-        return sweep + coordinate + gradient + (self.starts_count if self.rounds else 0)
+        polish = self.polish_starts * (self.polish_steps + 1)
+        return sweep + coordinate + gradient + (self.starts_count if self.rounds else 0) + polish
 
     @property
     def budget(self) -> dict:
@@ -233,6 +287,10 @@ class AdaptiveAttacker(Attacker):
             "optimizer": "adam",
             "stall_tolerance": self.stall_tolerance,
             "check_every": self.check_every,
+            "polish_starts": self.polish_starts,
+            "polish_steps": self.polish_steps,
+            "polish_step_size": self.polish_step_size,
+            "polish_final_step_size": self.polish_final_step_size,
             "include_truthful": True,
         }
 
@@ -241,9 +299,11 @@ class AdaptiveAttacker(Attacker):
         rounds = " / ".join(
             f"{r}x{s}" for r, s in zip(self.round_starts(), self.round_steps(), strict=True)
         )
+        polish = f" + polish {self.polish_starts}x{self.polish_steps}" if self.polish_starts else ""
         return (
             f"adaptive: {self.samples} sweep + {self.coordinate_rounds} coordinate round(s) x "
-            f"{self.coordinate_levels} levels + Adam {rounds} (stall {self.stall_tolerance:g})"
+            f"{self.coordinate_levels} levels + Adam {rounds}{polish} "
+            f"(stall {self.stall_tolerance:g})"
         )
 
     # -- the search -----------------------------------------------------------------------
@@ -347,7 +407,6 @@ class AdaptiveAttacker(Attacker):
             m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
             width = space.width(device).to(values)[bidder]  # [K, d]
             sizes = self._step_sizes()
-            beta1, beta2, eps = 0.9, 0.999, 1e-8
             t, last_check = 0, best_u.clone()
             for r, steps in enumerate(self.round_steps()):
                 final_round = r == self.rounds - 1
@@ -356,13 +415,9 @@ class AdaptiveAttacker(Attacker):
                         break
                     last_step = final_round and s == steps
                     p, b = profile[active], bidder[active]
-                    with torch.enable_grad():
-                        x.requires_grad_(not last_step)
-                        u = instance_utility(mechanism, env, types, p, b, x)  # [R, A]
-                        grad = None
-                        if not last_step and u.requires_grad:
-                            (grad,) = torch.autograd.grad(u.sum(), x, allow_unused=True)
-                    u, x = u.detach(), x.detach()
+                    u, grad = utility_and_gradient(
+                        mechanism, env, types, p, b, x, not last_step
+                    )  # [R, A]
                     spent[active] += x.shape[0]
                     better = u > run_u
                     run_u = torch.where(better, u, run_u)
@@ -371,11 +426,7 @@ class AdaptiveAttacker(Attacker):
                         break
                     if grad is None:  # the utility does not depend on the report here
                         break
-                    m1 = beta1 * m1 + (1 - beta1) * grad
-                    m2 = beta2 * m2 + (1 - beta2) * grad * grad
-                    direction = (m1 / (1 - beta1 ** (t + 1))) / (
-                        (m2 / (1 - beta2 ** (t + 1))).sqrt() + eps
-                    )
+                    direction, m1, m2 = adam_direction(grad, m1, m2, t)
                     x = project_instances(
                         env, types, p, b, x + sizes[t] * width[active] * direction
                     )
@@ -404,6 +455,12 @@ class AdaptiveAttacker(Attacker):
                     m1, m2 = m1.gather(0, pick), m2.gather(0, pick)
                     run_u = run_u.gather(0, order)
 
+        if self.polish_starts:
+            self._polish(mechanism, env, types, profile, bidder, best_x, best_u, spent, generator)
+            key = (self.starts_count, self.steps)
+            curve_u[key] = best_u.clone()
+            curve_cost[key] = float(spent.mean())
+
         misreports, utility = best_x.view(B, n, d), best_u.view(B, n)
         curve: dict[tuple[int, int], Tensor] = {}
         if truthful_utility is not None:
@@ -414,6 +471,54 @@ class AdaptiveAttacker(Attacker):
         return AttackResult(
             misreports, utility, truthful_utility, budget, curve, curve_cost=curve_cost
         )
+
+    def _polish(  # noqa: PLR0913 - the search state of attack_chunk
+        self,
+        mechanism,
+        env,
+        types: Types,
+        profile: Tensor,
+        bidder: Tensor,
+        best_x: Tensor,
+        best_u: Tensor,
+        spent: Tensor,
+        generator: torch.Generator,
+    ) -> None:
+        """Adam from the incumbents and jittered copies; updates ``best_x``/``best_u`` in place.
+
+        Args:
+            mechanism: the mechanism under attack.
+            env: gives the utility function and the report space.
+            types: the true profiles.
+            profile: ``[K]`` profile index of each instance.
+            bidder: ``[K]`` deviating bidder of each instance.
+            best_x: ``[K, d]`` incumbents.
+            best_u: ``[K]`` their utilities.
+            spent: ``[K]`` deviation-steps spent so far (incremented in place).
+            generator: draws the jitter.
+
+        """
+        K, d = best_x.shape
+        width = env.report_space.width(best_x.device).to(best_x)[bidder]  # [K, d]
+        noise = torch.randn(
+            self.polish_starts - 1, K, d, generator=generator, device=best_x.device
+        ).to(best_x)
+        x = torch.cat([best_x.unsqueeze(0), best_x + self.polish_step_size * width * noise])
+        x = project_instances(env, types, profile, bidder, x)  # [P, K, d]
+        m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
+        # No stall stopping here: on piecewise-linear nets the gains come late, at small steps.
+        steps = self.polish_steps
+        ratio = (self.polish_final_step_size / self.polish_step_size) ** (1.0 / max(steps - 1, 1))
+        for t in range(steps + 1):
+            last_step = t == steps
+            u, grad = utility_and_gradient(mechanism, env, types, profile, bidder, x, not last_step)
+            spent += x.shape[0]
+            best_u[:], best_x[:] = self.fold_best(u, x, best_u, best_x)
+            if last_step or grad is None:
+                break
+            direction, m1, m2 = adam_direction(grad, m1, m2, t)
+            size = self.polish_step_size * ratio**t
+            x = project_instances(env, types, profile, bidder, x + size * width * direction)
 
     def _merge(self, best_x: Tensor, best_u: Tensor, active: Tensor, run_x: Tensor, run_u: Tensor):
         """Fold the running starts' best ``[R, A]`` into the instances' incumbents (in place)."""

@@ -211,7 +211,7 @@ class MIPCertifier(Certifier):
         revenue_ms = (float(revenue.mean()), float(revenue.std(unbiased=False)))
         # Empirical regret on those held-out profiles too ([curry2020certifying] Table 1
         # measures it on other points than the certified ones), same attacker budget.
-        held_out = attack_in_float32(attacker, mechanism, env, rev_types, self.seed + 1).gain
+        held_out = attack_in_float32(attacker, mechanism, env, rev_types, self.seed + 1)
         train_cfg = holdout.source.train_cfg
         relu = float(train_cfg.mechanism.get("relu_stability", 0)) if train_cfg else 0.0
         setting = {
@@ -220,11 +220,17 @@ class MIPCertifier(Certifier):
             "relu_reg": "yes" if relu > 0 else "no",
             "attack_restarts": attacker.budget["restarts"],
             "attack_steps": attacker.budget["steps"],
+            "attacker": attacker.describe(),
         }
         rows = summary_rows(instances, setting, revenue_ms)
         metrics = self._metrics(instances, rows, revenue_ms, attacker.budget, n_profiles)
-        metrics["regret_mean"] = float(held_out.mean())
-        metrics["regret_max"] = float(held_out.max())
+        metrics["regret_mean"] = float(held_out.gain.mean())
+        metrics["regret_max"] = float(held_out.gain.max())
+        if "deviation_steps" in held_out.budget:  # what the held-out attack actually spent
+            instances_count = held_out.gain.numel()
+            metrics["attack_deviation_steps_per_instance"] = (
+                float(held_out.budget["deviation_steps"]) / instances_count
+            )
         metrics["profiles"] = float(rev_types.batch_size)
         metrics["seconds"] = time.perf_counter() - started
         notes = self._notes(metrics)
@@ -321,7 +327,7 @@ class MIPCertifier(Certifier):
             f"/ numerical mismatch / unsupported: no solver for the program): "
             f"{int(metrics['failed'])}. See instances.csv.",
             f"Revenue: mean (std) of the payments over {int(metrics['revenue_profiles'])} "
-            "held-out profiles (eval mode: clipped payments); on them the same PGD attacker gives "
+            "held-out profiles (eval mode: clipped payments); on them the same attacker gives "
             f"regret_mean {metrics['regret_mean']:.4g} per bidder (metrics.json).",
             "Solve time: solver wall time per (profile, bidder), one thread per worker.",
         ]

@@ -70,6 +70,9 @@ def summary_rows(
                 "failed": sum(r["status"] not in ("optimal", "unknown") for r in mine),
                 "attack_restarts": setting["attack_restarts"],
                 "attack_steps": setting["attack_steps"],
+                "attacker": setting.get(
+                    "attacker", f"PGD {setting['attack_restarts']} x {setting['attack_steps']}"
+                ),
             }
         )
     return rows
@@ -90,7 +93,7 @@ def render_markdown(rows: list[dict[str, Any]], notes: Sequence[str]) -> str:
             f"| {fmt(r['empirical_regret_mean'], r['empirical_regret_std'], 4)} "
             f"| {fmt(r['certified_regret_mean'], r['certified_regret_std'], 4)} "
             f"| {r['ratio']:.3f} | {r['certified']} / {r['unknown']} / {r['failed']} "
-            f"| PGD {r['attack_restarts']} x {r['attack_steps']} |"
+            f"| {r['attacker']} |"
         )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 

@@ -319,8 +319,9 @@ def table_notes(plan: Plan, cfg: DictConfig, out: Path) -> list[str]:
     if any("regret" in source for source in plan.table.columns.values()):
         lines.append(
             "Regret columns are per-bidder means (max over profiles for `regret_max`) under the "
-            "PGD attacker whose budget (restarts x steps on the held-out profiles) is in the "
-            "same row."
+            "stress-test attacker whose budget (restarts x steps on the held-out profiles; "
+            "deviation-steps spent per bidder and profile where the table has that column) is "
+            "in the same row."
         )
     keys = list(dict.fromkeys([*plan.cite, *plan.table.citations]))
     if keys:

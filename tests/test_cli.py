@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -177,6 +178,27 @@ def test_train_records_one_finished_mlflow_run(smoke_train):
     assert run.data.tags["choice.mechanism"] == "regretnet"
     assert Path(run.data.tags["run_dir"]).resolve() == out.resolve()
     assert "val_regret_mean" in run.data.metrics
+
+
+def test_train_log_has_a_progress_line_per_log_every(smoke_train):
+    # The console script's stdout is a pipe here: no terminal, so no bar, and train.log gets
+    # one line per train.log_every (5 at scale=smoke, 20 iterations).
+    out = _run_dirs(smoke_train[0])[0]
+    lines = [
+        line for line in (out / "train.log").read_text().splitlines() if "- iteration " in line
+    ]
+    assert [re.search(r"iteration (\d+)/20:", line).group(1) for line in lines] == [
+        "5",
+        "10",
+        "15",
+        "20",
+    ]
+    pattern = (
+        r"iteration \d+/20: revenue -?[\d.]+, regret [\d.e+-]+, gamma [\d.e+-]+, "
+        r"regret_budget [\d.e+-]+, [\d.e+]+ it/s, eta \d+s$"
+    )
+    for line in lines:
+        assert re.search(pattern, line), line
 
 
 @pytest.fixture(scope="module")

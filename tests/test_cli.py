@@ -201,6 +201,17 @@ def test_train_log_has_a_progress_line_per_log_every(smoke_train):
         assert re.search(pattern, line), line
 
 
+def test_train_objective_is_its_val_revenue(smoke_train):
+    # train.yaml's default objective: val_revenue, maximised, no regret limit; the console
+    # script returns it to Hydra (sweep_result) and logs it with its definition.
+    cwd, (run,) = smoke_train
+    metrics = json.loads((_run_dirs(cwd)[0] / "metrics.json").read_text())
+    assert metrics["objective"] == metrics["val_revenue"]
+    assert run.data.metrics["objective"] == run.data.metrics["val_revenue"]
+    assert run.data.tags["objective"] == "maximize val_revenue"
+    assert run.data.params["objective.metric"] == "val_revenue"
+
+
 @pytest.fixture(scope="module")
 def smoke_evaluate(smoke_train, tmp_path_factory, run_console, list_runs):
     train_dir = _run_dirs(smoke_train[0])[0]
@@ -226,6 +237,7 @@ def test_evaluate_trained_run(smoke_evaluate):
     assert 0 < metrics["attack_deviation_steps_per_instance"] <= most
     assert metrics["attack_deviation_steps"] == metrics["attack_deviation_steps_per_instance"] * 256
     assert metrics["profiles"] == 128
+    assert metrics["objective"] == metrics["revenue"]  # evaluate.yaml's default objective
     assert (dirs[0] / "regret_vs_budget.png").stat().st_size > 0
     assert len(new) == 1 and new[0].info.status == "FINISHED"
 

@@ -33,6 +33,7 @@ from auctionlab.tasks.common import (
     log,
     one_line_write_errors,
     progress_enabled,
+    record_objective,
     run_dir,
     setup_runtime,
 )
@@ -110,6 +111,9 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train ``cfg.mechanism`` on ``cfg.env``; returns the metrics written to metrics.json.
 
+    They include ``objective`` (:func:`~auctionlab.tasks.common.record_objective`), the value
+    the console script returns to Hydra.
+
     Raises:
         NonFiniteError: NaN or inf during training or validation. The last good checkpoint
             is kept, ``failure.json`` says why, and the MLflow run is FAILED.
@@ -182,13 +186,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
             raise record_failure(out, checkpoint, trainer.iteration, f"non-finite validation {bad}")
         metrics.update(summary)
         metrics["iterations"] = float(trainer.iteration)
+        try:
+            objective_tags = record_objective(cfg, metrics)
+        except ConfigError as err:  # the trained weights are in the checkpoint already
+            raise ConfigError(
+                f"{err} (the checkpoint is kept: `auctionlab train resume={out}` with a valid "
+                "objective validates it again without training)"
+            ) from None
         # Files first: a logging error after hours of training must not lose the results.
         write_metrics(out, metrics, tracker.provenance)
         label = f"{env.name} {picked.get('mechanism', '')}"
         files = write_curve(curve, out, f"{label}: validation")
         files += write_allocation_map(mechanism, env, out, f"{label}: allocation")
         write_manifest(out)  # last: seals config, choices, checkpoint and metrics
-        tracker.set_tags({"checkpoint_sha256": digest})
+        tracker.set_tags({"checkpoint_sha256": digest, **objective_tags})
         tracker.log_metrics(metrics, trainer.iteration)
         sealed = [out / "config.yaml", out / "metrics.json", out / MANIFEST]
         tracker.log_artifacts([*sealed, checkpoint, hash_path(checkpoint), *files])

@@ -85,9 +85,15 @@ class TrainSection:
     log_every: int = 100
     checkpoint_every: int = 0
     detect_anomaly: bool = False
+    mlflow_model: Any = "auto"
 
     def check(self, path: str) -> None:
         """Ranges."""
+        _require(
+            self.mlflow_model in PROGRESS,
+            f"{path}.mlflow_model={self.mlflow_model} is not valid; choose one of auto, true, "
+            "false",
+        )
         _at_least(f"{path}.iterations", self.iterations, 1)
         _at_least(f"{path}.batch_size", self.batch_size, 1)
         _at_least(f"{path}.num_samples", self.num_samples, self.batch_size)

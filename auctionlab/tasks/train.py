@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
@@ -40,6 +40,21 @@ from auctionlab.tasks.common import (
 from auctionlab.tracking import Tracker, previous_run_id
 from auctionlab.training import Trainer
 from auctionlab.utils import make_generator
+
+#: Profiles in the input example of the exported MLflow model.
+EXAMPLE_PROFILES = 8
+
+
+def export_model(cfg: DictConfig) -> bool:
+    """Whether to log the trained mechanism as an MLflow model (``train.mlflow_model``).
+
+    ``auto`` exports at every scale but ``smoke``: there the export (a ``torch.export`` trace,
+    seconds) would cost more than the run, whose numbers are meaningless anyway.
+    """
+    value = cfg.train.get("mlflow_model", "auto")
+    if value == "auto":
+        return str(OmegaConf.select(cfg, "scale.name")) != "smoke"
+    return bool(value)
 
 
 def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, str]]:
@@ -203,6 +218,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
         tracker.log_metrics(metrics, trainer.iteration)
         sealed = [out / "config.yaml", out / "metrics.json", out / MANIFEST]
         tracker.log_artifacts([*sealed, checkpoint, hash_path(checkpoint), *files])
+        # Last: the run's results are logged whatever happens here.
+        if export_model(cfg) and tracker.active:
+            if val_types.public:  # the exported function takes the reports alone
+                log.info(
+                    "no MLflow model: %s takes public inputs (%s) besides the reports",
+                    type(mechanism).__name__,
+                    ", ".join(val_types.public),
+                )
+            else:
+                tracker.log_model(mechanism, val_types.values[:EXAMPLE_PROFILES])
     if tracker.logging_error:
         log.warning(
             "MLflow logging failed midway (%s); results are in %s", tracker.logging_error, out

@@ -421,10 +421,13 @@ def main(argv: list[str] | None = None) -> None:
 
         module = importlib.import_module(TASKS[task][0])
 
+        from auctionlab.tasks.common import sweep_result
+
         def task_function(cfg: DictConfig):
             logging.getLogger("auctionlab").setLevel(logging.INFO)
             try:
-                return module.run(cfg)
+                # a float for a task with an objective: what a Hydra sweeper tunes
+                return sweep_result(cfg, module.run(cfg))
             except ConfigError as err:
                 fail(str(err))
             except InterruptedRunError as err:  # stopped cleanly (a checkpoint was saved)

@@ -52,6 +52,7 @@ INSTANTIATE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_
 INJECTED = {"env", "self"}
 OPTIMIZERS = ("adam", "sgd")
 FALLBACKS = ("none", "local")
+DIRECTIONS = ("maximize", "minimize")
 PROGRESS = ("auto", True, False)
 
 
@@ -84,9 +85,15 @@ class TrainSection:
     log_every: int = 100
     checkpoint_every: int = 0
     detect_anomaly: bool = False
+    mlflow_model: Any = "auto"
 
     def check(self, path: str) -> None:
         """Ranges."""
+        _require(
+            self.mlflow_model in PROGRESS,
+            f"{path}.mlflow_model={self.mlflow_model} is not valid; choose one of auto, true, "
+            "false",
+        )
         _at_least(f"{path}.iterations", self.iterations, 1)
         _at_least(f"{path}.batch_size", self.batch_size, 1)
         _at_least(f"{path}.num_samples", self.num_samples, self.batch_size)
@@ -231,6 +238,35 @@ class ValidationSection:
 
 
 @dataclass
+class ObjectiveSection:
+    """``objective``: the one number a task returns to a Hydra sweeper (and logs as ``objective``).
+
+    See :func:`auctionlab.tasks.common.objective_value` for how it is computed.
+    """
+
+    metric: str = "revenue"
+    direction: str = "maximize"
+    regret_metric: Optional[str] = None  # noqa: UP045
+    regret_limit: Optional[float] = None  # noqa: UP045
+    penalty: Optional[float] = None  # noqa: UP045
+
+    def check(self, path: str) -> None:
+        """Allowed values."""
+        _require(bool(self.metric), f"{path}.metric must name a metric of the run")
+        _require(
+            self.direction in DIRECTIONS,
+            f"{path}.direction={self.direction} is not valid; choose one of "
+            + ", ".join(DIRECTIONS),
+        )
+        _positive(f"{path}.regret_limit", self.regret_limit, strict=False)
+        _positive(f"{path}.penalty", self.penalty, strict=False)
+        _require(
+            self.regret_limit is None or bool(self.regret_metric),
+            f"{path}.regret_limit={self.regret_limit} needs {path}.regret_metric",
+        )
+
+
+@dataclass
 class Runtime:
     """Top-level keys shared by the tasks (each task has the ones it needs)."""
 
@@ -261,6 +297,7 @@ SECTIONS: dict[str, type] = {
     "tracking": TrackingSection,
     "trainer": TrainerSection,
     "validation": ValidationSection,
+    "objective": ObjectiveSection,
 }
 #: Keys inside sections that hold components (checked as such, not by the section).
 COMPONENT_KEYS = {"trainer": ("constraint",), "validation": ("attacker",)}

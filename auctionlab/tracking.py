@@ -41,6 +41,8 @@ HTTP_LIMITS = {
 }
 #: Servers this process found unreachable, and why (each is waited for once).
 _DEAD: dict[str, str] = {}
+#: The name of a train run's exported mechanism (``runs:/<run id>/model``).
+MODEL_NAME = "model"
 #: Longest experiment name every MLflow backend stores (the SQL stores' column width).
 EXPERIMENT_NAME_LIMIT = 256
 log = logging.getLogger("auctionlab")
@@ -512,6 +514,94 @@ class Tracker:
             if Path(path).exists():
                 self._safely("log_artifact", self.client.log_artifact, self.run_id, str(path))
 
+    def log_model(self, mechanism: Any, reports: Any, name: str = MODEL_NAME) -> bool:
+        """Export a trained mechanism as this run's MLflow model (``runs:/<run id>/model``).
+
+        The mechanism, wrapped in :class:`~auctionlab.mechanisms.export.OutcomeTensor`
+        (``[B, n, d]`` reports to ``[B, n, k + 1]`` allocation and payment), is traced on CPU
+        by ``torch.export`` and logged with ``mlflow.pytorch`` in the ``pt2`` format: a graph
+        and its weights, which ``mlflow.pytorch.load_model`` rebuilds without unpickling code
+        or importing auctionlab. ``reports`` (a few profiles) are its input example and fix
+        the signature; the batch dimension stays free. A previous export of this run (a
+        resumed run) is replaced.
+
+        An export for users only: auctionlab never loads it. ``evaluate``, ``certify`` and
+        ``resume`` load the run's checkpoint (hash and manifest verified) into a mechanism
+        built from its checked config.
+
+        Args:
+            mechanism: the trained mechanism (copied; the original is not moved or changed).
+            reports: ``[B, n, d]`` report profiles, the input example.
+            name: the model's name in the run.
+
+        Returns:
+            Whether the model was logged. ``False`` with one log line when the mechanism
+            cannot be exported (public inputs, a forward pass ``torch.export`` cannot trace);
+            ``False`` with the usual warning when logging fails.
+
+        """
+        if not self.active:
+            return False
+        import copy
+
+        import torch
+
+        from auctionlab.mechanisms.export import OutcomeTensor
+
+        label = type(mechanism).__name__
+        module = OutcomeTensor(copy.deepcopy(mechanism).cpu().eval())
+        example = reports.detach().cpu().float()
+        dynamic = ({0: torch.export.Dim.AUTO},)  # any batch size
+        try:
+            with torch.no_grad():
+                torch.export.export(module, (example,), dynamic_shapes=dynamic)
+        except Exception as err:  # noqa: BLE001 - torch.export fails in many ways; none is fatal
+            first = str(err).strip().splitlines()
+            log.info(
+                "no MLflow model for %s: torch.export cannot trace it (%s: %s)",
+                label,
+                type(err).__name__,
+                first[0][:200] if first else "",
+            )
+            return False
+        # One attempt: retrying the whole export would log a second model (_export retries
+        # its own store calls).
+        self._safely("log_model", self._export, module, example, name, attempts=1)
+        return self.active
+
+    def _export(self, module: Any, example: Any, name: str) -> None:
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            output = module(example)
+        signature = infer_signature(example.numpy(), output.numpy())
+        run = with_retry(self.client.get_run, self.run_id)
+        experiment = run.info.experiment_id
+        for old in with_retry(
+            self.client.search_logged_models, [experiment], filter_string=f"name = '{name}'"
+        ):
+            if old.source_run_id == self.run_id:
+                with_retry(self.client.delete_logged_model, old.model_id)
+        # Created here so it lands in this run's experiment (mlflow.pytorch would use the
+        # fluent default experiment).
+        model = with_retry(
+            self.client.create_logged_model, experiment, name=name, source_run_id=self.run_id
+        )
+        with _global_uri(self.uri):  # mlflow.pytorch takes no client or tracking URI
+            mlflow.pytorch.log_model(
+                module,
+                name=name,
+                model_id=model.model_id,
+                run_id=self.run_id,
+                signature=signature,
+                input_example=example.numpy(),
+                serialization_format="pt2",
+                # given, not inferred: inference loads the model in a subprocess (seconds)
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.enabled or self.run_id is None:
             return
@@ -530,6 +620,24 @@ class Tracker:
         if status == "FINISHED" and self._stale_failure:
             self._safely("delete_tag", self.client.delete_tag, self.run_id, "failure")
         self._safely("set_terminated", self.client.set_terminated, self.run_id, status)
+
+
+@contextlib.contextmanager
+def _global_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI (and ``MLFLOW_TRACKING_URI``) set to ``uri``, then restored."""
+    import mlflow
+
+    variable = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None: back to the environment or the default
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 def previous_run_id(resume: str | None, tracking: Mapping[str, Any]) -> str | None:

@@ -67,8 +67,11 @@ def test_first_price_certificate_end_to_end(cli, tmp_path, list_runs):
     assert "config_sha256" in report["mechanism"] and report["data"]["holdout"]["sha256"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["regret_bound"] == pytest.approx(cert["regret"]["bound_max"])
+    assert metrics["objective"] == metrics["revenue"]  # certify.yaml's default objective
+    assert "objective" not in report  # the certificate's own report is left as it was
     runs = [r for r in list_runs() if r.data.tags.get("certifier") == "statistical"]
     assert runs and "regret_bound" in runs[0].data.metrics
+    assert runs[0].data.tags["objective"] == "maximize revenue"
     markdown = (out / "certificate.md").read_text()
     assert "Statistical certificate: first_price on 2x2" in markdown and "eta" in markdown
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -140,7 +142,8 @@ def test_bad_input_fails_in_one_line(case, cli, tmp_path, list_runs):
 def smoke_train(tmp_path_factory, run_console, list_runs):
     cwd = tmp_path_factory.mktemp("train")
     before = {r.info.run_id for r in list_runs()}
-    result = run_console(["train", "scale=smoke"], cwd)
+    # mlflow_model: smoke runs skip the export by default (auto)
+    result = run_console(["train", "scale=smoke", "train.mlflow_model=true"], cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     new = [r for r in list_runs() if r.info.run_id not in before]
     return cwd, new
@@ -179,6 +182,88 @@ def test_train_records_one_finished_mlflow_run(smoke_train):
     assert "val_regret_mean" in run.data.metrics
 
 
+def test_train_log_has_a_progress_line_per_log_every(smoke_train):
+    # The console script's stdout is a pipe here: no terminal, so no bar, and train.log gets
+    # one line per train.log_every (5 at scale=smoke, 20 iterations).
+    out = _run_dirs(smoke_train[0])[0]
+    lines = [
+        line for line in (out / "train.log").read_text().splitlines() if "- iteration " in line
+    ]
+    assert [re.search(r"iteration (\d+)/20:", line).group(1) for line in lines] == [
+        "5",
+        "10",
+        "15",
+        "20",
+    ]
+    pattern = (
+        r"iteration \d+/20: revenue -?[\d.]+, regret [\d.e+-]+, gamma [\d.e+-]+, "
+        r"regret_budget [\d.e+-]+, [\d.e+]+ it/s, eta \d+s$"
+    )
+    for line in lines:
+        assert re.search(pattern, line), line
+
+
+def test_train_objective_is_its_val_revenue(smoke_train):
+    # train.yaml's default objective: val_revenue, maximised, no regret limit; the console
+    # script returns it to Hydra (sweep_result) and logs it with its definition.
+    cwd, (run,) = smoke_train
+    metrics = json.loads((_run_dirs(cwd)[0] / "metrics.json").read_text())
+    assert metrics["objective"] == metrics["val_revenue"]
+    assert run.data.metrics["objective"] == run.data.metrics["val_revenue"]
+    assert run.data.tags["objective"] == "maximize val_revenue"
+    assert run.data.params["objective.metric"] == "val_revenue"
+
+
+LOAD_MODEL = """
+import sys
+import mlflow.pytorch
+import torch
+model = mlflow.pytorch.load_model(sys.argv[1])
+reports = torch.load(sys.argv[2], weights_only=True)
+with torch.no_grad():
+    torch.save(model(reports), sys.argv[3])
+assert "auctionlab" not in sys.modules  # a traced graph: no auctionlab code runs
+"""
+
+
+def test_train_exports_its_mechanism_as_an_mlflow_model(smoke_train, mlflow_uri, tmp_path):
+    import subprocess
+    import sys
+
+    from auctionlab.mechanisms.export import OutcomeTensor
+    from auctionlab.runs import load_trained
+    from auctionlab.utils import make_generator
+
+    cwd, (run,) = smoke_train
+    env, mechanism, _ = load_trained(str(_run_dirs(cwd)[0]), torch.device("cpu"))
+    reports = env.sample(5, make_generator(7, torch.device("cpu"))).values  # another batch size
+    with torch.no_grad():
+        expected = OutcomeTensor.join(mechanism.eval()(reports))  # [5, 2, 2 + 1]
+    torch.save(reports, tmp_path / "reports.pt")
+    uri = f"runs:/{run.info.run_id}/model"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOAD_MODEL,
+            uri,
+            str(tmp_path / "reports.pt"),
+            str(tmp_path / "out.pt"),
+        ],
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert loaded.shape == (5, 2, 3)
+    torch.testing.assert_close(loaded, expected, rtol=0, atol=1e-6)
+    allocation, payment = OutcomeTensor.split(loaded)
+    assert allocation.shape == (5, 2, 2) and payment.shape == (5, 2)
+
+
 @pytest.fixture(scope="module")
 def smoke_evaluate(smoke_train, tmp_path_factory, run_console, list_runs):
     train_dir = _run_dirs(smoke_train[0])[0]
@@ -204,6 +289,7 @@ def test_evaluate_trained_run(smoke_evaluate):
     assert 0 < metrics["attack_deviation_steps_per_instance"] <= most
     assert metrics["attack_deviation_steps"] == metrics["attack_deviation_steps_per_instance"] * 256
     assert metrics["profiles"] == 128
+    assert metrics["objective"] == metrics["revenue"]  # evaluate.yaml's default objective
     assert (dirs[0] / "regret_vs_budget.png").stat().st_size > 0
     assert len(new) == 1 and new[0].info.status == "FINISHED"
 
@@ -272,7 +358,15 @@ def test_hydra_run_dir_respected_and_tracking_none(smoke_train, cli, tmp_path, l
 def test_train_rochetnet_smoke(cli, tmp_path):
     cwd = tmp_path / "rochetnet"
     cwd.mkdir()
-    result = cli("train", "mechanism=rochetnet", "env=1x2", "scale=smoke", "tracking=none", cwd=cwd)
+    result = cli(
+        "train",
+        "mechanism=rochetnet",
+        "env=1x2",
+        "scale=smoke",
+        "tracking=none",
+        "train.mlflow_model=true",  # no MLflow run to export to: nothing to do, no error
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (out,) = _run_dirs(cwd)
     assert json.loads((out / "metrics.json").read_text())["val_regret_mean"] <= 1e-5

@@ -15,11 +15,14 @@ from datetime import datetime
 
 import mlflow
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from auctionlab.cli import main
 from auctionlab.errors import STOP_SIGNALS
+from auctionlab.mechanisms.export import OutcomeTensor
 from auctionlab.tracking import HTTP_LIMITS, Tracker
+from auctionlab.types import Outcome
 
 #: The longest a task may wait on a bad server before failing or falling back.
 PATIENCE_S = 30
@@ -205,3 +208,37 @@ def test_resumed_tracker_of_another_run_directory_starts_a_new_run(mlflow_uri, t
     assert original.data.tags["run_dir"] == original_dir
     assert [m.value for m in client.get_metric_history(first.run_id, "x")] == [1.0]
     assert client.get_run(again.run_id).data.tags["run_dir"] == copy_dir
+
+
+class BranchingMechanism(torch.nn.Module):
+    """A forward pass that branches on its input's values: ``torch.export`` cannot trace it."""
+
+    def forward(self, reports: torch.Tensor, public=None) -> Outcome:  # noqa: D102
+        scale = 2.0 if bool(reports.sum() > 0) else 1.0
+        return Outcome(reports * scale, reports.sum(-1))
+
+
+def test_a_mechanism_torch_export_cannot_trace_gets_no_model_and_one_line(mlflow_uri, caplog):
+    cfg = OmegaConf.create({"seed": 0, "tracking": {"enabled": True, "uri": mlflow_uri}})
+    with Tracker(cfg, cfg.tracking, "no export", {"task": "test"}) as tracker:
+        with caplog.at_level("INFO", logger="auctionlab"):
+            assert tracker.log_model(BranchingMechanism(), torch.rand(4, 2, 2)) is False
+        assert tracker.active  # not a logging error: the run logs on
+    (line,) = [r.getMessage() for r in caplog.records if "MLflow model" in r.getMessage()]
+    assert line.startswith("no MLflow model for BranchingMechanism: torch.export cannot trace it")
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    experiment = client.get_run(tracker.run_id).info.experiment_id
+    models = client.search_logged_models([experiment])
+    assert all(m.source_run_id != tracker.run_id for m in models)
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    off = OmegaConf.create({"seed": 0, "tracking": {"enabled": False}})
+    with Tracker(off, off.tracking, "off", {"task": "test"}) as untracked:
+        assert untracked.log_model(BranchingMechanism(), torch.rand(4, 2, 2)) is False
+
+
+def test_outcome_tensor_joins_and_splits():
+    allocation, payment = torch.rand(3, 2, 4), torch.rand(3, 2)
+    joined = OutcomeTensor.join(Outcome(allocation, payment))
+    assert joined.shape == (3, 2, 5)
+    back = OutcomeTensor.split(joined)
+    assert torch.equal(back.allocation, allocation) and torch.equal(back.payment, payment)

@@ -27,6 +27,7 @@ from auctionlab.tasks.common import (
     non_finite_failure,
     one_line_write_errors,
     progress_enabled,
+    record_objective,
     run_dir,
     setup_runtime,
 )
@@ -123,6 +124,9 @@ def prepare(cfg: DictConfig) -> dict:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Certify; writes the certificate's files into the run directory and logs them.
 
+    Returns:
+        The certificate's metrics (``objective`` included), as written to metrics.json.
+
     Raises:
         NonFiniteError: a result metric (``Certificate.finite``) is NaN or inf: no certificate
             is written, ``failure.json`` says which, and the MLflow run is FAILED.
@@ -144,10 +148,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         bad = certificate.non_finite()
         if bad:
             raise non_finite_failure(out, bad, "certificate results")
+        certificate.metrics = dict(certificate.metrics)  # its report keeps its own summary
+        objective_tags = record_objective(cfg, certificate.metrics)
         files = certificate.write(out, tracker.provenance)
         # last: seals the config, metrics.json and the certificate's JSON
         files.append(write_manifest(out, extra=[f"{certificate.name}.json"]))
         tracker.log_metrics(certificate.metrics)
+        tracker.set_tags(objective_tags)
         tracker.log_artifacts([out / "config.yaml", *files])
     print(certificate.to_markdown())
     metrics = certificate.metrics

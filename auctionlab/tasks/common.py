@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.errors import ConfigError, NonFiniteError, OutputError
 from auctionlab.runs import write_failure
+from auctionlab.schema import DIRECTIONS
 from auctionlab.utils import check_seeds, integer_option
 
 log = logging.getLogger("auctionlab")
@@ -146,3 +149,114 @@ def one_line_write_errors(run: Task) -> Task:
             raise OutputError(f"cannot {verb} {where}: {err.strerror}") from err
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- the objective a sweep tunes ------------------------------------------------------------------
+#: Families of metric names listed once in a message (the regret curve, per-bidder copies).
+_NAME_FAMILIES = (
+    (re.compile(r"curve_r\d+_s\d+_"), "curve_r<R>_s<S>_"),
+    (re.compile(r"bidder\d+"), "bidder<i>"),
+)
+
+
+def _metric(metrics: Mapping[str, Any], name: str, option: str) -> float:
+    """``metrics[name]`` as a float, or a ``ConfigError`` naming ``option`` and the choices."""
+    value = metrics.get(name)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        names: set[str] = set()
+        for key, item in metrics.items():
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                for pattern, family in _NAME_FAMILIES:
+                    key = pattern.sub(family, key)
+                names.add(key)
+        raise ConfigError(
+            f"{option}={name} is not a metric of this run; choose one of: "
+            + ", ".join(sorted(names))
+        )
+    return float(value)
+
+
+def objective_value(objective: Mapping[str, Any], metrics: Mapping[str, Any]) -> float:
+    """The scalar a sweep optimises: ``metrics[objective.metric]``, worsened past a regret limit.
+
+    With ``regret_limit`` null the value is the metric itself. Otherwise, when
+    ``metrics[regret_metric]`` exceeds ``regret_limit`` (a NaN regret counts as exceeding it),
+    ``penalty * (regret - regret_limit)`` is subtracted from the metric (``maximize``) or added
+    to it (``minimize``); with ``penalty`` null the value is the worst one, ``-inf``
+    (``maximize``) or ``+inf`` (``minimize``), which ``metrics.json`` writes as ``null`` with an
+    ``objective_reason`` and MLflow stores as the largest float.
+
+    Args:
+        objective: the ``objective`` config node (``metric``, ``direction``, ``regret_metric``,
+            ``regret_limit``, ``penalty``).
+        metrics: the run's flat metrics (what ``metrics.json`` holds).
+
+    Raises:
+        ConfigError: a bad direction, or a metric name the run does not have (naming those it
+            has).
+
+    """
+    direction = str(objective.get("direction", "maximize"))
+    if direction not in DIRECTIONS:
+        raise ConfigError(
+            f"objective.direction={direction} is not valid; choose one of {', '.join(DIRECTIONS)}"
+        )
+    value = _metric(metrics, str(objective["metric"]), "objective.metric")
+    limit = objective.get("regret_limit")
+    if limit is None:
+        return value
+    regret = _metric(metrics, str(objective.get("regret_metric")), "objective.regret_metric")
+    if regret <= float(limit):
+        return value
+    worse = -1.0 if direction == "maximize" else 1.0
+    penalty = objective.get("penalty")
+    if penalty is None:
+        return worse * math.inf
+    return value + worse * float(penalty) * (regret - float(limit))
+
+
+def describe_objective(objective: Mapping[str, Any]) -> str:
+    """``objective`` in words: the MLflow tag ``objective``.
+
+    E.g. ``maximize val_revenue``, ``maximize val_revenue - 10 * max(0, val_regret_mean -
+    0.001)`` or ``maximize val_revenue; -inf when val_regret_mean > 0.001``.
+    """
+    direction, metric = str(objective.get("direction", "maximize")), str(objective["metric"])
+    limit = objective.get("regret_limit")
+    if limit is None:
+        return f"{direction} {metric}"
+    regret, penalty = objective.get("regret_metric"), objective.get("penalty")
+    if penalty is None:
+        worst = "-inf" if direction == "maximize" else "+inf"
+        return f"{direction} {metric}; {worst} when {regret} > {limit:g}"
+    sign = "-" if direction == "maximize" else "+"
+    return f"{direction} {metric} {sign} {penalty:g} * max(0, {regret} - {limit:g})"
+
+
+def record_objective(cfg: DictConfig, metrics: dict[str, Any]) -> dict[str, str]:
+    """Add ``metrics["objective"]`` from ``cfg.objective``; returns the tags that define it.
+
+    Called before ``metrics.json`` is written, so the file, MLflow and the value returned to
+    Hydra (:func:`sweep_result`) agree. A config without ``objective`` adds nothing.
+
+    Raises:
+        ConfigError: see :func:`objective_value`.
+
+    """
+    node = cfg.get("objective")
+    if node is None:
+        return {}
+    objective = OmegaConf.to_container(node, resolve=True)
+    metrics["objective"] = objective_value(objective, metrics)
+    return {"objective": describe_objective(objective)}
+
+
+def sweep_result(cfg: DictConfig, result: Any) -> Any:
+    """What a task returns to Hydra: its ``objective`` as a float, else its result unchanged.
+
+    The float is what a sweeper such as Optuna's minimises or maximises; tasks without an
+    ``objective`` node (``reproduce``, ``runs``...) keep their result.
+    """
+    if cfg.get("objective") is not None and isinstance(result, Mapping) and "objective" in result:
+        return float(result["objective"])
+    return result

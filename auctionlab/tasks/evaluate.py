@@ -28,6 +28,7 @@ from auctionlab.tasks.common import (
     non_finite_failure,
     one_line_write_errors,
     progress_enabled,
+    record_objective,
     run_dir,
     setup_runtime,
 )
@@ -90,7 +91,7 @@ def oracle_skipped(oracle, env) -> str | None:
 
 @one_line_write_errors
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate; returns the metrics written to metrics.json.
+    """Evaluate; returns the metrics written to metrics.json (``objective`` included).
 
     Raises:
         NonFiniteError: a NaN or inf stress-test metric: ``failure.json`` says which, no
@@ -147,6 +148,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
         metrics.update(extra)
         files += figures
+        objective_tags = record_objective(cfg, metrics)
         write_metrics(out, metrics, tracker.provenance)
         text = render_evaluation(
             label,
@@ -160,6 +162,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         report.write_text(text)
         write_manifest(out)  # last: seals the config and metrics.json
         tracker.log_metrics(metrics)
+        tracker.set_tags(objective_tags)
         sealed = [out / "config.yaml", out / "metrics.json", out / MANIFEST]
         tracker.log_artifacts([*sealed, report, *files])
     warn_ir(metrics, where=f"evaluate {label}")

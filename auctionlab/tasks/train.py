@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
@@ -33,12 +33,28 @@ from auctionlab.tasks.common import (
     log,
     one_line_write_errors,
     progress_enabled,
+    record_objective,
     run_dir,
     setup_runtime,
 )
 from auctionlab.tracking import Tracker, previous_run_id
 from auctionlab.training import Trainer
 from auctionlab.utils import make_generator
+
+#: Profiles in the input example of the exported MLflow model.
+EXAMPLE_PROFILES = 8
+
+
+def export_model(cfg: DictConfig) -> bool:
+    """Whether to log the trained mechanism as an MLflow model (``train.mlflow_model``).
+
+    ``auto`` exports at every scale but ``smoke``: there the export (a ``torch.export`` trace,
+    seconds) would cost more than the run, whose numbers are meaningless anyway.
+    """
+    value = cfg.train.get("mlflow_model", "auto")
+    if value == "auto":
+        return str(OmegaConf.select(cfg, "scale.name")) != "smoke"
+    return bool(value)
 
 
 def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, str]]:
@@ -109,6 +125,9 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
 @one_line_write_errors
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train ``cfg.mechanism`` on ``cfg.env``; returns the metrics written to metrics.json.
+
+    They include ``objective`` (:func:`~auctionlab.tasks.common.record_objective`), the value
+    the console script returns to Hydra.
 
     Raises:
         NonFiniteError: NaN or inf during training or validation. The last good checkpoint
@@ -182,16 +201,33 @@ def run(cfg: DictConfig) -> dict[str, float]:
             raise record_failure(out, checkpoint, trainer.iteration, f"non-finite validation {bad}")
         metrics.update(summary)
         metrics["iterations"] = float(trainer.iteration)
+        try:
+            objective_tags = record_objective(cfg, metrics)
+        except ConfigError as err:  # the trained weights are in the checkpoint already
+            raise ConfigError(
+                f"{err} (the checkpoint is kept: `auctionlab train resume={out}` with a valid "
+                "objective validates it again without training)"
+            ) from None
         # Files first: a logging error after hours of training must not lose the results.
         write_metrics(out, metrics, tracker.provenance)
         label = f"{env.name} {picked.get('mechanism', '')}"
         files = write_curve(curve, out, f"{label}: validation")
         files += write_allocation_map(mechanism, env, out, f"{label}: allocation")
         write_manifest(out)  # last: seals config, choices, checkpoint and metrics
-        tracker.set_tags({"checkpoint_sha256": digest})
+        tracker.set_tags({"checkpoint_sha256": digest, **objective_tags})
         tracker.log_metrics(metrics, trainer.iteration)
         sealed = [out / "config.yaml", out / "metrics.json", out / MANIFEST]
         tracker.log_artifacts([*sealed, checkpoint, hash_path(checkpoint), *files])
+        # Last: the run's results are logged whatever happens here.
+        if export_model(cfg) and tracker.active:
+            if val_types.public:  # the exported function takes the reports alone
+                log.info(
+                    "no MLflow model: %s takes public inputs (%s) besides the reports",
+                    type(mechanism).__name__,
+                    ", ".join(val_types.public),
+                )
+            else:
+                tracker.log_model(mechanism, val_types.values[:EXAMPLE_PROFILES])
     if tracker.logging_error:
         log.warning(
             "MLflow logging failed midway (%s); results are in %s", tracker.logging_error, out

@@ -20,6 +20,7 @@ from auctionlab.training import (
     Trainer,
     Unconstrained,
 )
+from auctionlab.training.loop import progress_line
 
 
 def make_env(n: int, m: int, demand: str = "additive") -> AuctionEnv:
@@ -254,3 +255,28 @@ def test_non_finite_loss_is_reported():
         trainer.mechanism.payment_net[0].weight.fill_(float("nan"))
     with pytest.raises(NonFiniteError, match="iteration 0"):
         trainer.step()
+
+
+def test_progress_line_is_one_compact_line():
+    window = {"train_revenue": 0.54123, "train_regret": 0.00123, "train_loss": -0.5}
+    line = progress_line(window, 40, 200, 2.0, constraint={"gamma": 0.3141, "regret_budget": 0.02})
+    assert line == (
+        "iteration 40/200: revenue 0.5412, regret 1.23e-03, gamma 0.314, regret_budget 0.02, "
+        "2 it/s, eta 1m20s"
+    )
+    # a family's own objective, no attacker (no regret), hours left
+    line = progress_line({"train_log_nsw": -1.5}, 1, 10001, 1.0, objective="train_log_nsw")
+    assert line == "iteration 1/10001: log_nsw -1.5000, 1 it/s, eta 2h46m"
+
+
+def test_without_a_bar_every_log_point_logs_a_progress_line(caplog):
+    trainer = make_trainer(make_env(2, 2), iterations=6, log_every=2)
+    with caplog.at_level("INFO", logger="auctionlab"):
+        trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("iteration ")]
+    assert [line.split(":")[0] for line in lines] == [
+        "iteration 2/6",
+        "iteration 4/6",
+        "iteration 6/6",
+    ]
+    assert all("regret " in line and "it/s, eta " in line for line in lines)

@@ -189,30 +189,44 @@ def test_tune_runs_trials_resumes_the_study_and_reports(cli, tmp_path, list_runs
     assert {"tune.md", "trials.csv", "pareto.png"} <= artifacts
 
 
-# -- pareto mode ------------------------------------------------------------------------------
-def test_pareto_mode_reports_a_non_empty_front(tmp_path):
-    storage = tmp_path / "pareto.db"
+# -- pareto mode, and a failing trial the study gets past ---------------------------------------
+def test_pareto_mode_reports_a_non_empty_front_past_a_failed_trial(tmp_path):
+    storage, name = f"sqlite:///{tmp_path / 'pareto.db'}", "2x2-regretnet-pareto"
+    # The first trial is RochetNet on 2 bidders: it fails at once (nothing is trained), is FAIL in
+    # the study, and the search goes on until one trial is complete.
+    waiting = optuna.create_study(
+        study_name=name, storage=storage, directions=["maximize", "minimize"]
+    )
+    waiting.enqueue_trial({"trainer.lr": 0.003, "mechanism": "rochetnet"})
     out = tmp_path / "run"
     overrides = [
         "scale=smoke",
         "threads=1",
         "tune.mode=pareto",
         "tune.trials=1",
+        "tune.max_failures=5",
         "tune.sampler=random",
         f"tune.storage={storage}",
-        *rewrite_args(SPACE[:2]),  # what the console script passes on
+        *rewrite_args([*SPACE[:2], "+tune.space.mechanism=choice(regretnet,rochetnet)"]),
     ]
     error = run_stage("tune", overrides, out, task_function)  # in-process, as reproduce runs jobs
     assert error is None, error
-    study = optuna.load_study(study_name="2x2-regretnet-pareto", storage=f"sqlite:///{storage}")
+    study = optuna.load_study(study_name=name, storage=storage)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
-    assert len(study.best_trials) == 1
+    *failed, done = study.trials
+    assert failed and done.state == optuna.trial.TrialState.COMPLETE
+    for trial in failed:
+        assert trial.state == optuna.trial.TrialState.FAIL
+        assert trial.params["mechanism"] == "rochetnet"
+        assert "needs one bidder" in trial.user_attrs["error"]
+    assert [t.number for t in study.best_trials] == [done.number]
     assert json.loads((out / "metrics.json").read_text())["front_size"] == 1
     report = (out / "tune.md").read_text()
     assert "## Pareto trials" in report and "val_revenue" in report and "val_regret_mean" in report
     with (out / "trials.csv").open() as handle:
-        (row,) = list(csv.DictReader(handle))
-    assert row["selected"] == "True" and float(row["val_regret_mean"]) >= 0
+        rows = list(csv.DictReader(handle))
+    assert [r["state"] for r in rows] == ["FAIL"] * len(failed) + ["COMPLETE"]
+    assert [r["selected"] for r in rows][-1] == "True" and float(rows[-1]["val_regret_mean"]) >= 0
     assert (out / "pareto.png").stat().st_size > 0
 
 

@@ -92,7 +92,13 @@ def plot_front(
 
     ax.set_xscale("log")
     if not shown:
-        ax.text(0.5, 0.5, "no complete trial", ha="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no trial with a finite metric and regret",
+            ha="center",
+            transform=ax.transAxes,
+        )
     ax.scatter(
         [x_of(p) for p in shown],
         [float(p["metric"]) for p in shown],

@@ -65,6 +65,7 @@ def usage() -> str:
         "  auctionlab evaluate run=outputs/runs/<date>/<time>_train",
         "  auctionlab evaluate mechanism=myerson_itemwise env=2x2",
         "  auctionlab reproduce --list; auctionlab reproduce experiment=<name> scale=smoke",
+        "  auctionlab tune scale=smoke tune.trials=4   (again: continues the study)",
         "  auctionlab runs            (recent runs and their metrics)",
         "  auctionlab <task> --help      (the task's options; --cfg job prints its config)",
     ]
@@ -410,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
                 return
         if task == "train":
             rest = resume_overrides(rest)
+        rewrite = getattr(importlib.import_module(TASKS[task][0]), "rewrite_args", None)
+        if rewrite is not None:  # e.g. tune: a search space typed unquoted is its text
+            rest = rewrite(rest)
         try:
             if not any(a.split("=")[0] in INFO_FLAGS for a in rest):
                 precheck(task, rest)

@@ -54,6 +54,10 @@ OPTIMIZERS = ("adam", "sgd")
 FALLBACKS = ("none", "local")
 DIRECTIONS = ("maximize", "minimize")
 PROGRESS = ("auto", True, False)
+#: ``tune.sampler``: Optuna's TPE, random search, NSGA-II.
+SAMPLERS = ("tpe", "random", "nsga2")
+#: ``tune.mode``: maximise one objective, or search the revenue-regret Pareto front.
+TUNE_MODES = ("single", "pareto")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -267,6 +271,50 @@ class ObjectiveSection:
 
 
 @dataclass
+class TuneSection:
+    """``tune``: the Optuna search of ``auctionlab tune`` (see :mod:`auctionlab.experiments.tune`).
+
+    ``space`` (config key -> Hydra sweep syntax) is parsed and checked by
+    :func:`auctionlab.experiments.tune.parse_space`.
+    """
+
+    trials: int = 20
+    parallel: int = 1
+    sampler: str = "tpe"
+    mode: str = "single"
+    study: Optional[str] = None  # noqa: UP045
+    storage: Optional[str] = None  # noqa: UP045
+    evaluate: bool = False
+    evaluate_overrides: list[str] = field(default_factory=list)
+    max_failures: Optional[int] = None  # noqa: UP045
+    space: Any = None
+
+    def check(self, path: str) -> None:
+        """Ranges and allowed values."""
+        _at_least(f"{path}.trials", self.trials, 1)
+        _at_least(f"{path}.parallel", self.parallel, 1)
+        _at_least(f"{path}.max_failures", self.max_failures, 1)
+        _require(
+            self.sampler in SAMPLERS,
+            f"{path}.sampler={self.sampler} is not valid; choose one of {', '.join(SAMPLERS)}",
+        )
+        _require(
+            self.mode in TUNE_MODES,
+            f"{path}.mode={self.mode} is not valid; choose one of {', '.join(TUNE_MODES)}",
+        )
+        _require(
+            self.study is None or bool(self.study.strip()),
+            f"{path}.study is empty; give the study a name or null (derived from env and "
+            "mechanism)",
+        )
+        _require(
+            self.storage is None or bool(self.storage.strip()),
+            f"{path}.storage is empty; give an sqlite file or database URL, or null "
+            "(outputs/tune/<study>.db)",
+        )
+
+
+@dataclass
 class Runtime:
     """Top-level keys shared by the tasks (each task has the ones it needs)."""
 
@@ -298,6 +346,7 @@ SECTIONS: dict[str, type] = {
     "trainer": TrainerSection,
     "validation": ValidationSection,
     "objective": ObjectiveSection,
+    "tune": TuneSection,
 }
 #: Keys inside sections that hold components (checked as such, not by the section).
 COMPONENT_KEYS = {"trainer": ("constraint",), "validation": ("attacker",)}

@@ -506,6 +506,13 @@ class Tracker:
                 "set_tag", self.client.set_tag, self.run_id, tag_key(key), str(value)[:5000]
             )
 
+    def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Add tags to another run of the store (a child run this task launched)."""
+        if not self.active:
+            return
+        for key, value in tags.items():
+            self._safely("set_tag", self.client.set_tag, run_id, tag_key(key), str(value)[:5000])
+
     def log_artifacts(self, paths: Iterable[Path]) -> None:
         """Attach files to the run."""
         if not self.active:

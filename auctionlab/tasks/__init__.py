@@ -5,6 +5,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "train": ("auctionlab.tasks.train", "fit a learned mechanism (RegretNet, RochetNet...)"),
     "evaluate": ("auctionlab.tasks.evaluate", "stress-test a trained run or a classical mechanism"),
     "reproduce": ("auctionlab.tasks.reproduce", "run an experiment's sweep into a table (--list)"),
+    "tune": ("auctionlab.tasks.tune", "search train hyperparameters with Optuna (resumable)"),
     "runs": ("auctionlab.tasks.runs", "list recent MLflow runs with their key metrics"),
     "certify": (
         "auctionlab.tasks.certify",

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A single-node Slurm on this machine, to try `hydra/launcher=submitit_slurm` for real.
 #
-#   scripts/slurm_local.sh start [STATE_DIR]    # munged + slurmctld + slurmd, prints the SLURM_CONF line
+#   scripts/slurm_local.sh start [STATE_DIR]    # the daemons; prints the SLURM_CONF line
 #   scripts/slurm_local.sh status [STATE_DIR]   # daemons, node and queue
-#   scripts/slurm_local.sh stop [STATE_DIR]     # stops all three; the state dir stays for its logs
+#   scripts/slurm_local.sh stop [STATE_DIR]     # cancels the jobs, stops every daemon; logs stay
 #
 # Needs root and Debian's packages: apt-get install slurmctld slurmd slurm-client munge.
 # Everything the daemons write (slurm.conf, cgroup.conf, munge key and socket, spool, state,
@@ -11,6 +11,11 @@
 # under /etc is touched and several state dirs can coexist on distinct ports
 # (SLURM_LOCAL_CTLD_PORT, SLURM_LOCAL_SLURMD_PORT; defaults 6817 and 6818).
 # Clients (sbatch, squeue, the submitit launcher) find this cluster through SLURM_CONF.
+#
+# Accounting (sacct, which submitit polls for job states) needs slurmdbd and a MariaDB server
+# (apt-get install slurmdbd mariadb-server): with SLURM_LOCAL_ACCOUNTING=auto (the default) they
+# run when both are installed, on SLURM_LOCAL_DBD_PORT and SLURM_LOCAL_DB_PORT (6819, 6820; the
+# database lives in STATE_DIR/db); =no never, =yes fails without them.
 #
 # Processes are tracked by walking /proc (proctrack/linuxproc) and tasks are not bound
 # (task/none): neither needs systemd or a writable cgroup tree, so this runs in a container.
@@ -21,6 +26,9 @@ action=${1:-}
 state=$(realpath -m "${2:-${AUCTIONLAB_SLURM_DIR:-/tmp/auctionlab-slurm}}")
 ctld_port=${SLURM_LOCAL_CTLD_PORT:-6817}
 slurmd_port=${SLURM_LOCAL_SLURMD_PORT:-6818}
+dbd_port=${SLURM_LOCAL_DBD_PORT:-6819}
+db_port=${SLURM_LOCAL_DB_PORT:-6820}
+accounting=${SLURM_LOCAL_ACCOUNTING:-auto}
 niceness=${SLURM_LOCAL_NICE:-19}
 partition=${SLURM_LOCAL_PARTITION:-local}
 conf=$state/slurm.conf
@@ -39,6 +47,19 @@ need() {
     ((${#missing[@]} == 0)) ||
         die "not found: ${missing[*]} (apt-get install slurmctld slurmd slurm-client munge)"
     [[ $(id -u) == 0 ]] || die "the daemons run as root here (SlurmUser=root); run as root"
+    local db_tools=(slurmdbd sacctmgr mariadbd mariadb mariadb-install-db) have=yes
+    for exe in "${db_tools[@]}"; do
+        command -v "$exe" >/dev/null || have=no
+    done
+    case $accounting in
+    auto) accounting=$have ;;
+    yes)
+        [[ $have == yes ]] || die "SLURM_LOCAL_ACCOUNTING=yes needs ${db_tools[*]}" \
+            "(apt-get install slurmdbd mariadb-server)"
+        ;;
+    no) ;;
+    *) die "SLURM_LOCAL_ACCOUNTING must be auto, yes or no (got '$accounting')" ;;
+    esac
 }
 
 pid_alive() {
@@ -74,8 +95,7 @@ SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+$(accounting_lines)
 JobCompType=jobcomp/filetxt
 JobCompLoc=$state/log/jobcomp.log
 MpiDefault=none
@@ -90,13 +110,85 @@ KillWait=10
 $node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=$partition Nodes=$name Default=YES MaxTime=INFINITE State=UP
 EOF
-    # Read by slurmd even when no cgroup plugin is configured; none is used here.
+    # slurmd loads cgroup.conf next to slurm.conf at start; spelled out here: no cgroup plugin
+    # is configured, so nothing is constrained (a container may not let us write cgroups).
     cat >"$state/cgroup.conf" <<EOF
 CgroupPlugin=autodetect
 ConstrainCores=no
 ConstrainRAMSpace=no
 ConstrainDevices=no
 EOF
+}
+
+accounting_lines() {
+    if [[ $accounting == yes ]]; then
+        printf '%s\n' JobAcctGatherType=jobacct_gather/linux \
+            AccountingStorageType=accounting_storage/slurmdbd \
+            AccountingStorageHost=127.0.0.1 "AccountingStoragePort=$dbd_port" \
+            "AccountingStoragePass=$socket" # the munge socket for slurmdbd connections
+    else
+        printf '%s\n' JobAcctGatherType=jobacct_gather/none \
+            AccountingStorageType=accounting_storage/none
+    fi
+}
+
+db_sql() {
+    mariadb --no-defaults --socket="$state/db/mysqld.sock" --batch -e "$1"
+}
+
+start_accounting() {
+    # MariaDB in the state dir (root logs in through its socket), then slurmdbd on top of it.
+    local db=$state/db
+    mkdir -p "$db"
+    if [[ ! -d $db/data/mysql ]]; then
+        mariadb-install-db --no-defaults --user=root --datadir="$db/data" --skip-test-db \
+            --auth-root-authentication-method=socket >"$state/log/mariadb-install.log" 2>&1 ||
+            die "mariadb-install-db failed, see $state/log/mariadb-install.log"
+    fi
+    if ! pid_alive "$db/mariadbd.pid"; then
+        # mariadbd does not detach itself: setsid, and no inherited stdout a caller waits on.
+        # Native AIO is off because not every container offers it.
+        setsid nice -n "$niceness" mariadbd --no-defaults --user=root --datadir="$db/data" \
+            --socket="$db/mysqld.sock" --port="$db_port" --bind-address=127.0.0.1 \
+            --pid-file="$db/mariadbd.pid" --log-error="$state/log/mariadbd.log" \
+            --skip-name-resolve --innodb-use-native-aio=0 \
+            --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 \
+            </dev/null >/dev/null 2>&1 &
+    fi
+    wait_for 60 "MariaDB" db_sql 'SELECT 1' ||
+        die "MariaDB did not start, see $state/log/mariadbd.log"
+    [[ -s $db/password ]] ||
+        (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$db/password")
+    local password
+    password=$(cat "$db/password")
+    db_sql "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$password';
+            GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+    # slurmdbd reads slurmdbd.conf next to SLURM_CONF and refuses one others can read.
+    (
+        umask 077
+        cat >"$state/slurmdbd.conf" <<EOF
+AuthType=auth/munge
+AuthInfo=socket=$socket
+DbdHost=$(hostname -s)
+DbdAddr=127.0.0.1
+DbdPort=$dbd_port
+SlurmUser=root
+PidFile=$state/slurmdbd.pid
+LogFile=$state/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$db_port
+StorageUser=slurm
+StoragePass=$password
+StorageLoc=slurm_acct_db
+EOF
+    )
+    pid_alive "$state/slurmdbd.pid" || nice -n "$niceness" slurmdbd
+    wait_for 60 "slurmdbd" sacctmgr -n list cluster ||
+        die "slurmdbd did not answer, see $state/log/slurmdbd.log"
+    # The controller's records go to its cluster, which must exist before it starts.
+    sacctmgr -n -P list cluster format=cluster | grep -qx auctionlab ||
+        sacctmgr -i add cluster auctionlab >/dev/null
 }
 
 start_munge() {
@@ -115,13 +207,12 @@ start_munge() {
 
 wait_for() {
     # wait_for SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds
-    local seconds=$1 what=$2
+    local deadline=$((SECONDS + $1))
     shift 2
-    for ((i = 0; i < seconds * 2; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || return 1
         sleep 0.5
     done
-    return 1
 }
 
 node_idle() {
@@ -134,6 +225,7 @@ start() {
     write_conf
     export SLURM_CONF=$conf
     start_munge
+    [[ $accounting == yes ]] && start_accounting
     pid_alive "$state/slurmctld.pid" ||
         nice -n "$niceness" slurmctld -f "$conf"
     pid_alive "$state/slurmd.pid" ||
@@ -143,7 +235,10 @@ start() {
         tail -n 15 "$state"/log/*.log >&2 || true
         exit 1
     fi
-    echo "Slurm is up: partition '$partition' on $(sinfo -h -N -o '%N (%c CPUs, %m MB)' | head -n 1)."
+    local node
+    node=$(sinfo -h -N -o '%N (%c CPUs, %m MB)' | head -n 1)
+    echo "Slurm is up: partition '$partition' on $node," \
+        "accounting $([[ $accounting == yes ]] && echo 'on (sacct)' || echo 'off')."
     echo "export SLURM_CONF=$conf"
 }
 
@@ -151,11 +246,12 @@ status() {
     export SLURM_CONF=$conf
     [[ -f $conf ]] || die "no cluster in $state (run: $0 start $state)"
     local name
-    for name in munge/munged slurmctld slurmd; do
+    for name in munge/munged db/mariadbd slurmdbd slurmctld slurmd; do
+        [[ $name == db/* || $name == slurmdbd ]] && [[ ! -d $state/db ]] && continue
         if pid_alive "$state/$name.pid"; then
-            echo "${name#munge/}: running (pid $(cat "$state/$name.pid"))"
+            echo "${name#*/}: running (pid $(cat "$state/$name.pid"))"
         else
-            echo "${name#munge/}: stopped"
+            echo "${name#*/}: stopped"
         fi
     done
     if scontrol ping >/dev/null 2>&1; then
@@ -186,6 +282,8 @@ stop() {
     fi
     stop_pid "$state/slurmd.pid"
     stop_pid "$state/slurmctld.pid"
+    stop_pid "$state/slurmdbd.pid"
+    stop_pid "$state/db/mariadbd.pid"
     stop_pid "$state/munge/munged.pid"
     echo "Slurm in $state stopped (logs in $state/log)."
 }

@@ -23,6 +23,8 @@ from conftest import REPO, mlflow_runs, run_cli
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
 #: What the script needs on PATH (Debian: slurmctld slurmd slurm-client munge).
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
+#: Accounting (sacct) on top: slurmdbd and MariaDB (Debian: slurmdbd mariadb-server).
+ACCOUNTING = ("slurmdbd", "sacctmgr", "sacct", "mariadbd", "mariadb", "mariadb-install-db")
 PARTITION = "local"
 
 
@@ -36,10 +38,16 @@ def _why_not() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nothing listens on (all held open while choosing)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 @dataclass
@@ -48,6 +56,8 @@ class Cluster:
 
     state: Path
     env: dict[str, str]
+    #: whether slurmdbd keeps accounting, so that ``sacct`` answers
+    accounting: bool
 
     def log(self, name: str, lines: int = 30) -> str:
         """The last ``lines`` lines of ``log/<name>`` (for failure messages)."""
@@ -75,19 +85,23 @@ def slurm() -> Iterator[Cluster]:
         pytest.skip(reason)
     # A short path: the munge socket lives in it, and a Unix socket path has at most 107 bytes.
     state = Path(tempfile.mkdtemp(prefix="auctionlab-slurm-"))
-    ports = {
-        "SLURM_LOCAL_CTLD_PORT": str(_free_port()),
-        "SLURM_LOCAL_SLURMD_PORT": str(_free_port()),
+    accounting = all(shutil.which(name) for name in ACCOUNTING)
+    names = ("CTLD", "SLURMD", "DBD", "DB")
+    chosen = zip(names, _free_ports(len(names)), strict=True)
+    ports = {f"SLURM_LOCAL_{name}_PORT": str(port) for name, port in chosen}
+    ports |= {
         "SLURM_LOCAL_PARTITION": PARTITION,
+        "SLURM_LOCAL_ACCOUNTING": "yes" if accounting else "no",
     }
-    cluster = Cluster(state, {"SLURM_CONF": str(state / "slurm.conf")})
+    cluster = Cluster(state, {"SLURM_CONF": str(state / "slurm.conf")}, accounting)
     try:
         started = _script("start", state, ports)
         assert started.returncode == 0, f"{started.stdout}\n{started.stderr}"
         yield cluster
     finally:
         stopped = _script("stop", state, ports)
-        leftover = [n for n in ("slurmctld", "slurmd", "munge/munged") if _alive(state, n)]
+        daemons = ("slurmctld", "slurmd", "slurmdbd", "db/mariadbd", "munge/munged")
+        leftover = [n for n in daemons if _alive(state, n)]
         if not leftover:
             shutil.rmtree(state, ignore_errors=True)
         assert stopped.returncode == 0 and not leftover, (
@@ -111,6 +125,19 @@ def _completed_jobs(jobcomp: Path) -> list[dict[str, str]]:
     if not jobcomp.exists():
         return []
     return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in jobcomp.read_text().splitlines()]
+
+
+def _sacct(cluster: Cluster, job: str) -> dict[str, str]:
+    """``sacct``'s state of each task of job ``job`` (steps left out)."""
+    done = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", job],
+        env={**os.environ, **cluster.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(line.split("|") for line in done.stdout.splitlines())
 
 
 @pytest.mark.slow
@@ -155,6 +182,9 @@ def test_two_job_sweep_through_slurm(slurm, tmp_path):
     assert sorted(j["ArrayTaskId"] for j in jobs) == ["0", "1"], logs
     assert all(j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0" for j in jobs), jobs
     assert {j["Partition"] for j in jobs} == {PARTITION}
+    if slurm.accounting:  # what submitit polls for job states
+        states = _sacct(slurm, array_id)
+        assert states == {f"{array_id}_0": "COMPLETED", f"{array_id}_1": "COMPLETED"}, states
 
     # Each array task ran one of the MLflow runs: its submitit log names that run's directory.
     run_dirs = {r.data.tags["run_dir"] for r in runs}
@@ -166,7 +196,8 @@ def test_two_job_sweep_through_slurm(slurm, tmp_path):
         ran |= {d for d in run_dirs if d in text}
     assert ran == run_dirs
     ids = ", ".join(f"{array_id}_{j['ArrayTaskId']} (JobId={j['JobId']})" for j in jobs)
-    print(f"Slurm jobs: {ids}; MLflow runs: {sorted(r.info.run_id for r in runs)}")
+    sacct = "sacct: both COMPLETED" if slurm.accounting else "no accounting"
+    print(f"Slurm jobs: {ids} ({sacct}); MLflow runs: {sorted(r.info.run_id for r in runs)}")
 
 
 def test_script_names_its_actions_on_a_wrong_one(tmp_path):

@@ -14,7 +14,7 @@ setup:  ## create .venv and install auctionlab with dev tools (CPU torch pinned)
 test:  ## default suite (minutes, CPU)
 	$(BIN)/pytest -q
 
-test-slow:  ## long checks (learned mechanisms at scale=cpu) and the fuzz tests with many examples
+test-slow:  ## long checks (learned mechanisms at scale=cpu, a sweep through scripts/slurm_local.sh's Slurm if installed) and fuzz tests with many examples
 	$(BIN)/pytest -q -m slow -p no:cacheprovider
 	HYPOTHESIS_PROFILE=slow $(BIN)/pytest -q tests/mechanisms/test_fuzz.py
 

@@ -117,7 +117,17 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def is_setting(key: str) -> bool:
-    """Whether the metric ``key`` states how a number was measured (:data:`SETTING_NAMES`)."""
+    """Whether the metric ``key`` states how a number was measured (:data:`SETTING_NAMES`).
+
+    A curve point's coordinates (``curve_r2_s10_attack_steps``) are not: see
+    :func:`curve_metric`.
+    """
+    if CURVE_KEY.match(key) is not None:
+        return False
+    return _ends_in_setting(key)
+
+
+def _ends_in_setting(key: str) -> bool:
     return any(key == name or key.endswith("_" + name) for name in SETTING_NAMES)
 
 
@@ -129,7 +139,7 @@ def curve_metric(key: str) -> tuple[str, int] | None:
     coordinates (``curve_r2_s10_attack_steps``...) are settings and give ``None`` as well.
     """
     match = CURVE_KEY.match(key)
-    if match is None or is_setting(match["name"]):
+    if match is None or _ends_in_setting(match["name"]):
         return None
     return f"{match['prefix']}curve_r{match['restarts']}_{match['name']}", int(match["steps"])
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from auctionlab.reporting.collect import logged_record
 from auctionlab.tracking import CURVE_KEY, Tracker, is_setting, run_files
 
 #: Budget numbers of a smoke train's validation and training attackers: params, never metrics.
@@ -78,6 +79,8 @@ def test_budget_numbers_are_params_and_every_number_is_somewhere(
         assert float(run.data.params[key]) == pytest.approx(numbers[key]), key
     for key in run.data.metrics:  # no chart of a constant setting, no flattened curve point
         assert not is_setting(key) and CURVE_KEY.match(key) is None, key
+    # What reproduce and tune read back: every number under its metrics.json name.
+    assert logged_record(mlflow_client, run) == pytest.approx(numbers)
     for key, value in numbers.items():  # nothing lost on the way
         if CURVE_KEY.match(key) is not None:
             continue  # test_the_curve_is_one_stepped_metric_per_restart_count
@@ -173,3 +176,5 @@ def test_a_changed_setting_of_a_continued_run_becomes_a_tag(compose, mlflow_clie
     assert run.data.params["val_profiles"] == "64" and run.data.params["delta"] == "0.05"
     assert run.data.tags["val_profiles"] == "128"  # params never change
     assert run.data.metrics == {"val_regret_mean": 0.25}
+    # No metrics.json artifact: the settings come back from the params.
+    assert logged_record(mlflow_client, run) == {"val_profiles": 64.0, "delta": 0.05}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from auctionlab.tracking import is_setting, with_retry
@@ -28,18 +31,31 @@ def logged_record(client, run) -> dict[str, float]:
     ``evaluate.attack_restarts``), as the tables ask for them.
     """
     try:
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
             path = with_retry(client.download_artifacts, run.info.run_id, "metrics.json", folder)
             return read_metrics_json(Path(path).parent)
     except Exception:  # noqa: BLE001 - no such artifact (a failed run, an older store)
         record: dict[str, float] = {}
         for key, text in run.data.params.items():
-            if is_setting(key):
+            if "." not in key and is_setting(key):  # not the config's (``scale.x.profiles``)
                 try:
                     record[key] = float(text)
                 except ValueError:
                     continue
         return record
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """No MLflow download bar per job on stderr (unless the user asked for one)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    given = name in os.environ
+    os.environ.setdefault(name, "false")
+    try:
+        yield
+    finally:
+        if not given:
+            os.environ.pop(name, None)
 
 
 def child_metrics(client, experiment_id: str, parent_run_id: str) -> dict[str, dict]:

@@ -2,7 +2,7 @@
 
 A task's flat metrics (what ``metrics.json`` holds) are split on the way to MLflow: results are
 metrics; numbers that say how a result was measured (the attacker's budget and what it spent,
-sample sizes, limits: :data:`SETTING_NAMES`) are params; a regret-vs-budget curve flattened into
+sample sizes, limits: :func:`is_setting`) are params; a regret-vs-budget curve flattened into
 names (``curve_r<R>_s<S>_<name>``) is one stepped metric per restart count and statistic. Every
 file of the run directory is an artifact once the run ends.
 
@@ -52,10 +52,10 @@ MODEL_NAME = "model"
 #: Longest experiment name every MLflow backend stores (the SQL stores' column width).
 EXPERIMENT_NAME_LIMIT = 256
 #: Last words of a metric name that state how a number was measured rather than a result: the
-#: attacker's budget and what it spent, sample sizes, limits, confidence levels (``val_profiles``,
-#: ``attack_restarts``, ``oracle_deviation_steps``, ``time_limit``...). They are MLflow params, one
-#: value per run, not metric charts; ``metrics.json`` keeps them next to the results. A result's
-#: name must not end in one of them.
+#: attacker's budget and what it spent, sample sizes (``val_profiles``, ``attack_restarts``,
+#: ``oracle_deviation_steps``, ``oracle_points``...). They are MLflow params, one value per run,
+#: not metric charts; ``metrics.json`` keeps them next to the results. A result's name must not
+#: end in one of them.
 SETTING_NAMES = (
     "attack_restarts",
     "attack_steps",
@@ -66,10 +66,9 @@ SETTING_NAMES = (
     "deviation_steps_per_instance",
     "profiles",
     "points",
-    "time_limit",
-    "delta",
-    "range",
 )
+#: Whole metric names that are settings too: a certifier's limit and confidence, a known range.
+SETTING_KEYS = frozenset({"time_limit", "delta", "regret_range"})
 #: A point of a regret-vs-budget curve flattened into a name (``val_curve_r2_s10_regret_mean``).
 CURVE_KEY = re.compile(r"^(?P<prefix>.*?)curve_r(?P<restarts>\d+)_s(?P<steps>\d+)_(?P<name>.+)$")
 #: Longest value of an MLflow param.
@@ -117,9 +116,10 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def is_setting(key: str) -> bool:
-    """Whether the metric ``key`` states how a number was measured (:data:`SETTING_NAMES`).
+    """Whether the metric ``key`` states how a number was measured, not a result.
 
-    A curve point's coordinates (``curve_r2_s10_attack_steps``) are not: see
+    Its name ends in one of :data:`SETTING_NAMES` or is one of :data:`SETTING_KEYS`. A curve
+    point's coordinates (``curve_r2_s10_attack_steps``) are not: see
     :func:`curve_metric`.
     """
     if CURVE_KEY.match(key) is not None:
@@ -128,7 +128,7 @@ def is_setting(key: str) -> bool:
 
 
 def _ends_in_setting(key: str) -> bool:
-    return any(key == name or key.endswith("_" + name) for name in SETTING_NAMES)
+    return key in SETTING_KEYS or any(key == n or key.endswith("_" + n) for n in SETTING_NAMES)
 
 
 def curve_metric(key: str) -> tuple[str, int] | None:
@@ -136,7 +136,8 @@ def curve_metric(key: str) -> tuple[str, int] | None:
 
     ``val_curve_r2_s10_regret_mean`` is ``("val_curve_r2_regret_mean", 10)``: one metric per
     restart count and statistic, its history the curve over the attacker's steps. The point's
-    coordinates (``curve_r2_s10_attack_steps``...) are settings and give ``None`` as well.
+    coordinates (``curve_r2_s10_attack_steps``, ``_profiles``) give ``None`` as well: they are
+    in the name, the step and the curve's CSV.
     """
     match = CURVE_KEY.match(key)
     if match is None or _ends_in_setting(match["name"]):

@@ -1,5 +1,11 @@
 """MLflow glue: every task is one MLflow run (sqlite store under ``outputs/`` by default).
 
+A task's flat metrics (what ``metrics.json`` holds) are split on the way to MLflow: results are
+metrics; numbers that say how a result was measured (the attacker's budget and what it spent,
+sample sizes, limits: :func:`is_setting`) are params; a regret-vs-budget curve flattened into
+names (``curve_r<R>_s<S>_<name>``) is one stepped metric per restart count and statistic. Every
+file of the run directory is an artifact once the run ends.
+
 Runs are written through an explicit ``MlflowClient`` and run id (no fluent "active run"), so a
 task can open child runs in-process (``auctionlab reproduce``) and every call can be retried
 when a shared sqlite store answers ``database is locked`` (parallel multirun jobs).
@@ -45,6 +51,28 @@ _DEAD: dict[str, str] = {}
 MODEL_NAME = "model"
 #: Longest experiment name every MLflow backend stores (the SQL stores' column width).
 EXPERIMENT_NAME_LIMIT = 256
+#: Last words of a metric name that state how a number was measured rather than a result: the
+#: attacker's budget and what it spent, sample sizes (``val_profiles``, ``attack_restarts``,
+#: ``oracle_deviation_steps``, ``oracle_points``...). They are MLflow params, one value per run,
+#: not metric charts; ``metrics.json`` keeps them next to the results. A result's name must not
+#: end in one of them.
+SETTING_NAMES = (
+    "attack_restarts",
+    "attack_steps",
+    "attack_step_size",
+    "attack_gradient",
+    "attack_cached_starts",
+    "deviation_steps",
+    "deviation_steps_per_instance",
+    "profiles",
+    "points",
+)
+#: Whole metric names that are settings too: a certifier's limit and confidence, a known range.
+SETTING_KEYS = frozenset({"time_limit", "delta", "regret_range"})
+#: A point of a regret-vs-budget curve flattened into a name (``val_curve_r2_s10_regret_mean``).
+CURVE_KEY = re.compile(r"^(?P<prefix>.*?)curve_r(?P<restarts>\d+)_s(?P<steps>\d+)_(?P<name>.+)$")
+#: Longest value of an MLflow param.
+PARAM_LIMIT = 500
 log = logging.getLogger("auctionlab")
 
 
@@ -85,6 +113,82 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def is_setting(key: str) -> bool:
+    """Whether the metric ``key`` states how a number was measured, not a result.
+
+    Its name ends in one of :data:`SETTING_NAMES` or is one of :data:`SETTING_KEYS`. A curve
+    point's coordinates (``curve_r2_s10_attack_steps``) are not: see
+    :func:`curve_metric`.
+    """
+    if CURVE_KEY.match(key) is not None:
+        return False
+    return _ends_in_setting(key)
+
+
+def _ends_in_setting(key: str) -> bool:
+    return key in SETTING_KEYS or any(key == n or key.endswith("_" + n) for n in SETTING_NAMES)
+
+
+def curve_metric(key: str) -> tuple[str, int] | None:
+    """``(stepped metric name, step)`` of a flattened curve point, ``None`` for other keys.
+
+    ``val_curve_r2_s10_regret_mean`` is ``("val_curve_r2_regret_mean", 10)``: one metric per
+    restart count and statistic, its history the curve over the attacker's steps. The point's
+    coordinates (``curve_r2_s10_attack_steps``, ``_profiles``) give ``None`` as well: they are
+    in the name, the step and the curve's CSV.
+    """
+    match = CURVE_KEY.match(key)
+    if match is None or _ends_in_setting(match["name"]):
+        return None
+    return f"{match['prefix']}curve_r{match['restarts']}_{match['name']}", int(match["steps"])
+
+
+def param_text(value: float) -> str:
+    """A setting as an MLflow param: ``2.0`` as ``2`` (as the config param would say it)."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def run_files(root: Path, skip: Iterable[Path] = ()) -> list[Path]:
+    """The regular files of the run directory ``root`` and its folders, as artifacts to log.
+
+    Left out: symbolic links (a link may point anywhere on the machine), the directories of
+    other runs below this one (a reproduce point's or a tune trial's jobs, which are runs with
+    their own artifacts: a folder with a ``.hydra`` folder or a ``config.yaml`` of its own) and
+    ``skip`` (files or folders, e.g. a tracking store kept inside the run directory).
+    """
+    skipped = {Path(p).resolve() for p in skip}
+    found: list[Path] = []
+    for top, folders, names in os.walk(root):  # never follows links to folders
+        here = Path(top)
+        folders[:] = sorted(
+            d for d in folders if (here / d).resolve() not in skipped and not _other_run(here / d)
+        )
+        for name in sorted(names):
+            path = here / name
+            if path.is_file() and not path.is_symlink() and path.resolve() not in skipped:
+                found.append(path)
+    return found
+
+
+def _other_run(folder: Path) -> bool:
+    """Whether ``folder`` (below a run directory) is a run directory of its own."""
+    if folder.is_symlink():
+        return True
+    if folder.name == ".hydra":  # this run's Hydra record (its config.yaml is Hydra's)
+        return False
+    return (folder / ".hydra").is_dir() or (folder / "config.yaml").is_file()
+
+
+def store_files(uri: str) -> list[Path]:
+    """A local sqlite store's database, lock and journal files and its artifact folder."""
+    if not uri.startswith("sqlite:///"):
+        return []
+    db = Path(uri.removeprefix("sqlite:///"))
+    suffixes = ("", ".lock", "-journal", "-wal", "-shm")
+    return [*(db.with_name(db.name + s) for s in suffixes), db.parent / "mlartifacts"]
 
 
 def is_locked(err: BaseException | None) -> bool:
@@ -376,6 +480,9 @@ class Tracker:
         self.logging_error: str | None = None
         self.lost_logging: str | None = None  # after exit: the logging error, if any
         self._stale_failure = False  # a resumed run's ``failure`` tag from the part before
+        #: The run directory (tag ``run_dir``) whose files are logged when the run ends.
+        self.run_dir = Path(self.tags["run_dir"]) if self.tags.get("run_dir") else None
+        self._uploaded: dict[Path, tuple[int, int]] = {}  # file -> (mtime, size) when logged
         #: Where the run ran (code version, libraries, device, threads): tags and metrics.json.
         self.provenance = run_provenance(cfg)
 
@@ -465,11 +572,11 @@ class Tracker:
         """Whether calls still reach the store."""
         return self.enabled and self.run_id is not None and self.logging_error is None
 
-    def _safely(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def _safely(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self.active:
-            return
+            return None
         try:
-            with_retry(fn, *args, **kwargs)
+            return with_retry(fn, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - the run's own files are what matters
             first = str(err).strip().splitlines()
             self.logging_error = f"{what}: {type(err).__name__}: {first[0] if first else ''}"
@@ -479,23 +586,69 @@ class Tracker:
                 self.logging_error,
                 self.run_id,
             )
+            return None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log numeric metrics (non-numbers are skipped)."""
+        """Log a task's flat numbers: results as metrics, settings as params, curves stepped.
+
+        Non-numbers are skipped. Names :func:`is_setting` accepts go to :meth:`log_params`;
+        curve points (:func:`curve_metric`) are logged at their attacker steps, their
+        coordinates not at all (the curve's CSV artifact has them); the rest at ``step``.
+        """
         if not self.active:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        numeric = [
-            Metric(k, float(v), now, int(step or 0))
-            for k, v in metrics.items()
-            if isinstance(v, int | float)
-        ]
+        numeric: list[Metric] = []
+        settings: dict[str, float] = {}
+        for key, value in metrics.items():
+            if not isinstance(value, int | float):
+                continue
+            if CURVE_KEY.match(key) is not None:
+                point = curve_metric(key)  # None: the point's coordinates
+                if point is not None:
+                    numeric.append(Metric(point[0], float(value), now, point[1]))
+            elif is_setting(key):
+                settings[key] = float(value)
+            else:
+                numeric.append(Metric(key, float(value), now, int(step or 0)))
         for lo in range(0, len(numeric), 1000):
             self._safely(
                 "log_metrics", self.client.log_batch, self.run_id, metrics=numeric[lo : lo + 1000]
             )
+        self.log_params(settings)
+
+    def log_params(self, settings: Mapping[str, float]) -> None:
+        """Log settings (numbers that say how a result was measured) as params.
+
+        MLflow keeps one value per param. One this run has already (the config's own
+        ``profiles``, the same budget logged by a resumed run's first part) is left as it is
+        when the value is the same; a different value (a resumed run measured with another
+        budget) becomes a tag of that name, with a log line, since params cannot change.
+        """
+        if not self.active or not settings:
+            return
+        from mlflow.entities import Param
+
+        run = self._safely("get_run", self.client.get_run, self.run_id)
+        if run is None:
+            return
+        logged = run.data.params
+        text = {k: param_text(v)[:PARAM_LIMIT] for k, v in settings.items()}
+        new = [Param(k, v) for k, v in text.items() if k not in logged]
+        for lo in range(0, len(new), 100):
+            self._safely(
+                "log_params", self.client.log_batch, self.run_id, params=new[lo : lo + 100]
+            )
+        changed = {k: v for k, v in text.items() if k in logged and logged[k] != v}
+        if changed:
+            log.info(
+                "MLflow params %s were logged before with other values; the new values are "
+                "tags of the same names",
+                ", ".join(sorted(changed)),
+            )
+            self.set_tags(changed)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Add tags to the run."""
@@ -514,12 +667,42 @@ class Tracker:
             self._safely("set_tag", self.client.set_tag, run_id, tag_key(key), str(value)[:5000])
 
     def log_artifacts(self, paths: Iterable[Path]) -> None:
-        """Attach files to the run."""
-        if not self.active:
-            return
+        """Attach files to the run (missing files and links are skipped).
+
+        A file of the run directory keeps its folder (``.hydra/overrides.yaml``); others go
+        to the top. A file logged before and unchanged since is not logged again, so the
+        files a task logs as soon as they are sealed cost nothing when :meth:`log_run_dir`
+        logs the whole directory at the end.
+        """
         for path in paths:
-            if Path(path).exists():
-                self._safely("log_artifact", self.client.log_artifact, self.run_id, str(path))
+            path = Path(path)
+            if not self.active:
+                return
+            if path.is_symlink() or not path.is_file():
+                continue
+            stat = path.stat()
+            key, seen = path.resolve(), (stat.st_mtime_ns, stat.st_size)
+            if self._uploaded.get(key) == seen:
+                continue
+            folder = None
+            if self.run_dir is not None:
+                with contextlib.suppress(ValueError):  # a file outside the run directory
+                    parent = key.relative_to(self.run_dir.resolve()).parent
+                    folder = None if parent == Path() else parent.as_posix()
+            self._safely("log_artifact", self.client.log_artifact, self.run_id, str(path), folder)
+            if self.active:
+                self._uploaded[key] = seen
+
+    def log_run_dir(self) -> None:
+        """Log every file of the run directory (:func:`run_files`) not logged as it is now.
+
+        Called when the run ends, finished, failed or interrupted: the log, ``choices.json``,
+        ``.hydra/``, figures and whatever the task wrote. A tracking store inside the run
+        directory is left out.
+        """
+        if self.run_dir is None or not self.run_dir.is_dir():
+            return
+        self.log_artifacts(run_files(self.run_dir, skip=store_files(self.uri or "")))
 
     def log_model(self, mechanism: Any, reports: Any, name: str = MODEL_NAME) -> bool:
         """Export a trained mechanism as this run's MLflow model (``runs:/<run id>/model``).
@@ -620,10 +803,14 @@ class Tracker:
             status = "KILLED"
         else:
             status = "FAILED" if exc is not None else "FINISHED"
+        missing = "later metrics are missing"
+        if self.logging_error is None:  # a store that failed midway gets no more uploads
+            self.log_run_dir()
+            missing = "files of the run directory are missing"
         error, self.logging_error = self.logging_error, None
         self.lost_logging = error
         if error is not None:  # one last try: the status and the reason matter most
-            self.set_tags({"logging_error": f"{error}; later metrics are missing"})
+            self.set_tags({"logging_error": f"{error}; {missing}"})
         if status == "FINISHED" and self._stale_failure:
             self._safely("delete_tag", self.client.delete_tag, self.run_id, "failure")
         self._safely("set_terminated", self.client.set_terminated, self.run_id, status)

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from auctionlab.conf import CONF_DIR
-from auctionlab.tracking import flatten
+from auctionlab.tracking import flatten, is_setting, param_text
 
 CONF = CONF_DIR
 
@@ -175,7 +175,11 @@ def test_train_records_one_finished_mlflow_run(smoke_train):
     out = _run_dirs(cwd)[0]
     cfg = OmegaConf.to_container(OmegaConf.load(out / "config.yaml"), resolve=True)
     expected = {k: str(v)[:500] for k, v in flatten(cfg).items()}
-    assert run.data.params == expected
+    # The config, and the settings of metrics.json (attacker budgets, sample sizes)
+    metrics = json.loads((out / "metrics.json").read_text())
+    settings = {k: param_text(v) for k, v in metrics.items() if is_setting(k)}
+    assert settings and not set(settings) & set(run.data.metrics)
+    assert run.data.params == {**expected, **settings}
     assert run.data.tags["choice.env"] == "2x2"
     assert run.data.tags["choice.mechanism"] == "regretnet"
     assert Path(run.data.tags["run_dir"]).resolve() == out.resolve()

@@ -242,7 +242,7 @@ def test_job_logs_to_mlflow_server(mlflow_server, cli, tmp_path, list_runs):
     (out,) = (cwd / "outputs" / "runs").glob("*/*")
     metrics = json.loads((out / "metrics.json").read_text())
     assert run.data.metrics["revenue"] == pytest.approx(metrics["revenue"])
-    assert run.data.metrics["attack_steps"] == metrics["attack_steps"]
+    assert float(run.data.params["attack_steps"]) == metrics["attack_steps"]  # a setting
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "evaluation.md"} <= artifacts
     assert len(list_runs()) == before  # nothing went to the session's sqlite store

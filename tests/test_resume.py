@@ -201,6 +201,12 @@ def test_sigterm_stops_evaluate_killed_and_without_metrics(tmp_path, mlflow_clie
     experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
     (killed,) = mlflow_client.search_runs(experiments, f"tags.run_dir = '{run.resolve()}'")
     assert killed.info.status == "KILLED" and not killed.data.metrics
+    # The files it has (config, log, Hydra's record) are its artifacts all the same.
+    files = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
+    assert {"config.yaml", "evaluate.log", ".hydra/overrides.yaml"} <= files
+    folders = ["", ".hydra"]
+    logged = {a.path for f in folders for a in mlflow_client.list_artifacts(killed.info.run_id, f)}
+    assert logged - {".hydra"} == files
 
 
 @pytest.fixture

@@ -55,6 +55,17 @@ def _number(metrics: dict[str, float], key: str) -> float:
     return float(metrics.get(key, math.nan))
 
 
+def _setting(run, key: str) -> float:
+    """A setting such as ``attack_restarts``: a param (older runs logged it as a metric)."""
+    text = run.data.params.get(key)
+    if text is None:
+        return _number(run.data.metrics, key)
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def describe(run) -> dict[str, str]:
     """One row for an MLflow run: when, status, what, headline metrics, IR violation, budget."""
     tags, metrics = run.data.tags, run.data.metrics
@@ -67,9 +78,9 @@ def describe(run) -> dict[str, str]:
     regret = _number(metrics, f"{prefix}regret_mean")
     budget = ""
     if not math.isnan(regret):
-        restarts = _number(metrics, f"{prefix}attack_restarts")
-        steps = _number(metrics, f"{prefix}attack_steps")
-        profiles = _number(metrics, f"{prefix}profiles")
+        restarts = _setting(run, f"{prefix}attack_restarts")
+        steps = _setting(run, f"{prefix}attack_steps")
+        profiles = _setting(run, f"{prefix}profiles")
         budget = f"{restarts:.0f}x{steps:.0f} @{profiles:.0f}"
     started = datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
     return {

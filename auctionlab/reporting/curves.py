@@ -27,17 +27,25 @@ CURVES = "training_curves.png"
 def read_history(path: Path) -> dict[str, list[float]]:
     """``history.csv`` as columns: ``{"iteration": [...], "train_revenue": [...], ...}``.
 
-    A value a row lacks (a column added later) is NaN; a missing file is an empty history.
+    A value a row left empty (a column added later) is NaN; a missing file is an empty
+    history. The rows end at the first one that does not parse or does not advance the
+    iteration: a write cut short when the process was killed.
     """
     if not path.is_file():
         return {}
     with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    columns = list(rows[0]) if rows else []
-    return {
-        key: [float(row[key]) if row.get(key) not in (None, "") else math.nan for row in rows]
-        for key in columns
-    }
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        rows: list[dict[str, float]] = []
+        for row in reader:
+            try:
+                parsed = {k: float(row[k]) if row[k] != "" else math.nan for k in columns}
+            except (TypeError, ValueError):  # a line cut short by a kill: nothing after it
+                break
+            if rows and not parsed["iteration"] > rows[-1]["iteration"]:
+                break  # a cut iteration number ("2" of "220.0"): the file ends before it
+            rows.append(parsed)
+    return {key: [row[key] for row in rows] for key in columns}
 
 
 class TrainingHistory:

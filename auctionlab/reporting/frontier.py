@@ -71,8 +71,9 @@ def read_point(run: Path, metric: str, regret: str) -> dict[str, Any] | None:
 
     Returns:
         ``{run, task, metric, regret, budget, overrides, evaluated}`` (``evaluated``: the train
-        run an evaluate run measured, resolved, or ``None``); ``None`` for a run of another
-        task or one without the metric or the regret.
+        run an evaluate run measured, resolved, or ``None``; an evaluate run's overrides are
+        that train run's, then its own); ``None`` for a run of another task or one without
+        the metric or the regret.
 
     """
     config = yaml.safe_load((run / "config.yaml").read_text()) or {}
@@ -98,14 +99,19 @@ def read_point(run: Path, metric: str, regret: str) -> dict[str, Any] | None:
         budget = f"{restarts:.0f} restarts x {steps:.0f} steps"
         budget += f", {profiles:.0f} profiles" if profiles is not None else ""
     evaluated = config.get("run") if task == "evaluate" else None
+    overrides = _overrides(run)
+    if evaluated:  # what was evaluated, then how: the train run's overrides first
+        evaluated = Path(str(evaluated)).resolve()
+        own = [o for o in overrides if o.split("=", 1)[0] != "run"]
+        overrides = [*_overrides(evaluated), *own]
     return {
         "run": run,
         "task": task,
         "metric": y,
         "regret": x,
         "budget": budget,
-        "overrides": _overrides(run),
-        "evaluated": Path(str(evaluated)).resolve() if evaluated else None,
+        "overrides": overrides,
+        "evaluated": evaluated,
     }
 
 

@@ -324,7 +324,7 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
         )
     ax.set_xscale("log")
     ax.set_xlabel("deviation-steps per bidder and profile" if by_cost else "attacker steps + 1")
-    ax.set_ylabel("mean regret per bidder" + (" (± SE over profiles)" if with_se else ""))
+    ax.set_ylabel("mean regret per bidder" + ("\n(± 1 SE over profiles)" if with_se else ""))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -419,7 +419,7 @@ def write_allocation_map(
     Writes ``allocation_map.png`` (one heatmap per item) and ``allocation_map.csv`` (the grid);
     other env shapes, or unbounded report spaces, get nothing. Where a revenue-optimal mechanism
     is known for ``env`` (Manelli-Vincent on two U[0,1] items, Pavlov for unit demand), the
-    edges of its regions are drawn dashed on both panels, as the RegretNet papers do, and
+    edges of its regions are drawn in white on both panels, as the RegretNet papers do, and
     written to ``allocation_map_optimal.csv`` (``mechanism, item, line, v1, v2``: the item
     whose probability changes across the edge, one row per polyline point).
 
@@ -491,9 +491,10 @@ def write_allocation_map(
                 ax.plot(
                     line[:, 0],
                     line[:, 1],
+                    # solid: an edge where both items change is drawn twice, and two dash
+                    # patterns out of phase would look like one solid line anyway
                     color="white",
-                    linestyle="--",
-                    linewidth=1.2,
+                    linewidth=1.3,
                     label=f"optimal ({optimal[0]}) regions" if index == 0 else None,
                 )
             ax.set_xlim(low[0], high[0])

@@ -273,7 +273,7 @@ class ManelliVincent(MenuMechanism):
 
     @classmethod
     def optimal_for(cls, env) -> bool:
-        """One additive bidder, two items i.i.d. U[0,1] [manelli2006bundling]."""
+        """[manelli2006bundling]: one additive bidder, two items with values i.i.d. U[0,1]."""
         return _one_bidder_two_unit_uniform_items(env, "additive")
 
     def __init__(
@@ -303,7 +303,7 @@ class Pavlov(MenuMechanism):
 
     @classmethod
     def optimal_for(cls, env) -> bool:
-        """One unit-demand bidder, two items i.i.d. U[0,1] [pavlov2011optimal]."""
+        """[pavlov2011optimal]: one unit-demand bidder, two items with values i.i.d. U[0,1]."""
         return _one_bidder_two_unit_uniform_items(env, "unit")
 
     def __init__(self, env, item_price: float = 1.0 / math.sqrt(3.0)) -> None:

@@ -127,7 +127,7 @@ def training_curves(
     history: TrainingHistory, env, metrics: dict[str, float], out: Path, label: str
 ) -> Path:
     """``training_curves.png`` from the run's ``history.csv``, titled with the training budget."""
-    budget = ""
+    budget = ": no regret estimated while training"
     if "train_attack_restarts" in metrics:  # regret was measured while training
         budget = (
             f": training attacker {metrics['train_attack_restarts']:.0f} restarts x "

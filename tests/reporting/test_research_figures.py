@@ -286,3 +286,15 @@ def test_optimal_mechanism_is_built_with_its_optimal_options():
     assert menu(grid).payment.flatten().tolist() == pytest.approx(
         [(4 - math.sqrt(2)) / 3, 2 / 3, 0]
     )
+
+
+def test_an_env_objective_gets_its_own_axis_and_no_regret_panel_without_regret(tmp_path):
+    history = {
+        "iteration": [10.0, 20.0],
+        "train_revenue": [0.0, 0.0],
+        "train_log_nsw": [-1.2, -0.9],
+    }
+    drawn = plot_training_curves(history, tmp_path / CURVES, objective="train_log_nsw")
+    assert is_png(drawn.path)
+    assert drawn.data["objective"] == [-1.2, -0.9]
+    assert drawn.data["regret"] is None and drawn.data["zero_floor"] is None

@@ -3,9 +3,10 @@
 ``python -m auctionlab.reporting.frontier <dir> [<dir> ...]`` reads every finished run under
 the given directories (a multirun's sweep directory, a tune run's directory, single run
 directories: anything with ``metrics.json`` and ``config.yaml``), and writes
-``frontier.png`` (metric against regret, the Pareto front joined and numbered, the attacker
+``frontier.png`` (metric against regret, every point labelled with its run directory below the
+runs' common folder, the Pareto front joined, the attacker
 budget in the regret axis's label, zero regret on the axis's ``0`` line) and ``frontier.csv``
-(one row per point: its number in the figure, whether it is on the front, the numbers, the
+(one row per point: its label in the figure, whether it is on the front, the numbers, the
 budget, its overrides and its directory).
 
 A ``train`` run contributes its validation numbers (``val_<metric>``); an ``evaluate`` run its
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,7 +120,10 @@ def read_point(run: Path, metric: str, regret: str) -> dict[str, Any] | None:
 def collect_points(
     paths: Sequence[Path], metric: str = "revenue", regret: str = "regret_mean"
 ) -> list[dict[str, Any]]:
-    """The points of every run under ``paths`` (:func:`read_point`), numbered from 0.
+    """The points of every run under ``paths`` (:func:`read_point`), each named (``trial``).
+
+    A point's name is its directory relative to the folder all the runs share (a sweep's job
+    number, ``evaluate_0``...).
 
     A train run that an evaluate run in the set measured is left out (the evaluate run's
     stress test stands for it).
@@ -135,8 +140,13 @@ def collect_points(
             f"frontier: no train or evaluate run under {', '.join(map(str, paths))} has both "
             f"{metric} and {regret} in its metrics.json"
         )
-    for number, point in enumerate(points):
-        point["trial"] = number
+    # Each point is named by its directory below the runs' common folder ("3", "evaluate_0",
+    # a tune's "trials/4/evaluate"): the figure's labels find their run without a lookup.
+    root = Path(os.path.commonpath([p["run"] for p in points]))
+    for point in points:
+        point["trial"] = point["run"].relative_to(root).as_posix() if len(points) > 1 else "."
+        if point["trial"] == ".":
+            point["trial"] = point["run"].name
     return points
 
 
@@ -151,7 +161,7 @@ def write_frontier(
     """``frontier.png`` and ``frontier.csv`` in ``out`` for ``points`` (:func:`collect_points`).
 
     Args:
-        points: numbered points (``trial``, ``metric``, ``regret``, ``budget``...).
+        points: named points (``trial``: the label, ``metric``, ``regret``, ``budget``...).
         out: the directory the files go to.
         metric: the y axis's name.
         regret: the x axis's name; the attacker budget is added when every point shares one.
@@ -184,7 +194,7 @@ def write_frontier(
                 + [p["task"], differs, str(p["run"])]
             )
     count = sum(mask)
-    title = title or f"{len(points)} runs, {count} on the Pareto front (numbers: frontier.csv)"
+    title = title or f"{len(points)} runs, {count} on the Pareto front (labels: run directories)"
     drawn = draw_front(
         points, out / "frontier.png", metric, label, title, noun="runs", number_all=True
     )
@@ -220,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(points)} runs, {len(front)} on the Pareto front -> {drawn.path}")
     for p in sorted(front, key=lambda p: p["regret"]):
         print(
-            f"  {p['trial']:>3}  {args.metric}={p['metric']:.4g}  {args.regret}={p['regret']:.3g}"
+            f"  {p['trial']}  {args.metric}={p['metric']:.4g}  {args.regret}={p['regret']:.3g}"
             f"  {p['run']}"
         )
     return 0

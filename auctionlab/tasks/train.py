@@ -129,9 +129,10 @@ def training_curves(
     """``training_curves.png`` from the run's ``history.csv``, titled with the training budget."""
     budget = ": no regret estimated while training"
     if "train_attack_restarts" in metrics:  # regret was measured while training
+        restarts, steps = metrics["train_attack_restarts"], metrics["train_attack_steps"]
         budget = (
-            f": training attacker {metrics['train_attack_restarts']:.0f} restarts x "
-            f"{metrics['train_attack_steps']:.0f} steps per batch"
+            f": training attacker {restarts:.0f} restart{'' if restarts == 1 else 's'} x "
+            f"{steps:.0f} steps per batch"
         )
     objective = None if env.objective is None else f"train_{env.objective_name}"
     return plot_training_curves(

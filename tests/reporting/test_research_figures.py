@@ -210,6 +210,10 @@ def test_the_frontier_of_a_sweep_and_its_evaluation(sweep, capsys):
 
     assert main([str(sweep["sweep"])]) == 0
     assert "2 runs" in capsys.readouterr().out
+    # labelled by their directories below the sweep's
+    assert sorted(p["trial"] for p in points) == sorted(
+        [sweep["evaluate"].name, sweep["1x2_unit"].name]
+    )
     assert is_png(sweep["sweep"] / "frontier.png")
     table = list(csv.DictReader((sweep["sweep"] / "frontier.csv").open()))
     expected = front_mask(

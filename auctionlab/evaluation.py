@@ -45,7 +45,8 @@ def evaluate_mechanism(
 
     Returns:
         Flat numeric metrics, and the regret-vs-budget curve as rows
-        ``{restarts, steps, regret_mean, regret_max}``. Every curve row is also a metric group
+        ``{restarts, steps, regret_mean, regret_se, regret_max}`` (``regret_se``: standard
+        error over profiles, as ``regret_se``). Every curve row is also a metric group
         ``curve_r<R>_s<S>_{regret_mean, regret_max, attack_restarts, attack_steps, profiles}``
         (e.g. the PGD phase of the hybrid attacker at several budgets, for stress tables), and
         the curve's largest budget is repeated as ``pgd_*`` (same suffixes). With an
@@ -105,6 +106,8 @@ def evaluate_mechanism(
             "restarts": float(r),
             "steps": float(s),
             "regret_mean": float(g.mean()),
+            # over profiles of the per-profile mean over bidders, as regret_se
+            "regret_se": float(g.mean(-1).std() / math.sqrt(B)) if B > 1 else 0.0,
             "regret_max": float(g.max()),
             # what reaching this point cost, per bidder and profile (where the attacker counts)
             **(
@@ -263,13 +266,40 @@ def wdp_metrics(mechanism, reports: torch.Tensor, instances: int = 0) -> dict[st
     return out
 
 
+def curve_lines(curve: list[dict[str, float]]) -> dict[str, dict[str, list[float]]]:
+    """The regret-vs-budget curve as the lines :func:`write_curve` draws.
+
+    One line per attacker (rows may name theirs: ``oracle``) and restart count, its points in
+    step order: ``x`` (deviation-steps per bidder and profile where every row says, else
+    ``steps + 1``), ``regret_mean`` and ``regret_se`` (NaN where a row has none).
+    """
+    by_cost = all("deviation_steps" in row for row in curve)
+    lines: dict[str, dict[str, list[float]]] = {}
+    for oracle, r in sorted({(str(row.get("oracle", "")), row["restarts"]) for row in curve}):
+        rows = sorted(
+            (row for row in curve if (str(row.get("oracle", "")), row["restarts"]) == (oracle, r)),
+            key=lambda row: row["steps"],
+        )
+        label = f"{int(r)} restart" + ("" if r == 1 else "s")
+        lines[f"{oracle}, {label}" if oracle else label] = {
+            "x": [float(row["deviation_steps"] if by_cost else row["steps"] + 1) for row in rows],
+            "regret_mean": [float(row["regret_mean"]) for row in rows],
+            "regret_se": [float(row.get("regret_se", math.nan)) for row in rows],
+        }
+    return lines
+
+
 def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> list[Path]:
-    """Write the regret-vs-budget curve as CSV and a PNG plot; returns the files written."""
+    """Write the regret-vs-budget curve as CSV and a PNG plot; returns the files written.
+
+    Error bars: ± one standard error over profiles (``regret_se``), where the rows carry it.
+    """
     if not curve:
         return []
     csv_path = run_dir / "regret_vs_budget.csv"
+    fields = list(dict.fromkeys(key for row in curve for key in row))
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(curve[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(curve)
     import matplotlib
@@ -280,25 +310,21 @@ def write_curve(curve: list[dict[str, float]], run_dir: Path, title: str) -> lis
     from auctionlab.core.figures import save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    # One line per attacker and restart count; rows may name their attacker (``oracle``).
-    lines = sorted({(str(row.get("oracle", "")), row["restarts"]) for row in curve})
-    # Regret against what it cost where every row says (deviation-steps per bidder and profile).
     by_cost = all("deviation_steps" in row for row in curve)
-    for oracle, r in lines:
-        rows = sorted(
-            (row for row in curve if (str(row.get("oracle", "")), row["restarts"]) == (oracle, r)),
-            key=lambda row: row["steps"],
-        )
-        label = f"{int(r)} restart" + ("" if r == 1 else "s")
-        ax.plot(
-            [row["deviation_steps"] if by_cost else row["steps"] + 1 for row in rows],
-            [row["regret_mean"] for row in rows],
+    lines = curve_lines(curve)
+    with_se = all(math.isfinite(se) for line in lines.values() for se in line["regret_se"])
+    for label, line in lines.items():
+        ax.errorbar(
+            line["x"],
+            line["regret_mean"],
+            yerr=line["regret_se"] if with_se else None,
             marker="o",
-            label=f"{oracle}, {label}" if oracle else label,
+            capsize=3,
+            label=label,
         )
     ax.set_xscale("log")
     ax.set_xlabel("deviation-steps per bidder and profile" if by_cost else "attacker steps + 1")
-    ax.set_ylabel("mean regret per bidder")
+    ax.set_ylabel("mean regret per bidder" + ("\n(± 1 SE over profiles)" if with_se else ""))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -330,13 +356,72 @@ def _local_metrics(mechanism, env, types: Types, generator, local_attacker) -> d
     }
 
 
+def boundary_lines(first: torch.Tensor, second: torch.Tensor, field: torch.Tensor) -> list:
+    """Where ``field`` crosses 1/2 over a grid: the edges of a deterministic allocation's regions.
+
+    Args:
+        first: ``[P]`` grid of the first report.
+        second: ``[Q]`` grid of the second report.
+        field: ``[P, Q]`` values (an allocation probability), indexed ``[first, second]``.
+
+    Returns:
+        Polylines, each a ``[K, 2]`` numpy array of ``(first, second)`` points.
+
+    """
+    import contourpy
+
+    generator = contourpy.contour_generator(
+        first.double().numpy(),
+        second.double().numpy(),
+        field.T.double().numpy(),
+        line_type="Separate",
+    )
+    return [line for line in generator.lines(0.5) if len(line) > 1]
+
+
+def optimal_boundary(env, grid: torch.Tensor, first, second) -> tuple[str, list] | None:
+    """The region edges of ``env``'s known optimal mechanism on the allocation map's grid.
+
+    Computed from that mechanism's own allocation on the grid (contours at 1/2 of each item's
+    probability, :func:`boundary_lines`), so the overlay is what the code implements.
+
+    Args:
+        env: a 1-bidder, 2-item env.
+        grid: ``[P*Q, 1, 2]`` the map's report profiles.
+        first: ``[P]`` the first report's grid.
+        second: ``[Q]`` the second report's grid.
+
+    Returns:
+        ``(config name, [(item, [K, 2] polyline), ...])``, or ``None`` where no optimal
+        mechanism is known for ``env`` (:func:`~auctionlab.mechanisms.optimal_mechanism`).
+
+    """
+    from auctionlab.mechanisms import optimal_mechanism
+
+    optimal = optimal_mechanism(env)
+    if optimal is None:
+        return None
+    with torch.no_grad():
+        allocation = optimal(grid.cpu()).allocation.view(len(first), len(second), 2)
+    lines = [
+        (item, line)
+        for item in range(2)
+        for line in boundary_lines(first, second, allocation[..., item])
+    ]
+    return optimal.config_name, lines
+
+
 def write_allocation_map(
     mechanism, env, run_dir: Path, title: str, points: int = 101
 ) -> list[Path]:
     """The classic RegretNet figure for one bidder and two items: P(item j) over the value box.
 
     Writes ``allocation_map.png`` (one heatmap per item) and ``allocation_map.csv`` (the grid);
-    other env shapes, or unbounded report spaces, get nothing.
+    other env shapes, or unbounded report spaces, get nothing. Where a revenue-optimal mechanism
+    is known for ``env`` (Manelli-Vincent on two U[0,1] items, Pavlov for unit demand), the
+    edges of its regions are drawn in white on both panels, as the RegretNet papers do, and
+    written to ``allocation_map_optimal.csv`` (``mechanism, item, line, v1, v2``: the item
+    whose probability changes across the edge, one row per polyline point).
 
     Args:
         mechanism: a mechanism for ``env`` (put in eval mode here).
@@ -371,6 +456,17 @@ def write_allocation_map(
             strict=True,
         ):
             writer.writerow([f"{x:.6g}" for x in [*row, payment]])
+    files = [csv_path]
+    optimal = optimal_boundary(env, grid, first, second)
+    if optimal is not None:
+        name, lines = optimal
+        files.append(run_dir / "allocation_map_optimal.csv")
+        with files[-1].open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["mechanism", "item", "line", "v1", "v2"])
+            for index, (item, line) in enumerate(lines):
+                for x, y in line.tolist():
+                    writer.writerow([name, item + 1, index, f"{x:.6g}", f"{y:.6g}"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,9 +485,24 @@ def write_allocation_map(
             vmax=1.0,
             cmap="viridis",
         )
+        if optimal is not None:
+            # every region edge on both panels: where the optimum switches what it sells
+            for index, (_, line) in enumerate(optimal[1]):
+                ax.plot(
+                    line[:, 0],
+                    line[:, 1],
+                    # solid: an edge where both items change is drawn twice, and two dash
+                    # patterns out of phase would look like one solid line anyway
+                    color="white",
+                    linewidth=1.3,
+                    label=f"optimal ({optimal[0]}) regions" if index == 0 else None,
+                )
+            ax.set_xlim(low[0], high[0])
+            ax.set_ylim(low[1], high[1])
+            ax.legend(fontsize=7, loc="upper right", framealpha=0.6)
         ax.set_xlabel("$v_1$")
         ax.set_ylabel("$v_2$")
         ax.set_title(f"probability of allocating item {item + 1}", fontsize=9)
         fig.colorbar(image, ax=ax)
     fig.suptitle(title, fontsize=10)
-    return [csv_path, save_figure(fig, run_dir / "allocation_map.png")]
+    return [*files, save_figure(fig, run_dir / "allocation_map.png")]

@@ -18,6 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from auctionlab.cli import resume_overrides
 from auctionlab.errors import Interrupted
+from auctionlab.reporting.curves import read_history
 from auctionlab.training import Trainer
 
 #: A tiny but real training run: ~1-2 ms per iteration on one thread.
@@ -70,15 +71,20 @@ def _started_and_checkpointed(spawn_console, cwd: Path) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, run_console) -> dict[str, float]:
+def uninterrupted_run(tmp_path_factory, run_console) -> Path:
     cwd = tmp_path_factory.mktemp("whole")
     result = run_console(["train", *TINY], cwd)
     assert result.returncode == 0, result.stderr[-3000:]
-    return _metrics(_only_run_dir(cwd))
+    return _only_run_dir(cwd)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run) -> dict[str, float]:
+    return _metrics(uninterrupted_run)
 
 
 def test_kill_then_resume_equals_uninterrupted(
-    uninterrupted, tmp_path, mlflow_uri, run_console, spawn_console
+    uninterrupted, uninterrupted_run, tmp_path, mlflow_uri, run_console, spawn_console
 ):
     cwd = tmp_path / "killed"
     cwd.mkdir()
@@ -97,6 +103,10 @@ def test_kill_then_resume_equals_uninterrupted(
     assert int(mlflow_run.data.tags["resumed_at_iteration"]) > 0
     steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train_revenue")]
     assert min(steps) == 20 and max(steps) == 1500  # one history across both parts
+    # history.csv too: the rows trained again after the kill are there once, as uninterrupted
+    history = read_history(run / "history.csv")
+    assert history["iteration"] == [float(i) for i in range(20, 1501, 20)]
+    assert history == read_history(uninterrupted_run / "history.csv")
 
 
 @pytest.mark.slow  # the SIGTERM test runs the same path; SIGINT's handler is tested in-process

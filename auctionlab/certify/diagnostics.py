@@ -254,6 +254,12 @@ def portfolio_oracle(o: dict, show: bool) -> PortfolioOracle:
     )
 
 
+def _se(gain: Tensor) -> float:
+    """Standard error over profiles of ``gain [B, n]``'s per-profile mean over bidders."""
+    per_profile = gain.double().mean(-1)
+    return float(per_profile.std() / per_profile.numel() ** 0.5) if per_profile.numel() > 1 else 0.0
+
+
 def budget_curve(
     o: dict,
     env,
@@ -288,6 +294,7 @@ def budget_curve(
                 "restarts": restarts,
                 "steps": steps,
                 "regret_mean": float(gain.mean()),
+                "regret_se": _se(gain),
                 "regret_max_bidder_mean": float(gain.mean(0).max()),
                 "profiles": count,
             }
@@ -301,6 +308,7 @@ def budget_curve(
             "restarts": o["random_oracle_samples"] if random else o["restarts"],
             "steps": 0 if random else o["steps"],
             "regret_mean": float(regret[:count].mean()),
+            "regret_se": _se(regret[:count]),
             "regret_max_bidder_mean": float(regret[:count].mean(0).max()),
             "profiles": count,
         }

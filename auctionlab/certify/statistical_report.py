@@ -165,14 +165,15 @@ def statistical_markdown(r: dict) -> str:
             "",
             "## Regret vs adversary budget",
             "",
-            "| oracle | restarts | steps | mean regret | max over bidders | profiles |",
-            "|---|---|---|---|---|---|",
+            "| oracle | restarts | steps | mean regret | SE | max over bidders | profiles |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in r["regret_vs_budget"]:
+            se = row.get("regret_se")  # absent from certificates written before it existed
             lines.append(
                 f"| {row['oracle']} | {row['restarts']} | {row['steps']} | "
-                f"{row['regret_mean']:.5f} | {row['regret_max_bidder_mean']:.5f} "
-                f"| {row['profiles']} |"
+                f"{row['regret_mean']:.5f} | {'' if se is None else f'{se:.5f}'} "
+                f"| {row['regret_max_bidder_mean']:.5f} | {row['profiles']} |"
             )
     if r["stress_tests"]:
         s = r["stress_tests"]

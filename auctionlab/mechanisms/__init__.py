@@ -1,6 +1,6 @@
 """Mechanisms: learned networks and classical rules behind one contract."""
 
-from auctionlab.mechanisms.base import ClassicalMechanism, Mechanism
+from auctionlab.mechanisms.base import ClassicalMechanism, Mechanism, optimal_mechanism
 from auctionlab.mechanisms.classical import VCG, FirstPrice, ManelliVincent, Pavlov, SecondPrice
 from auctionlab.mechanisms.equivariant import EquivariantNet
 from auctionlab.mechanisms.myerson import BundledMyerson, Myerson, MyersonItemwise
@@ -33,4 +33,5 @@ __all__ = [
     "RegretNetSparsemax",
     "RochetNet",
     "SecondPrice",
+    "optimal_mechanism",
 ]

@@ -173,3 +173,27 @@ class ClassicalMechanism(Mechanism):
     """A fixed rule with nothing to train (VCG, Myerson, menus...)."""
 
     learnable = False
+
+    @classmethod
+    def optimal_for(cls, env) -> bool:
+        """Whether the rule built with its default options is revenue-optimal on ``env``.
+
+        A theorem, not a measurement: figures overlay the optimal rule where one is known
+        (:func:`optimal_mechanism`). Default ``False``: no such result is claimed.
+        """
+        return False
+
+
+def optimal_mechanism(env) -> ClassicalMechanism | None:
+    """The known revenue-optimal classical rule for ``env`` (default options), or ``None``.
+
+    Every subclass of :class:`ClassicalMechanism` that has been imported is asked
+    (``optimal_for``); ``auctionlab.mechanisms`` imports them all.
+    """
+    pending = list(ClassicalMechanism.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        pending += cls.__subclasses__()
+        if cls.optimal_for(env):
+            return cls(env)
+    return None

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import Tensor
 
+from auctionlab.envs.distributions import Uniform
 from auctionlab.errors import ConfigError
 from auctionlab.mechanisms.base import ClassicalMechanism
 from auctionlab.types import Outcome
@@ -192,6 +193,16 @@ class FirstPrice(ClassicalMechanism):
         return (values - best_other).clamp_min(0.0).sum(-1)
 
 
+def _one_bidder_two_unit_uniform_items(env, demand: str) -> bool:
+    """Whether ``env`` is one ``demand`` bidder with two items, values i.i.d. U[0,1]."""
+    if (env.n_bidders, env.n_items, env.demand) != (1, 2, demand):
+        return False
+    distribution = env.report_space.distribution
+    return isinstance(distribution, Uniform) and bool(
+        (distribution.low == 0).all() and (distribution.high == 1).all()
+    )
+
+
 class MenuMechanism(ClassicalMechanism):
     """A single bidder picks the utility-maximising entry of a fixed menu (DSIC and IR).
 
@@ -260,6 +271,11 @@ class ManelliVincent(MenuMechanism):
 
     config_name = "manelli_vincent"
 
+    @classmethod
+    def optimal_for(cls, env) -> bool:
+        """[manelli2006bundling]: one additive bidder, two items with values i.i.d. U[0,1]."""
+        return _one_bidder_two_unit_uniform_items(env, "additive")
+
     def __init__(
         self,
         env,
@@ -284,6 +300,11 @@ class Pavlov(MenuMechanism):
 
     config_name = "pavlov"
     demand_needed = "unit"
+
+    @classmethod
+    def optimal_for(cls, env) -> bool:
+        """[pavlov2011optimal]: one unit-demand bidder, two items with values i.i.d. U[0,1]."""
+        return _one_bidder_two_unit_uniform_items(env, "unit")
 
     def __init__(self, env, item_price: float = 1.0 / math.sqrt(3.0)) -> None:
         allocations = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,85 @@ PLOT_KEYS = ("kind", "x", "xerr", "hue", "y", "yerr", "reference", "regret", "bu
 PLOT_KEYS += ("frontier",)
 #: ``experiment.plot.kind``: grouped bars (default) or a scatter with a Pareto frontier.
 PLOT_KINDS = ("bars", "frontier")
+
+
+@dataclass(frozen=True)
+class Plotted:
+    """A figure written to ``path`` and the numbers drawn in it (for tables and tests)."""
+
+    path: Path
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def zero_floor(values: Sequence[float]) -> float:
+    """Where a zero goes on a log axis through ``values``: a decade below the smallest positive.
+
+    ``1e-6`` when no value is positive (nothing else on the axis to anchor it).
+    """
+    positive = [float(v) for v in values if math.isfinite(float(v)) and float(v) > 0]
+    return min(positive) / 10 if positive else 1e-6
+
+
+def _plain_log_ticks(target) -> None:
+    """Ticks at 1, 2 and 5 per decade of a log axis, written plainly (``0.002``).
+
+    Within a decade or two matplotlib labels every minor tick in scientific notation, and the
+    labels overlap.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    target.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    target.set_minor_formatter(NullFormatter())
+
+
+def log_axis_with_zeros(
+    ax, values: Sequence[float], axis: str = "y", mark: bool | None = None
+) -> float:
+    """Put ``ax``'s ``axis`` on a log scale that still shows the zeros among ``values``.
+
+    A log axis cannot hold 0, and matplotlib silently drops what it cannot draw. The zeros
+    belong on a dotted line labelled ``0`` at :func:`zero_floor` (a decade below the smallest
+    positive value); the caller draws them there. Limits span the floor and the largest value.
+
+    Args:
+        ax: a matplotlib axes.
+        values: every value the axis shows (NaN ignored).
+        axis: ``"x"`` or ``"y"``.
+        mark: draw the ``0`` line; ``None``: when some value is 0.
+
+    Returns:
+        The floor, the position of a zero on the axis.
+
+    """
+    from matplotlib.transforms import blended_transform_factory
+
+    floor = zero_floor(values)
+    positive = [float(v) for v in values if math.isfinite(float(v)) and float(v) > 0]
+    high = max(positive) if positive else floor * 10
+    if mark is None:
+        mark = any(float(v) == 0 for v in values)
+    # the axis reaches down to the floor only where something is drawn there
+    low = floor if mark or not positive else min(positive)
+    if axis == "x":
+        ax.set_xscale("log")
+        ax.set_xlim(low / 3, high * 3)
+        _plain_log_ticks(ax.xaxis if axis == "x" else ax.yaxis)
+        if not mark:
+            return floor
+        ax.axvline(floor, linestyle=":", color="0.4", linewidth=1)
+        where = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.text(floor, 0.02, " 0", transform=where, fontsize=8, color="0.3")
+    else:
+        ax.set_yscale("log")
+        ax.set_ylim(low / 3, high * 3)
+        _plain_log_ticks(ax.xaxis if axis == "x" else ax.yaxis)
+        if not mark:
+            return floor
+        ax.axhline(floor, linestyle=":", color="0.4", linewidth=1)
+        where = blended_transform_factory(ax.transAxes, ax.transData)
+        ax.text(0.005, floor, "0", transform=where, fontsize=8, color="0.3", va="bottom")
+    return floor
 
 
 def check_plot(plot: Mapping[str, Any], columns: list[str]) -> None:
@@ -72,7 +152,9 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
 
     ``plot.reference`` draws a red mark per bar (closed form or literature value);
     ``plot.regret`` adds a second panel (log scale) titled with the attacker budget, whose
-    columns ``plot.budget`` names (``{restarts, steps, profiles}`` -> table columns).
+    columns ``plot.budget`` names (``{restarts, steps, profiles}`` -> table columns). A zero
+    regret, which a log axis cannot show, is a hollow marker on the dotted ``0`` line at the
+    bottom of that panel (:func:`log_axis_with_zeros`).
 
     Args:
         table: the numeric table from :func:`~auctionlab.reporting.tables.build_table`.
@@ -83,6 +165,18 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
         ``path``.
 
     """
+    return draw_table(table, plot, path).path
+
+
+def draw_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Plotted:
+    """:func:`plot_table`, with what it drew.
+
+    Returns:
+        The figure; for bars with a regret panel, ``data["zero_floor"]`` (where zeros sit on
+        its log axis, ``None`` for a linear one) and ``data["zeros"]``, one
+        ``{"x", "hue", "position"}`` per zero-regret bar marked there.
+
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +184,7 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
 
     check_plot(plot, list(table.columns))
     if plot.get("kind") == "frontier":
-        return plot_frontier(table, plot, path)
+        return Plotted(plot_frontier(table, plot, path))
     x_key, hue_key, y_key = plot["x"], plot.get("hue"), plot["y"]
     if isinstance(x_key, list | tuple):  # several row keys: one label per combination
         label = " / ".join(x_key)
@@ -107,7 +201,14 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
     )
     axes = [axes] if len(panels) == 1 else list(axes)
     width = 0.8 / len(hues)
+    data: dict[str, Any] = {}
     for ax, (kind, column) in zip(axes, panels, strict=True):
+        floor = None
+        if kind == "regret":
+            values = [v for v in table[column].tolist() if v == v]
+            if any(v > 0 for v in values):  # else a linear axis that says so (below)
+                floor = log_axis_with_zeros(ax, values, "y")
+            data.update(zero_floor=floor, zeros=[])
         for h, hue in enumerate(hues):
             rows = table if hue is None else table[table[hue_key].astype(str) == hue]
             positions, heights, errors, marks = [], [], [], []
@@ -118,6 +219,27 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
                     errors.append(float(row[plot["yerr"]]))
                 if kind == "y" and plot.get("reference"):
                     marks.append(float(row[plot["reference"]]))
+            if floor is not None:  # zeros: a marker on the floor, not an invisible bar
+                zeros = [p for p, v in zip(positions, heights, strict=True) if v == 0]
+                labels = [str(r[x_key]) for _, r in rows.iterrows() if float(r[column]) == 0]
+                data["zeros"] += [
+                    {"x": x, "hue": hue, "position": p} for x, p in zip(labels, zeros, strict=True)
+                ]
+                bar = ax.bar(positions, heights, width=width * 0.95, label=hue)
+                if zeros:
+                    ax.scatter(
+                        zeros,
+                        [floor] * len(zeros),
+                        marker="o",
+                        s=36,
+                        facecolors="none",
+                        edgecolors=bar.patches[0].get_facecolor(),
+                        linewidths=1.5,
+                        zorder=3,
+                        # one legend entry, with the first hue that has a zero
+                        label=f"{column} = 0" if len(data["zeros"]) == len(zeros) else None,
+                    )
+                continue
             ax.bar(
                 positions,
                 heights,
@@ -144,19 +266,15 @@ def plot_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Path
         ax.grid(axis="y", alpha=0.3)
         if kind == "regret":
             values = [v for v in table[column].tolist() if v == v]
-            positive = [v for v in values if v > 0]
-            if positive:
-                ax.set_yscale("log")
-                ax.set_ylim(min(positive) / 3, max(positive) * 3)
-            elif values:
+            if floor is None and values:
                 ax.set_ylim(0, 1)
                 ax.text(0.5, 0.5, f"{column} = 0 in every row", ha="center", transform=ax.transAxes)
             ax.set_title(_budget_label(table, plot.get("budget") or {}), fontsize=9)
         elif plot.get("title"):
             ax.set_title(str(plot["title"]), fontsize=9)
-        if hue_key or (kind == "y" and plot.get("reference")):
+        if hue_key or (kind == "y" and plot.get("reference")) or data.get("zeros"):
             ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return Plotted(save_figure(fig, path), data)
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

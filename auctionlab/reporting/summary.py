@@ -167,7 +167,7 @@ def render_evaluation(
         attacker: the attacker's description (its budget).
         metrics: ``metrics.json``.
         curve: regret per attacker budget (rows with ``restarts, steps, regret_mean,
-            regret_max``).
+            regret_max``, and ``regret_se`` when measured).
         oracle: the reference search's description; its line is shown when the
             ``oracle_*`` metrics are present.
 
@@ -198,19 +198,26 @@ def render_evaluation(
         ]
     if curve:
         cost = all("deviation_steps" in r for r in curve)
+        se = all("regret_se" in r for r in curve)
         lines += [
             "",
-            "Regret vs attacker budget:",
+            "Regret vs attacker budget"
+            + (" (SE: standard error over profiles)" if se else "")
+            + ":",
             "",
             "| restarts | steps | "
             + ("deviation-steps per bidder and profile | " if cost else "")
-            + "mean regret | max regret |",
-            "|---|---|" + ("---|" if cost else "") + "---|---|",
+            + "mean regret | "
+            + ("SE | " if se else "")
+            + "max regret |",
+            "|---|---|" + ("---|" if cost else "") + "---|" + ("---|" if se else "") + "---|",
         ]
         lines += [
             f"| {int(r['restarts'])} | {int(r['steps'])} | "
             + (f"{r['deviation_steps']:.0f} | " if cost else "")
-            + f"{r['regret_mean']:.6g} | {r['regret_max']:.6g} |"
+            + f"{r['regret_mean']:.6g} | "
+            + (f"{r['regret_se']:.2g} | " if se else "")
+            + f"{r['regret_max']:.6g} |"
             for r in curve
         ]
     return "\n".join(lines) + "\n"

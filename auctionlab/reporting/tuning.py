@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from auctionlab.core.figures import save_figure
+from auctionlab.reporting.plots import Plotted, log_axis_with_zeros
 
 
 def front_mask(
@@ -59,7 +60,7 @@ def plot_front(
     Every trial is a grey dot; the front's trials are highlighted, joined in regret order and
     labelled with their numbers; ``best`` is starred. Regret 0 cannot sit on a log axis: those
     trials are drawn on a dotted line labelled ``0``, a decade left of the smallest positive
-    regret.
+    regret (:func:`~auctionlab.reporting.plots.log_axis_with_zeros`).
 
     Args:
         points: one mapping per complete trial: ``trial`` (its number), ``metric``,
@@ -74,28 +75,49 @@ def plot_front(
         ``path``.
 
     """
+    return draw_front(points, path, metric, regret, title, best).path
+
+
+def draw_front(
+    points: Sequence[Mapping[str, Any]],
+    path: Path,
+    metric: str,
+    regret: str,
+    title: str = "",
+    best: int | None = None,
+    noun: str = "trials",
+    number_all: bool = False,
+) -> Plotted:
+    """:func:`plot_front`, with what it drew.
+
+    ``noun`` names the points in the legend (``runs`` for a sweep); ``number_all`` numbers
+    every point, not only the front's.
+
+    Returns:
+        The figure; ``data``: ``front`` (the highlighted points' ``(trial, regret, metric)``
+        in regret order), ``zero_floor`` (where regret 0 sits on the x axis) and ``zeros``
+        (the trials drawn there).
+
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.transforms import blended_transform_factory
 
     shown = [
         p for p in points if math.isfinite(float(p["metric"])) and math.isfinite(float(p["regret"]))
     ]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    positive = [float(p["regret"]) for p in shown if float(p["regret"]) > 0]
-    zero = min(positive) / 10 if positive else 1e-6
+    zero = log_axis_with_zeros(ax, [float(p["regret"]) for p in shown], "x")
 
     def x_of(point: Mapping[str, Any]) -> float:
         return max(float(point["regret"]), 0.0) or zero
 
-    ax.set_xscale("log")
     if not shown:
         ax.text(
             0.5,
             0.5,
-            "no trial with a finite metric and regret",
+            f"no {noun.rstrip('s')} with a finite metric and regret",
             ha="center",
             transform=ax.transAxes,
         )
@@ -104,9 +126,20 @@ def plot_front(
         [float(p["metric"]) for p in shown],
         color="0.6",
         s=22,
-        label="trials",
+        label=noun,
         zorder=2,
     )
+    if number_all:
+        for p in shown:
+            if not p.get("front"):
+                ax.annotate(
+                    str(p["trial"]),
+                    (x_of(p), float(p["metric"])),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color="0.4",
+                )
     front = sorted((p for p in shown if p.get("front")), key=x_of)
     if front:
         ax.plot(
@@ -140,23 +173,17 @@ def plot_front(
             label=f"best (trial {best})",
             zorder=4,
         )
-    # Regret 0: a dotted line a decade left of the smallest positive regret, labelled 0.
-    ax.axvline(zero, linestyle=":", color="0.4", linewidth=1)
-    ax.text(
-        zero,
-        0.02,
-        " 0",
-        transform=blended_transform_factory(ax.transData, ax.transAxes),
-        fontsize=8,
-        color="0.3",
-    )
-    high = max(positive) if positive else zero * 10
-    ax.set_xlim(zero / 3, high * 3)
-    ax.set_xlabel(f"{regret} (log scale; dotted line: regret 0)")
+    zeros = [p["trial"] for p in shown if float(p["regret"]) <= 0]
+    ax.set_xlabel(f"{regret} (log scale" + ("; dotted line: regret 0)" if zeros else ")"))
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3, which="both")
     if title:
         ax.set_title(title, fontsize=9)
     if shown:
         ax.legend(fontsize=8, loc="best")
-    return save_figure(fig, path)
+    data = {
+        "front": [(p["trial"], float(p["regret"]), float(p["metric"])) for p in front],
+        "zero_floor": zero,
+        "zeros": zeros,
+    }
+    return Plotted(save_figure(fig, path), data)

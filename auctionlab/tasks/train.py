@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.evaluation import evaluate_mechanism, write_allocation_map, write_curve
+from auctionlab.reporting.curves import CURVES, TrainingHistory, plot_training_curves
 from auctionlab.reporting.summary import headline_tags, summarize, warn_ir
 from auctionlab.runs import (
     MANIFEST,
@@ -122,6 +123,23 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
     return trainer, validation_attacker, device, picked
 
 
+def training_curves(
+    history: TrainingHistory, env, metrics: dict[str, float], out: Path, label: str
+) -> Path:
+    """``training_curves.png`` from the run's ``history.csv``, titled with the training budget."""
+    budget = ": no regret estimated while training"
+    if "train_attack_restarts" in metrics:  # regret was measured while training
+        restarts, steps = metrics["train_attack_restarts"], metrics["train_attack_steps"]
+        budget = (
+            f": training attacker {restarts:.0f} restart{'' if restarts == 1 else 's'} x "
+            f"{steps:.0f} steps per batch"
+        )
+    objective = None if env.objective is None else f"train_{env.objective_name}"
+    return plot_training_curves(
+        history.read(), out / CURVES, f"{label}{budget}", objective, env.regret_label
+    ).path
+
+
 @one_line_write_errors
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train ``cfg.mechanism`` on ``cfg.env``; returns the metrics written to metrics.json.
@@ -156,11 +174,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         save_config(cfg, out)
         write_json(out / "choices.json", picked)
         tracker.write_record(out)
+        # One row per log point; a resume drops the rows it is about to train again.
+        history = TrainingHistory(out, trainer.iteration)
         every = int(cfg.train.checkpoint_every)
         # A resumed run starts from a checkpoint that is known to be good.
         saved = {"iteration": trainer.iteration if cfg.get("resume") else None}
 
         def on_log(metrics: dict[str, float], step: int) -> None:
+            history.append(metrics, step)
             tracker.log_metrics(metrics, step)
             if every and step % every == 0:
                 trainer.check_parameters()
@@ -213,6 +234,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         label = f"{env.name} {picked.get('mechanism', '')}"
         files = write_curve(curve, out, f"{label}: validation")
         files += write_allocation_map(mechanism, env, out, f"{label}: allocation")
+        files += [history.path, training_curves(history, env, metrics, out, label)]
         write_manifest(out)  # last: seals config, choices, checkpoint and metrics
         tracker.set_tags({"checkpoint_sha256": digest, **objective_tags})
         tracker.log_metrics(metrics, trainer.iteration)

@@ -9,11 +9,11 @@ recorded in ``<hydra.sweep.dir>/sweep.json``; each job's own run finds it there
 joblib or submitit workers, or on Slurm nodes, read the same sweep directory.
 
 **Job directories.** ``hydra.sweep.subdir`` is ``<job number>_<swept overrides>``
-(:func:`job_dirname`), e.g. ``3_env-2x2_seed-1``: only the keys the command line sweeps (the
-console script lists the fixed ones in ``hydra.job.config.override_dirname.exclude_keys``),
-``key-value`` joined by ``_``, every other character made ``_``, a path value by its last part.
-The name stays a valid unquoted Hydra value, so ``auctionlab evaluate run=<job dir>`` takes it
-(``=`` and ``,`` would not parse).
+(:func:`auctionlab.conf.job_dirname`), e.g. ``3_env-2x2_seed-1``: only the keys the command
+line sweeps (the console script lists the fixed ones in
+``hydra.job.config.override_dirname.exclude_keys``), ``key-value`` joined by ``_``, every other
+character made ``_``, a path value by its last part. The name stays a valid unquoted Hydra
+value, so ``auctionlab evaluate run=<job dir>`` takes it (``=`` and ``,`` would not parse).
 
 **Summary.** When the multirun ends (or is stopped) every job's record
 (``sweep_job.json``, written as the job ends) and ``metrics.json`` are read back: one row per
@@ -44,6 +44,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from auctionlab.conf import EXCLUDE_KEYS
 from auctionlab.errors import ConfigError
 from auctionlab.reporting import read_metrics_json, render_markdown
 from auctionlab.reporting.summary import budget
@@ -58,14 +59,6 @@ JOB_RECORD = "sweep_job.json"
 SUMMARY = "summary"
 #: The override kept out of a configuration's identity: its rows average over it.
 SEED = "seed"
-#: The resolver ``hydra.sweep.subdir`` names job directories with.
-RESOLVER = "auctionlab_job_dir"
-#: The Hydra option that lists the keys left out of job directory names.
-EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
-#: Longest job directory name (file systems take 255 bytes).
-MAX_DIRNAME = 120
-#: Characters a job directory name keeps; Hydra reads them unquoted in ``run=<dir>``.
-_UNSAFE = re.compile(r"[^A-Za-z0-9.+@-]+")
 #: Characters of a failed job's reason kept in its record and under the table.
 REASON_CHARS = 300
 
@@ -83,59 +76,6 @@ class JobFailure:
 
 
 # -- job directory names --------------------------------------------------------------------------
-def _safe(text: str) -> str:
-    return _UNSAFE.sub("_", text).strip("_")
-
-
-def override_label(override: str) -> str | None:
-    """``key-value`` of one override as a directory name part (``None``: a deletion).
-
-    A value that is a path is named by its last part (``run=outputs/x/3_env-2x2`` ->
-    ``run-3_env-2x2``); lists and other characters become ``_`` (``[64,64]`` -> ``64_64``).
-    """
-    key, sep, value = override.partition("=")
-    if not sep:
-        return None
-    key = key.lstrip("+~")
-    value = value.strip().strip("'\"").rstrip("/")
-    if "/" in value:
-        value = value.rsplit("/", 1)[-1]
-    return f"{_safe(key)}-{_safe(value)}"
-
-
-def job_dirname(*, _root_: DictConfig) -> str:
-    """``<job number>_<key>-<value>_...`` of the running job's swept overrides.
-
-    The resolver behind ``hydra.sweep.subdir``. Overrides whose key is in
-    ``hydra.job.config.override_dirname.exclude_keys`` (the console script puts the command
-    line's fixed keys there) are left out; with none left the name is the job number alone.
-    """
-    hydra = _root_.hydra
-    excluded = set(OmegaConf.select(_root_, EXCLUDE_KEYS) or [])
-    parts = []
-    for override in hydra.overrides.task:
-        text = str(override)
-        if text.split("=", 1)[0].lstrip("+~") in excluded:
-            continue
-        label = override_label(text)
-        if label:
-            parts.append(label)
-    number = str(hydra.job.num)
-    name = "_".join([number, *parts])
-    return name[:MAX_DIRNAME].rstrip("_-")
-
-
-def register_resolver() -> None:
-    """Register :func:`job_dirname` as ``${auctionlab_job_dir:}`` (idempotent)."""
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, job_dirname)
-
-
-# Hydra resolves ``hydra.sweep.subdir`` in whichever process runs a job; every such process
-# imports this module first (the callback below travels to joblib and submitit workers).
-register_resolver()
-
-
 def fixed_keys(overrides: Sequence[Any]) -> list[str]:
     """Keys of the parsed command-line overrides that are not swept (left out of dir names).
 

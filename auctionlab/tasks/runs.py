@@ -43,8 +43,11 @@ PARAM_FILTERS = {"seed": "seed"}
 
 
 def choice_keys() -> list[str]:
-    """What ``auctionlab runs <key>=<value>`` filters on: the config groups, then ``seed``."""
-    return [*GROUPS, *PARAM_FILTERS]
+    """What ``auctionlab runs <key>=<value>`` filters on: the config groups, then ``seed``.
+
+    Not ``tracking``: ``tracking=<option>`` chooses the store ``runs`` itself reads.
+    """
+    return [g for g in GROUPS if g not in _own_keys()] + list(PARAM_FILTERS)
 
 
 def _own_keys() -> set[str]:

@@ -19,7 +19,7 @@ value, so ``auctionlab evaluate run=<job dir>`` takes it (``=`` and ``,`` would 
 (``sweep_job.json``, written as the job ends) and ``metrics.json`` are read back: one row per
 configuration (the job's overrides less ``seed``), mean ± sample standard deviation over its
 seeds of the env's headline metrics (``val_`` names for train), the objective and the attacker
-budget behind each regret column; ``n`` counts the jobs with results, ``failed`` the others,
+budget behind each regret column; ``n`` counts the jobs that finished, ``failed`` the others,
 which are named under the table. Written as ``summary.md`` and ``summary.csv`` in the sweep
 directory, printed, and logged to the parent run. A failed job does not stop the sweep; the
 multirun then exits with status 1 after the summary.
@@ -164,10 +164,8 @@ def read_jobs(sweep_dir: Path) -> list[Job]:
             job.failure = "failed"
         job.headline = [str(h) for h in record.get("headline") or []]
         job.config_seed = None if record.get("seed") is None else str(record["seed"])
-        if job.failure is None:
+        if job.failure is None:  # a task without metrics.json (reproduce, replay) has no columns
             job.metrics = read_metrics_json(path.parent)
-            if not job.metrics:
-                job.failure = "no metrics.json"
         jobs[path.parent] = job
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra")):
         directory = hydra_dir.parent
@@ -297,7 +295,7 @@ def render(summary: Summary, title: str) -> str:
     else:
         text.append("No job ran.\n")
     text.append(
-        "mean ± sample standard deviation over the seeds (n jobs with results); attacker: the "
+        "mean ± sample standard deviation over the seeds (n: jobs that finished); attacker: the "
         "budget behind the regret columns."
     )
     if summary.failed:

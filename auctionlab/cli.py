@@ -290,6 +290,49 @@ def _naming(point: str) -> Iterator[None]:
         fail(point + str(err))
 
 
+def in_multirun() -> bool:
+    """Whether the running Hydra job is a job of a multirun (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().get("mode") == RunMode.MULTIRUN
+
+
+def job_failed(message: str) -> Any:
+    """A multirun job's failure: printed in one line, returned to Hydra so the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from auctionlab.experiments.multirun import JobFailure
+
+    number = HydraConfig.get().job.num
+    print(f"auctionlab: sweep job {number}: {message}", file=sys.stderr)
+    return JobFailure(message)
+
+
+def job_dir_override(overrides: list[str]) -> list[str]:
+    """The multirun's fixed keys left out of job directory names (``hydra.sweep.subdir``).
+
+    Only what the command line sweeps names a job's directory (``3_env-2x2_seed-1``); nothing
+    when the user chose ``hydra.job.config.override_dirname.exclude_keys`` or the overrides
+    cannot be parsed here (Hydra then reports them).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from auctionlab.experiments.multirun import EXCLUDE_KEYS, fixed_keys
+
+    if any(o.split("=", 1)[0].lstrip("+~") == EXCLUDE_KEYS for o in overrides):
+        return []
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - Hydra gives the error
+        return []
+    fixed = fixed_keys(parsed)
+    if not fixed:
+        return []
+    listed = ",".join("'" + k.replace("\\", "\\\\").replace("'", "\\'") + "'" for k in fixed)
+    return [f"{EXCLUDE_KEYS}=[{listed}]"]
+
+
 def resume_overrides(args: list[str]) -> list[str]:
     """``train resume=DIR [more]``: DIR's own overrides, then ``more``; outputs go to DIR.
 
@@ -433,21 +476,33 @@ def main(argv: list[str] | None = None) -> None:
                 # a float for a task with an objective: what a Hydra sweeper tunes
                 return sweep_result(cfg, module.run(cfg))
             except ConfigError as err:
+                if in_multirun():  # the sweep goes on; its summary names this job
+                    return job_failed(f"error: {err}")
                 fail(str(err))
             except InterruptedRunError as err:  # stopped cleanly (a checkpoint was saved)
                 print(f"auctionlab: run failed: {err}", file=sys.stderr)
                 raise SystemExit(128 + err.signum) from None
             except RunError as err:  # started, then failed: status 1
+                if in_multirun():
+                    return job_failed(f"run failed: {err}")
                 print(f"auctionlab: run failed: {err}", file=sys.stderr)
                 raise SystemExit(1) from None
 
         # Hydra's own flags first: argparse stops collecting overrides at the first flag.
         overrides = overrides_only(rest)
         flags = [a for a in rest if a not in overrides]
+        if any(a in ("-m", "--multirun") for a in flags):
+            overrides += job_dir_override(overrides)
         sys.argv = [f"auctionlab {task}", *flags, *overrides]
-        hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=task, version_base="1.3")(
-            task_function
-        )()
+        try:
+            hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=task, version_base="1.3")(
+                task_function
+            )()
+        except BaseException as err:  # a multirun stopped early still gets its summary
+            sweeps = sys.modules.get("auctionlab.experiments.multirun")  # imported by Hydra
+            if sweeps is not None and not (isinstance(err, SystemExit) and err.code in (0, None)):
+                sweeps.close_open_sweep(err)
+            raise
     except KeyboardInterrupt as err:  # the task's MLflow run, if it had one, is KILLED by now
         signum = int(getattr(err, "signum", signal.SIGINT))
         print(f"auctionlab: interrupted by {signal.Signals(signum).name}", file=sys.stderr)

@@ -73,6 +73,8 @@ SETTING_KEYS = frozenset({"time_limit", "delta", "regret_range"})
 CURVE_KEY = re.compile(r"^(?P<prefix>.*?)curve_r(?P<restarts>\d+)_s(?P<steps>\d+)_(?P<name>.+)$")
 #: Longest value of an MLflow param.
 PARAM_LIMIT = 500
+#: A multirun's record in its sweep directory: the parent MLflow run of its jobs' runs.
+SWEEP_RECORD = "sweep.json"
 log = logging.getLogger("auctionlab")
 
 
@@ -423,6 +425,40 @@ class PrepareStore(Callback):
             raise SystemExit(2) from err
 
 
+def sweep_job_tags(uri: str | None) -> dict[str, str]:
+    """Tags that make the running multirun job's run a child of its sweep's parent run.
+
+    The parent is recorded in ``<hydra.sweep.dir>/sweep.json``
+    (:class:`auctionlab.experiments.multirun.MultirunSummary`): a file, so jobs in worker
+    processes and on other nodes find it too. Empty outside a multirun job, without a record,
+    or when the job logs to another store than the parent.
+
+    Returns:
+        ``mlflow.parentRunId``, ``sweep`` (the sweep directory) and ``sweep.job`` (the job
+        number), or ``{}``.
+
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hydra = HydraConfig.get()
+    if hydra.get("mode") != RunMode.MULTIRUN:
+        return {}
+    try:
+        record = json.loads((Path(str(hydra.sweep.dir)) / SWEEP_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or not record.get("parent_run_id") or record.get("uri") != uri:
+        return {}
+    return {
+        "mlflow.parentRunId": str(record["parent_run_id"]),
+        "sweep": str(record.get("sweep_dir", "")),
+        "sweep.job": str(hydra.job.num),
+    }
+
+
 def run_provenance(cfg: DictConfig) -> dict[str, str]:
     """:func:`auctionlab.provenance.provenance` for a task config (device resolved now)."""
     import torch
@@ -440,7 +476,8 @@ class Tracker:
     """Context manager around one MLflow run; a no-op when ``tracking.enabled`` is false.
 
     ``tracking.parent_run_id`` (optional, set by ``auctionlab reproduce``) makes the run a
-    child of that run (tag ``mlflow.parentRunId``). ``resume_run_id`` reopens an existing run
+    child of that run (tag ``mlflow.parentRunId``); without it, a multirun job's run is a child
+    of its sweep's parent run (:func:`sweep_job_tags`). ``resume_run_id`` reopens an existing run
     (``train resume=<dir>``) instead of creating one: its status goes back to RUNNING and new
     metrics continue its history; its ``failure`` tag from the part before is removed when
     this part finishes. A run whose ``run_dir`` tag names another directory than ``tags``
@@ -511,6 +548,8 @@ class Tracker:
         parent = self.tracking.get("parent_run_id")
         if parent:
             tags["mlflow.parentRunId"] = str(parent)
+        else:
+            tags.update(sweep_job_tags(self.uri))
         run = with_retry(
             self.client.create_run, experiment_id, tags=resolve_tags(tags), run_name=self.run_name
         )

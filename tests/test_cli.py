@@ -380,6 +380,59 @@ def test_train_rochetnet_smoke(cli, tmp_path):
     assert rows[0] == "v1,v2,p_item1,p_item2,payment" and len(rows) == 1 + 101 * 101
 
 
+def _check_sweep_summary(cli, cwd: Path, parent, jobs: list, printed: str) -> None:
+    """The jobs share one parent run; dirs are named by overrides; the summary; runs env=2x2."""
+    import csv
+    import statistics
+
+    from mlflow import MlflowClient
+
+    (sweep,) = (cwd / "outputs" / "multirun").glob("*/*")
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert names == ["0_env-1x2_seed-0", "1_env-1x2_seed-1", "2_env-2x2_seed-0", "3_env-2x2_seed-1"]
+    assert parent.info.status == "FINISHED"
+    assert (parent.data.params["env"], parent.data.params["seed"]) == ("1x2,2x2", "0,1")
+    assert parent.data.tags["sweep.command"].startswith("auctionlab train -m env=1x2,2x2 seed=0,1")
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
+    assert {r.data.tags["sweep"] for r in jobs} == {str(sweep.resolve())}
+    assert sorted(r.data.tags["sweep.job"] for r in jobs) == ["0", "1", "2", "3"]
+    client = MlflowClient()
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.md", "summary.csv", "sweep.json"} <= logged
+    # one row per env: mean and sample std over the two seeds' metrics.json
+    rows = {r["env"]: r for r in csv.DictReader((sweep / "summary.csv").open())}
+    assert sorted(rows) == ["1x2", "2x2"]
+    markdown = (sweep / "summary.md").read_text()
+    for env, row in rows.items():
+        assert (row["n"], row["failed"], row["seeds"]) == ("2", "0", "0 1")
+        done = [json.loads((sweep / n / "metrics.json").read_text()) for n in names if env in n]
+        for metric in ("val_revenue", "val_regret_mean", "objective"):
+            values = [m[metric] for m in done]
+            mean, std = statistics.fmean(values), statistics.stdev(values)
+            assert float(row[f"{metric}_mean"]) == pytest.approx(mean, rel=1e-12), metric
+            assert float(row[f"{metric}_std"]) == pytest.approx(std, rel=1e-9), metric
+            assert std > 0, metric  # the seeds differ
+        assert row["attacker"] == "2 restarts x 10 steps, 64 profiles"
+        revenue = f"{float(row['val_revenue_mean']):.4g} ± {float(row['val_revenue_std']):.2g}"
+        line = next(x for x in markdown.splitlines() if x.startswith(f"| {env} |"))
+        assert line.startswith(f"| {env} | 2 | 0 | 0 1 | {revenue} |"), line
+        assert line in printed
+    # `auctionlab runs env=2x2`: the two newest 2x2 runs are this sweep's, with seed and dir
+    listed = cli("runs", "env=2x2", "limit=2", cwd=cwd)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    table = listed.stdout.splitlines()
+    assert table[1].split()[:8] == ["started", "status", "task", "env", "mechanism", "seed"] + [
+        "headline",
+        "ir_violation",
+    ]
+    lines = table[2:]
+    assert len(lines) == 2 and all(" train 2x2 regretnet " in x for x in lines), lines
+    for seed in ("0", "1"):
+        where = f"{sweep.relative_to(cwd)}/{2 + int(seed)}_env-2x2_seed-{seed}"
+        (line,) = [x for x in lines if where in x]
+        assert line.split()[3:7] == ["train", "2x2", "regretnet", seed], line
+
+
 def test_multirun_one_mlflow_run_per_job(cli, tmp_path, list_runs, smoke_train):
     cwd = tmp_path / "sweep"
     cwd.mkdir()
@@ -387,6 +440,8 @@ def test_multirun_one_mlflow_run_per_job(cli, tmp_path, list_runs, smoke_train):
     result = cli("train", "-m", "env=1x2,2x2", "seed=0,1", "scale=smoke", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     new = [r for r in list_runs() if r.info.run_id not in before]
+    (parent,) = [r for r in new if r.data.tags["task"] == "multirun"]  # the sweep's own run
+    new = [r for r in new if r is not parent]
     assert len(new) == 4
     assert all(r.info.status == "FINISHED" for r in new)
     jobs = sorted((r.data.tags["choice.env"], r.data.params["seed"]) for r in new)
@@ -397,6 +452,7 @@ def test_multirun_one_mlflow_run_per_job(cli, tmp_path, list_runs, smoke_train):
         assert d.is_relative_to(cwd.resolve() / "outputs" / "multirun")
         _numeric_flat(json.loads((d / "metrics.json").read_text()))
     assert not (cwd / "outputs" / "runs").exists()
+    _check_sweep_summary(cli, cwd, parent, new, result.stdout)
     # the (2x2, seed 0) job repeats the single smoke run: same seed, same numbers
     (same,) = [r for r in new if (r.data.tags["choice.env"], r.data.params["seed"]) == ("2x2", "0")]
     single = json.loads((_run_dirs(smoke_train[0])[0] / "metrics.json").read_text())

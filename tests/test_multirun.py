@@ -26,7 +26,8 @@ def _runs(uri: str) -> list:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return [r for r in runs if r.data.tags.get("task") != "multirun"]  # not the sweep's parent
 
 
 def _sweep_in_fresh_store(run_console, tmp_path: Path, name: str, args: list[str]) -> tuple:
@@ -44,6 +45,8 @@ def _check_joblib_sweep(result, runs, cwd: Path) -> None:
         assert word not in result.stderr, result.stderr[-3000:]
     assert len(runs) == 6, [r.info.run_name for r in runs]
     assert all(r.info.status == "FINISHED" for r in runs)
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}  # read by joblib workers
+    assert len(parents) == 1 and None not in parents
     jobs = sorted((r.data.tags["choice.env"], r.data.params["seed"]) for r in runs)
     assert jobs == [(e, s) for e in ("2x2", "2x3") for s in ("0", "1", "2")]
     dirs = {Path(r.data.tags["run_dir"]) for r in runs}
@@ -81,7 +84,11 @@ def test_submitit_local_two_job_sweep(run_console, tmp_path, list_runs):
     result = run_console(args, cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [r for r in list_runs() if r.info.run_id not in before]
+    (parent,) = [r for r in runs if r.data.tags["task"] == "multirun"]
+    runs = [r for r in runs if r is not parent]
     assert sorted(r.data.tags["choice.mechanism"] for r in runs) == ["myerson_itemwise", "vcg"]
+    # the submitit workers found the sweep's parent run
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
     (sweep,) = (cwd / "outputs" / "multirun").glob("*/*")
     assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit

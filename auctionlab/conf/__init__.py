@@ -17,9 +17,12 @@ compose the same config from the same overrides.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 #: Hydra's name for this package on the config search path.
 CONFIG_MODULE = "auctionlab.conf"
@@ -189,3 +192,68 @@ def compose(
             overrides=[*overrides, *searchpath_override(search_dirs)],
             return_hydra_config=return_hydra_config,
         )
+
+
+# -- multirun job directory names (hydra.sweep.subdir) -------------------------------------------
+#: The resolver ``hydra.sweep.subdir`` names job directories with.
+RESOLVER = "auctionlab_job_dir"
+#: The Hydra option that lists the keys left out of job directory names.
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+#: Longest job directory name (file systems take 255 bytes).
+MAX_DIRNAME = 120
+#: Characters a job directory name keeps; Hydra reads them unquoted in ``run=<dir>``.
+_UNSAFE = re.compile(r"[^A-Za-z0-9.+@-]+")
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("_", text).strip("_")
+
+
+def override_label(override: str) -> str | None:
+    """``key-value`` of one override as a directory name part (``None``: a deletion).
+
+    A value that is a path is named by its last part (``run=outputs/x/3_env-2x2`` ->
+    ``run-3_env-2x2``); lists and other characters become ``_`` (``[64,64]`` -> ``64_64``).
+    """
+    key, sep, value = override.partition("=")
+    if not sep:
+        return None
+    key = key.lstrip("+~")
+    value = value.strip().strip("'\"").rstrip("/")
+    if "/" in value:
+        value = value.rsplit("/", 1)[-1]
+    return f"{_safe(key)}-{_safe(value)}"
+
+
+def job_dirname(*, _root_: Any) -> str:
+    """``<job number>_<key>-<value>_...`` of the running job's swept overrides.
+
+    The resolver behind ``hydra.sweep.subdir``. Overrides whose key is in
+    ``hydra.job.config.override_dirname.exclude_keys`` (the console script puts the command
+    line's fixed keys there) are left out; with none left the name is the job number alone.
+    """
+    excluded = set(OmegaConf.select(_root_, EXCLUDE_KEYS, default=None) or [])
+    parts = []
+    for override in OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []:
+        text = str(override)
+        if text.split("=", 1)[0].lstrip("+~") in excluded:
+            continue
+        label = override_label(text)
+        if label:
+            parts.append(label)
+    # No job number while a config is composed outside a job (reproduce checks its plans so).
+    number = OmegaConf.select(_root_, "hydra.job.num", default=None)
+    name = "_".join([*([] if number is None else [str(number)]), *parts]) or "job"
+    return name[:MAX_DIRNAME].rstrip("_-")
+
+
+def register_resolver() -> None:
+    """Register :func:`job_dirname` as ``${auctionlab_job_dir:}`` (idempotent)."""
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, job_dirname)
+
+
+# Hydra resolves ``hydra.sweep.subdir`` in whichever process composes or runs a job: the console
+# script, compose() and every worker import this package before (callbacks travel to joblib and
+# submitit workers and import it).
+register_resolver()

@@ -58,6 +58,21 @@ def run_dir() -> Path:
     return path
 
 
+def run_label(run: str | Path) -> str:
+    """A run directory as run names and titles show it.
+
+    Its name; a multirun job's with its sweep's (``17-15-31-522718_train/3_env-2x2_seed-1``):
+    a job's name alone says neither when nor which sweep.
+    """
+    from auctionlab.tracking import SWEEP_RECORD
+
+    path = Path(str(run)).expanduser()
+    sweep = path.resolve().parent
+    if (sweep / "multirun.yaml").exists() or (sweep / SWEEP_RECORD).exists():
+        return f"{sweep.name}/{path.name}"
+    return path.name
+
+
 def integer(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
     """``cfg[key]`` (dotted) as an int, or a ``ConfigError`` naming the option."""
     return integer_option(OmegaConf.select(cfg, key), key, minimum)

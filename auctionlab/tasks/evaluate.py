@@ -30,6 +30,7 @@ from auctionlab.tasks.common import (
     progress_enabled,
     record_objective,
     run_dir,
+    run_label,
     setup_runtime,
 )
 from auctionlab.tracking import Tracker
@@ -52,7 +53,7 @@ def prepare(cfg: DictConfig):
         # Tag the evaluation with what was evaluated, not with evaluate.yaml's defaults.
         picked.update(trained_choices)
         mechanism_name = trained_choices["mechanism"]
-        label = f"{mechanism_name} ({Path(str(cfg.run)).name})"
+        label = f"{mechanism_name} ({run_label(str(cfg.run))})"
     else:
         env, mechanism = build_env_and_mechanism(cfg)
         mechanism = mechanism.to(device)

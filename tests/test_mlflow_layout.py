@@ -110,7 +110,7 @@ def test_the_curve_is_one_stepped_metric_per_restart_count(trained, mlflow_clien
 
 
 @pytest.mark.parametrize("task", ["train", "evaluate"])
-def test_every_file_of_the_run_directory_is_an_artifact(trained, mlflow_client, task):
+def test_every_file_of_the_run_directory_is_an_artifact(trained, mlflow_client, task, tmp_path):
     directory = trained[task]
     run = _run(mlflow_client, directory)
     files = _files(directory)
@@ -118,6 +118,9 @@ def test_every_file_of_the_run_directory_is_an_artifact(trained, mlflow_client, 
     if task == "train":
         assert {"choices.json", "checkpoint.pt"} <= files
     assert _artifacts(mlflow_client, run.info.run_id) == files
+    if task == "train":  # the uploaded log is the whole log, its last line included
+        local = mlflow_client.download_artifacts(run.info.run_id, "train.log", str(tmp_path))
+        assert "done: " in Path(local).read_text()
 
 
 def test_runs_shows_the_budget_from_the_params(trained, mlflow_client):

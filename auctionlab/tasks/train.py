@@ -250,12 +250,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 )
             else:
                 tracker.log_model(mechanism, val_types.values[:EXAMPLE_PROFILES])
+        # Inside the tracking block, so that the train.log it uploads at the end has these lines.
+        # The env's own headline (NSW for allocation, cost for procurement...), never revenue
+        # alone, and always with IR violation next to it.
+        log.info("done: %s -> %s", summarize(env, metrics, "val_"), out)
+        warn_ir(metrics, "val_", where=f"train {picked.get('mechanism', '')}")
     if tracker.logging_error:
         log.warning(
             "MLflow logging failed midway (%s); results are in %s", tracker.logging_error, out
         )
-    # The env's own headline (NSW for allocation, cost for procurement...), never revenue
-    # alone, and always with IR violation next to it.
-    log.info("done: %s -> %s", summarize(env, metrics, "val_"), out)
-    warn_ir(metrics, "val_", where=f"train {picked.get('mechanism', '')}")
     return metrics

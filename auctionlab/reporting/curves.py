@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from auctionlab.core.figures import save_figure
-from auctionlab.reporting.plots import Plotted, log_axis_with_zeros
+from auctionlab.reporting.plots import Plotted, log_axis_with_zeros, mark_zeros
 
 #: The history's file name in a train run directory.
 HISTORY = "history.csv"
@@ -176,17 +176,7 @@ def plot_training_curves(
             label=f"train {regret_label} (batch mean per bidder)",
         )
         zeros = [s for s, v in zip(steps, regret, strict=True) if v <= 0]
-        if zeros:
-            ax.scatter(
-                zeros,
-                [floor] * len(zeros),
-                marker="o",
-                s=30,
-                facecolors="none",
-                edgecolors="tab:red",
-                zorder=3,
-                label=f"{regret_label} = 0",
-            )
+        mark_zeros(ax, zeros, floor, "tab:red", f"{regret_label} = 0")
         if budget is not None:
             ax.plot(
                 steps,

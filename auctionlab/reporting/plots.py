@@ -54,6 +54,32 @@ def _plain_log_ticks(target) -> None:
     target.set_minor_formatter(NullFormatter())
 
 
+def mark_zeros(ax, positions: Sequence[float], floor: float, color: Any, label: str | None) -> None:
+    """Hollow markers at ``positions`` on the zero line ``floor`` of a log y axis.
+
+    Args:
+        ax: a matplotlib axes whose y axis went through :func:`log_axis_with_zeros`.
+        positions: x positions of the values that are exactly 0 (nothing drawn if empty).
+        floor: the zero line, as returned by :func:`log_axis_with_zeros`.
+        color: the markers' edge colour (the series' colour).
+        label: the legend entry, or ``None`` for none.
+
+    """
+    if not positions:
+        return
+    ax.scatter(
+        list(positions),
+        [floor] * len(positions),
+        marker="o",
+        s=36,
+        facecolors="none",
+        edgecolors=color,
+        linewidths=1.5,
+        zorder=3,
+        label=label,
+    )
+
+
 def log_axis_with_zeros(
     ax, values: Sequence[float], axis: str = "y", mark: bool | None = None
 ) -> float:
@@ -226,19 +252,15 @@ def draw_table(table: pd.DataFrame, plot: Mapping[str, Any], path: Path) -> Plot
                     {"x": x, "hue": hue, "position": p} for x, p in zip(labels, zeros, strict=True)
                 ]
                 bar = ax.bar(positions, heights, width=width * 0.95, label=hue)
-                if zeros:
-                    ax.scatter(
-                        zeros,
-                        [floor] * len(zeros),
-                        marker="o",
-                        s=36,
-                        facecolors="none",
-                        edgecolors=bar.patches[0].get_facecolor(),
-                        linewidths=1.5,
-                        zorder=3,
-                        # one legend entry, with the first hue that has a zero
-                        label=f"{column} = 0" if len(data["zeros"]) == len(zeros) else None,
-                    )
+                # one legend entry, with the first hue that has a zero
+                first = len(data["zeros"]) == len(zeros)
+                mark_zeros(
+                    ax,
+                    zeros,
+                    floor,
+                    bar.patches[0].get_facecolor(),
+                    f"{column} = 0" if first else None,
+                )
                 continue
             ax.bar(
                 positions,

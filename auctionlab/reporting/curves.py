@@ -193,3 +193,20 @@ def plot_training_curves(
     if title:
         fig.suptitle(title, fontsize=9)
     return Plotted(save_figure(fig, path), data)
+
+
+def training_curves(
+    history: TrainingHistory, env, metrics: dict[str, float], out: Path, label: str
+) -> Path:
+    """``training_curves.png`` from the run's ``history.csv``, titled with the training budget."""
+    budget = ": no regret estimated while training"
+    if "train_attack_restarts" in metrics:  # regret was measured while training
+        restarts, steps = metrics["train_attack_restarts"], metrics["train_attack_steps"]
+        budget = (
+            f": training attacker {restarts:.0f} restart{'' if restarts == 1 else 's'} x "
+            f"{steps:.0f} steps per batch"
+        )
+    objective = None if env.objective is None else f"train_{env.objective_name}"
+    return plot_training_curves(
+        history.read(), out / CURVES, f"{label}{budget}", objective, env.regret_label
+    ).path

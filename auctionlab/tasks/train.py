@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError
 from auctionlab.evaluation import evaluate_mechanism, write_allocation_map, write_curve
-from auctionlab.reporting.curves import CURVES, TrainingHistory, plot_training_curves
+from auctionlab.reporting.curves import TrainingHistory, training_curves
 from auctionlab.reporting.summary import headline_tags, summarize, warn_ir
 from auctionlab.runs import (
     MANIFEST,
@@ -121,23 +121,6 @@ def prepare(cfg: DictConfig) -> tuple[Trainer, object, torch.device, dict[str, s
     validation_attacker = build(cfg.validation.attacker, "validation.attacker")
     check_applies(validation_attacker, env)
     return trainer, validation_attacker, device, picked
-
-
-def training_curves(
-    history: TrainingHistory, env, metrics: dict[str, float], out: Path, label: str
-) -> Path:
-    """``training_curves.png`` from the run's ``history.csv``, titled with the training budget."""
-    budget = ": no regret estimated while training"
-    if "train_attack_restarts" in metrics:  # regret was measured while training
-        restarts, steps = metrics["train_attack_restarts"], metrics["train_attack_steps"]
-        budget = (
-            f": training attacker {restarts:.0f} restart{'' if restarts == 1 else 's'} x "
-            f"{steps:.0f} steps per batch"
-        )
-    objective = None if env.objective is None else f"train_{env.objective_name}"
-    return plot_training_curves(
-        history.read(), out / CURVES, f"{label}{budget}", objective, env.regret_label
-    ).path
 
 
 @one_line_write_errors

@@ -287,6 +287,7 @@ class TuneSection:
     evaluate: bool = False
     evaluate_overrides: list[str] = field(default_factory=list)
     max_failures: Optional[int] = None  # noqa: UP045
+    baseline: bool = True
     space: Any = None
 
     def check(self, path: str) -> None:

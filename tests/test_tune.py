@@ -9,11 +9,13 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from auctionlab.errors import ConfigError
 from auctionlab.experiments.stages import run_stage
 from auctionlab.experiments.tune import (
+    baseline_params,
     build_tune_plan,
     parse_dimension,
     parse_space,
@@ -123,6 +125,46 @@ def test_a_key_the_train_config_lacks_is_named_with_the_valid_ones(compose):
     assert "optimizer, lr" in message
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected", "why"),
+    [
+        # the default space holds the defaults: lr 1e-3, budget_end 1.5e-3, width [100,100,100]
+        (
+            [],
+            {
+                "trainer.lr": 0.001,
+                "trainer.constraint.budget_end": 0.0015,
+                "mechanism.hidden": "[100,100,100]",
+            },
+            None,
+        ),
+        (["mechanism.hidden=[64,64]"], {"mechanism.hidden": "[64,64]"}, None),
+        (["trainer.lr=0.05"], {}, "trainer.lr=0.05 lies outside tune.space.trainer.lr="),
+        (["mechanism.hidden=[8]"], {}, "mechanism.hidden=[8] is not one of tune.space"),
+        (
+            ["+tune.space.trainer.lr_decay_start='null,0.5'"],
+            {"trainer.lr_decay_start": "null"},
+            None,
+        ),
+        (["+tune.space.seed='range(0,10,2)'", "seed=3"], {}, "seed=3 lies outside"),
+        (["+tune.space.seed='range(0,10,2)'", "seed=4"], {"seed": 4}, None),
+    ],
+)
+def test_the_baseline_is_the_configs_own_point_of_the_space(compose, overrides, expected, why):
+    cfg = compose("tune", ["scale=smoke", *overrides])
+    space = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True))
+    params, reason = baseline_params(cfg, space)
+    if why is None:
+        assert reason is None and expected.items() <= params.items()
+        assert set(params) == set(space)
+        for name, value in params.items():  # a point Optuna accepts as it is
+            assert space[name].distribution._contains(
+                space[name].distribution.to_internal_repr(value)
+            )
+    else:
+        assert params == {} and reason.startswith(why)
+
+
 def test_unquoted_sweep_syntax_under_tune_space_is_passed_as_text():
     args = ["scale=smoke", "tune.space.trainer.lr=interval(1e-3, 1e-2)", "seed=1", "-m"]
     assert rewrite_args(args) == [
@@ -142,7 +184,9 @@ def _tune_runs(list_runs, study: str) -> list:
 
 def test_tune_runs_trials_resumes_the_study_and_reports(cli, tmp_path, list_runs, mlflow_client):
     storage = tmp_path / "study.db"
+    # mechanism.hidden=[16] puts the config's own values in the space: trial 0 is the baseline
     args = ["tune", "scale=smoke", "threads=1", f"tune.storage={storage}", "tune.study=e2e", *SPACE]
+    args.append("mechanism.hidden=[16]")
     first, second = tmp_path / "first", tmp_path / "second"
 
     done = cli(*args, "tune.trials=2", f"hydra.run.dir={first}")
@@ -162,9 +206,13 @@ def test_tune_runs_trials_resumes_the_study_and_reports(cli, tmp_path, list_runs
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 3
     assert study.trials[0].user_attrs["run_dir"] == str((first / "trials" / "0").resolve())
+    assert study.trials[0].params == {"trainer.lr": 0.001, "mechanism.hidden": "[16]"}
+    assert [t.user_attrs.get("baseline", False) for t in study.trials] == [True, False, False]
+    assert "## Against the baseline" in (second / "tune.md").read_text()
     with (second / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["trial"] for r in rows] == ["0", "1", "2"]
+    assert [r["baseline"] for r in rows] == ["True", "False", "False"]
     assert sum(r["selected"] == "True" for r in rows) == 1
     best = next(r for r in rows if r["selected"] == "True")
     assert best["command"] in (second / "tune.md").read_text()

@@ -289,6 +289,63 @@ def _others(dimension: Dimension) -> list[Any]:
     return [distribution.high]
 
 
+def _same(choice: Any, value: Any) -> bool:
+    """Whether a categorical choice (a number, or override text: ``[64,64]``) is ``value``."""
+    if isinstance(choice, int | float) and not isinstance(choice, bool):
+        return isinstance(value, int | float) and not isinstance(value, bool) and choice == value
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_override(f"k={choice}").value()
+    except HydraException:
+        return str(choice) == str(value)
+    return parsed == value or str(parsed) == str(value)
+
+
+def baseline_params(cfg: DictConfig, space: Mapping[str, Dimension]) -> tuple[dict, str | None]:
+    """The config's own value of every searched key, as a point of the space.
+
+    The study starts with this point (``tune.baseline``) so that its report can say whether a
+    trial beats what the command trains without a search.
+
+    Args:
+        cfg: the composed ``tune`` config (the command's overrides applied).
+        space: the searched dimensions.
+
+    Returns:
+        ``({dotted key: value as the study stores it}, None)``, or ``({}, why)`` when a value lies
+        outside its dimension (the first such key, in words).
+
+    """
+    params: dict[str, Any] = {}
+    for name, dim in space.items():
+        value = OmegaConf.select(cfg, name.lstrip("+"), default=None)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        distribution = dim.distribution
+        shown = "null" if value is None else value
+        if hasattr(distribution, "choices"):
+            found = [c for c in distribution.choices if _same(c, value)]
+            if not found:
+                return {}, f"{name}={shown} is not one of tune.space.{name}={dim.text}"
+            params[name] = found[0]
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        step = getattr(distribution, "step", None)
+        off_grid = (
+            number
+            and step
+            and not math.isclose(
+                (value - distribution.low) / step, round((value - distribution.low) / step)
+            )
+        )
+        if not number or not distribution.low <= value <= distribution.high or off_grid:
+            return {}, f"{name}={shown} lies outside tune.space.{name}={dim.text}"
+        params[name] = value
+    return params, None
+
+
 # -- the plan -------------------------------------------------------------------------------------
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
@@ -317,6 +374,10 @@ class TunePlan:
         objective: the scored job's ``objective`` node (plain data).
         launcher: the tune run's ``hydra/launcher`` choice.
         hydra: the tune run's Hydra overrides (``hydra.launcher.*`` are passed on).
+        baseline: the config's own values of the searched keys, the first trial of a new study
+            (empty: ``tune.baseline`` is off or they lie outside the space).
+        no_baseline: why a ``tune.baseline`` study has no baseline trial (a value outside the
+            space), or empty.
 
     """
 
@@ -333,6 +394,8 @@ class TunePlan:
     objective: dict[str, Any]
     launcher: str = "basic"
     hydra: list[str] = field(default_factory=list)
+    baseline: dict[str, Any] = field(default_factory=dict)
+    no_baseline: str = ""
 
     @property
     def directions(self) -> list[str]:
@@ -486,6 +549,9 @@ def build_tune_plan(
         launcher=launcher,
         hydra=list(hydra),
     )
+    if node.get("baseline", True):
+        plan.baseline, why = baseline_params(cfg, space)
+        plan.no_baseline = why or ""
     # The console script builds the plan before Hydra starts and again in the job: the trials
     # are composed once per distinct plan.
     key = repr((plan.train, [(d.key, d.text) for d in plan.space.values()], job_config_dirs()))
@@ -808,6 +874,7 @@ def trial_records(study: Study, plan: TunePlan) -> tuple[list[dict[str, Any]], l
                 "mlflow_run_id": attrs.get("mlflow_run_id", ""),
                 "command": attrs.get("command", ""),
                 "error": attrs.get("error", ""),
+                "baseline": bool(attrs.get("baseline", False)),
             }
         )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -826,7 +893,16 @@ def write_trials_csv(
     """``trials.csv``: one row per trial of the study (state, values, parameters, run dir)."""
     keys = list(dict.fromkeys(k for r in records for k in r["params"]))
     metric, regret = str(plan.objective["metric"]), str(plan.objective.get("regret_metric"))
-    head = ["trial", "state", "selected", "objective", metric, regret, "attacker_budget"]
+    head = [
+        "trial",
+        "state",
+        "selected",
+        "baseline",
+        "objective",
+        metric,
+        regret,
+        "attacker_budget",
+    ]
     tail = ["run_dir", "mlflow_run_id", "command", "error"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -837,6 +913,7 @@ def write_trials_csv(
                     r["trial"],
                     r["state"],
                     r["trial"] in chosen,
+                    r["baseline"],
                     "" if plan.mode == "pareto" else _cell(r["objective"]),
                     _cell(r["metric"]),
                     _cell(r["regret"]),
@@ -915,6 +992,7 @@ def report(
         ]
     else:
         lines += ["No trial is complete yet.", ""]
+    lines += against_baseline(records, plan)
     lines += ["![trials: metric against regret](pareto.png)", ""]
     if rows:
         lines += ["## Reproduce", ""]
@@ -935,6 +1013,53 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def beats(record: Mapping[str, Any], other: Mapping[str, Any], maximize: bool) -> bool:
+    """Whether ``record`` has a better metric than ``other`` at no more regret."""
+    sign = 1.0 if maximize else -1.0
+    metric, regret = float(record["metric"]), float(record["regret"])
+    if not (math.isfinite(metric) and math.isfinite(regret)):
+        return False
+    return sign * metric > sign * float(other["metric"]) and regret <= float(other["regret"])
+
+
+def against_baseline(records: list[dict[str, Any]], plan: TunePlan) -> list[str]:
+    """``tune.md``'s lines on the baseline trial: which trials beat it (none without one)."""
+    base = next((r for r in records if r.get("baseline")), None)
+    if base is None:
+        return []
+    metric, regret = str(plan.objective["metric"]), str(plan.objective.get("regret_metric"))
+    values = " ".join(f"{k}={_format_param(v)}" for k, v in base["params"].items())
+    lines = ["## Against the baseline", ""]
+    if base["state"] != "COMPLETE":
+        return [*lines, f"The baseline, trial {base['trial']} ({values}), did not complete.", ""]
+    maximize = plan.directions[0] == "maximize"
+    others = [r for r in records if r["state"] == "COMPLETE" and r is not base]
+    winners = sorted(
+        (r for r in others if beats(r, base, maximize)),
+        key=lambda r: float(r["metric"]),
+        reverse=maximize,
+    )
+    lines.append(
+        f"Trial {base['trial']} trains the config's own values ({values}): {metric} "
+        f"{_format(base['metric'])} at {regret} {_format(base['regret'])} ({base['budget']})."
+    )
+    better = "higher" if maximize else "lower"
+    if winners:
+        listed = ", ".join(
+            f"{r['trial']} ({_format(r['metric'])} at {_format(r['regret'])})" for r in winners
+        )
+        lines.append(
+            f"{len(winners)} of the {len(others)} other complete trials have a {better} "
+            f"{metric} at no more {regret}: {listed}."
+        )
+    else:
+        lines.append(
+            f"None of the {len(others)} other complete trials has a {better} {metric} at no "
+            f"more {regret}."
+        )
+    return [*lines, ""]
+
+
 def _format_param(text: str) -> str:
     try:
         number = float(text)
@@ -949,6 +1074,10 @@ def _children(tracker: Tracker) -> dict[str, dict]:
         return {}
     experiment = tracker.client.get_run(tracker.run_id).info.experiment_id
     return child_metrics(tracker.client, experiment, tracker.run_id)
+
+
+def _shown(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={value_text(v)}" for k, v in params.items())
 
 
 def _error_text(error: BaseException) -> str:
@@ -991,6 +1120,12 @@ def run_tune(
 
     started = time.perf_counter()
     study = open_study(plan, int(cfg.seed))
+    if not study.get_trials(deepcopy=False):
+        if plan.baseline:
+            study.enqueue_trial(plan.baseline, user_attrs={"baseline": True})
+            log.info("trial 0 is the baseline: the config's own %s", _shown(plan.baseline))
+        elif plan.no_baseline:
+            log.warning("tune.baseline: no baseline trial, %s", plan.no_baseline)
     trials_dir = out / "trials"
     tags = {
         "task": "tune",
@@ -1181,6 +1316,7 @@ def _write_outputs(
         label,
         title=f"{plan.study}: {counts['complete']} complete trials",
         best=chosen[0] if plan.mode == "single" and chosen else None,
+        baseline=next((r["trial"] for r in complete if r["baseline"]), None),
     )
     markdown = out / "tune.md"
     markdown.write_text(report(records, chosen, plan, counts, describe))

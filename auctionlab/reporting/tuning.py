@@ -54,6 +54,7 @@ def plot_front(
     regret: str,
     title: str = "",
     best: int | None = None,
+    baseline: int | None = None,
 ) -> Path:
     """The trials' metric (y) against their regret (x, log scale with zero marked).
 
@@ -70,12 +71,14 @@ def plot_front(
         regret: the x axis's name, with the attacker budget that measured it if known.
         title: the figure's title.
         best: the number of the trial to star (single-objective search), or ``None``.
+        baseline: the number of the trial that trains the config's own values (an open
+            square), or ``None``.
 
     Returns:
         ``path``.
 
     """
-    return draw_front(points, path, metric, regret, title, best).path
+    return draw_front(points, path, metric, regret, title, best, baseline=baseline).path
 
 
 def draw_front(
@@ -87,6 +90,7 @@ def draw_front(
     best: int | None = None,
     noun: str = "trials",
     number_all: bool = False,
+    baseline: int | None = None,
 ) -> Plotted:
     """:func:`plot_front`, with what it drew.
 
@@ -172,6 +176,19 @@ def draw_front(
             linewidths=0.5,
             label=f"best (trial {best})",
             zorder=4,
+        )
+    based = [p for p in shown if baseline is not None and int(p["trial"]) == baseline]
+    if based:
+        ax.scatter(
+            [x_of(p) for p in based],
+            [float(p["metric"]) for p in based],
+            marker="s",
+            s=90,
+            facecolors="none",
+            edgecolors="tab:red",
+            linewidths=1.5,
+            label=f"baseline: the config's values (trial {baseline})",
+            zorder=5,
         )
     zeros = [p["trial"] for p in shown if float(p["regret"]) <= 0]
     ax.set_xlabel(f"{regret} (log scale" + ("; dotted line: regret 0)" if zeros else ")"))

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from auctionlab.components import build_env_and_mechanism
+from auctionlab.components import build, build_env_and_mechanism
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError, OutputError
 
 log = logging.getLogger("auctionlab")
@@ -358,12 +358,22 @@ def misfit(err: Exception, cfg: DictConfig, config: str = "its config") -> str:
     return f"checkpoint does not fit {config} ({setting}: {detail})"
 
 
-def load_trained(run: str, device):
+def load_trained(run: str, device, env: DictConfig | None = None):
     """Env and mechanism of a finished ``train`` run directory, weights loaded.
+
+    Args:
+        run: the train run directory.
+        device: where the mechanism goes.
+        env: another env node to serve (``None``: the run's own): a different prior of the same
+            size for any mechanism, another number of bidders or items for one that declares
+            ``any_size`` (size generalisation). The mechanism is built for this env with the
+            run's mechanism config, and the run's weights are loaded into it. An env of the
+            run's env's name is the run's own.
 
     Raises:
         ConfigError: not a finished train run, files that do not match its manifest, a damaged
-            checkpoint, or one that does not fit its config.
+            checkpoint, one that does not fit its config, or an ``env`` of another size for a
+            mechanism whose weights are sized for its training env.
 
     """
     directory = Path(run).expanduser()
@@ -384,18 +394,52 @@ def load_trained(run: str, device):
     # Before anything in the directory is used: nothing is built from an edited config.
     verify_manifest(directory, f"run={run}")
     train_cfg = _read_config(config, f"run={run}")
-    env, mechanism = build_env_and_mechanism(train_cfg)
+    trained_env, mechanism = build_env_and_mechanism(train_cfg)
+    env_built = trained_env
+    # Same name: the run's own env (its family's variant of that option, as trained).
+    if env is not None and env.get("name") != train_cfg.env.get("name"):
+        served = train_cfg.copy()
+        OmegaConf.update(served, "env", env, merge=False)
+        size, trained_size = _size(build(env, "env")), _size(trained_env)
+        if size != trained_size and not mechanism.any_size:
+            raise ConfigError(
+                f"env={env.get('name', '?')} ({size}): mechanism={mechanism.config_name} of "
+                f"run={run} has weights sized for its training env {trained_env.name} "
+                f"({trained_size}); only mechanisms whose weights fit any size evaluate on "
+                f"another one ({', '.join(any_size_mechanisms()) or 'none'})"
+            )
+        train_cfg = served
+        env_built, mechanism = build_env_and_mechanism(served)
     state = load_checkpoint(checkpoint, device, verified=True)
     try:
         mechanism.load_state_dict(state["mechanism"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise ConfigError(f"run={run}: {misfit(err, train_cfg)}") from err
+    env = env_built
     picked_path = directory / "choices.json"
     picked = _read_json(picked_path, f"run={run}") if picked_path.exists() else {}
     picked = {str(k): str(v) for k, v in picked.items()}
     picked.setdefault("mechanism", type(mechanism).__name__.lower())
     # Deployed form: e.g. regretnet_sparsemax clips its free payments only in eval mode.
     return env, mechanism.to(device).eval(), picked
+
+
+def _size(env) -> str:
+    return f"{env.n_bidders} bidders x {env.n_items} items"
+
+
+def any_size_mechanisms() -> list[str]:
+    """The packaged mechanism options whose class declares ``any_size``."""
+    from auctionlab.conf import CONF_DIR, group_options
+    from auctionlab.schema import check_target
+
+    found = []
+    for option in group_options("mechanism"):
+        target = OmegaConf.load(Path(CONF_DIR) / "mechanism" / f"{option}.yaml").get("_target_")
+        with contextlib.suppress(ConfigError):
+            if target and getattr(check_target(str(target), "mechanism"), "any_size", False):
+                found.append(option)
+    return found
 
 
 def _read_json(path: Path, where: str) -> dict:

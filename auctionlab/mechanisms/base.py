@@ -52,6 +52,10 @@ class Mechanism(nn.Module, Component):
     #: discrete forward pass and ``trainer.grad`` picks how gradients flow through it (the
     #: training attacker to use is returned). An attribute so "no strategies" is visible.
     gradient_strategy: Any = None
+    #: The weights do not depend on the number of bidders and items: a net trained on one
+    #: ``n x m`` serves any other of its family (``auctionlab evaluate run=<run> env=<size>``,
+    #: size generalisation). Property-tested by loading one size's weights into another.
+    any_size: bool = False
     #: Whether ``auctionlab audit`` can log this mechanism's decisions instance by instance
     #: (winner determination with a solver certificate: the combinatorial mechanisms).
     auditable: bool = False

@@ -55,6 +55,7 @@ class EquivariantNet(Mechanism):
     config_name = "equivariant_net"
     ir_by_design = True
     symmetric_in = ("bidders", "items")
+    any_size = True
 
     def __init__(
         self,

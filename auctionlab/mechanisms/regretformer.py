@@ -34,6 +34,7 @@ class RegretFormer(Mechanism):
     config_name = "regretformer"
     ir_by_design = True
     symmetric_in = ("bidders", "items")
+    any_size = True
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from auctionlab.runs import (
 from auctionlab.tasks.common import (
     check_applies,
     choices,
+    chosen_on_command_line,
     integer,
     log,
     non_finite_failure,
@@ -49,11 +50,18 @@ def prepare(cfg: DictConfig):
     device = setup_runtime(cfg)
     picked = choices()
     if cfg.run:
-        env, mechanism, trained_choices = load_trained(str(cfg.run), device)
+        # env=<option> on the command line: serve that env (another prior, or another size for
+        # a mechanism whose weights fit any size); otherwise the run's own.
+        served = cfg.env if chosen_on_command_line("env") else None
+        env, mechanism, trained_choices = load_trained(str(cfg.run), device, served)
+        trained_env = trained_choices.get("env", env.name)
         # Tag the evaluation with what was evaluated, not with evaluate.yaml's defaults.
         picked.update(trained_choices)
         mechanism_name = trained_choices["mechanism"]
         label = f"{mechanism_name} ({run_label(str(cfg.run))})"
+        if served is not None and env.name != trained_env:
+            picked.update(env=env.name, trained_env=trained_env)
+            label += f" trained on {trained_env}"
     else:
         env, mechanism = build_env_and_mechanism(cfg)
         mechanism = mechanism.to(device)

@@ -65,3 +65,26 @@ def test_the_teacher_is_handed_in_not_loaded(tmp_path):
     wrong = RegretNet(AuctionEnv("3x2", 3, 2, Uniform()), hidden=(4,))
     with pytest.raises(ConfigError, match="3x2 env; this env is 2x2"):
         student.set_teacher(wrong)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [c for c in mechanism_classes() if getattr(c, "any_size", False)],
+    ids=lambda c: c.__name__,
+)
+def test_any_size_weights_fit_every_size(cls):
+    """A class that declares ``any_size`` loads one size's weights into another, unchanged."""
+    torch.manual_seed(0)
+    small = cls(AuctionEnv("2x2", 2, 2, Uniform()))
+    for n, m in ((1, 1), (3, 10), (5, 3)):
+        other = cls(AuctionEnv(f"{n}x{m}", n, m, Uniform()))
+        other.load_state_dict(small.state_dict())  # strict: same keys, same shapes
+        outcome = other(torch.rand(4, n, m))
+        assert outcome.allocation.shape == (4, n, m) and outcome.payment.shape == (4, n)
+
+
+def test_the_sized_mechanisms_do_not_declare_any_size():
+    env, wide = AuctionEnv("2x2", 2, 2, Uniform()), AuctionEnv("3x10", 3, 10, Uniform())
+    assert RegretNet.any_size is False and Mechanism.any_size is False
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        RegretNet(wide, hidden=(4,)).load_state_dict(RegretNet(env, hidden=(4,)).state_dict())

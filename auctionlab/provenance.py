@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 #: Distributions whose versions a run records.
@@ -120,7 +121,9 @@ def provenance(device: str, threads: int) -> dict[str, str]:
     Returns:
         Flat string values: code version (see :func:`code_version`), ``python``, one
         ``<library>_version`` per entry of ``LIBRARIES``, the machine (see :func:`machine`),
-        ``device`` and ``threads``; on a CUDA device also ``cuda_device`` (the GPU's name).
+        ``device`` and ``threads``; on a CUDA device also ``cuda_device`` (the GPU's name);
+        in a Slurm job also ``slurm_job_id`` (``<array job>_<task>`` for an array task, as
+        ``sacct`` lists it).
 
     """
     found = dict(code_version())
@@ -133,7 +136,19 @@ def provenance(device: str, threads: int) -> dict[str, str]:
     gpu = cuda_device_name(device)
     if gpu is not None:
         found["cuda_device"] = gpu
+    job = slurm_job_id()
+    if job is not None:
+        found["slurm_job_id"] = job
     return found
+
+
+def slurm_job_id(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Slurm job this process runs in (``None`` outside Slurm), as ``sacct`` names it."""
+    environ = os.environ if environ is None else environ
+    array, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return environ.get("SLURM_JOB_ID") or None
 
 
 def mlflow_tags(task: str, found: dict[str, str]) -> dict[str, str]:

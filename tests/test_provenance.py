@@ -18,6 +18,7 @@ from auctionlab.provenance import (
     machine,
     mlflow_tags,
     provenance,
+    slurm_job_id,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,6 +53,19 @@ def test_provenance_names_the_machine():
     assert "cuda_device" not in found  # a CPU run names no GPU
     assert mlflow_tags("evaluate", found)["provenance.cpu_model"] == found["cpu_model"]
     assert {k: found[k] for k in machine()} == machine()
+
+
+def test_a_slurm_job_is_named_as_sacct_lists_it(monkeypatch):
+    assert slurm_job_id({}) is None
+    assert slurm_job_id({"SLURM_JOB_ID": "7"}) == "7"
+    array = {"SLURM_JOB_ID": "9", "SLURM_ARRAY_JOB_ID": "8", "SLURM_ARRAY_TASK_ID": "1"}
+    assert slurm_job_id(array) == "8_1"
+    for name in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "12")
+    assert provenance("cpu", 1)["slurm_job_id"] == "12"
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert "slurm_job_id" not in provenance("cpu", 1)
 
 
 def test_a_cuda_device_is_named():

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +166,10 @@ def test_two_job_sweep_through_slurm(slurm, tmp_path):
     logs = "\n".join(slurm.log(n) for n in ("slurmctld.log", "slurmd.log", "jobcomp.log"))
     assert done.returncode == 0, f"{done.stderr[-3000:]}\n{logs}"
 
-    runs = mlflow_runs(uri)
+    every = mlflow_runs(uri)
+    (parent,) = [r for r in every if r.data.tags.get("task") == "multirun"]
+    runs = [r for r in every if r is not parent]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"], logs
     assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
     assert {r.data.tags["choice.env"] for r in runs} == {"1x2"}
@@ -177,8 +181,15 @@ def test_two_job_sweep_through_slurm(slurm, tmp_path):
     assert f"#SBATCH --partition={PARTITION}" in script.read_text()
     submitted = slurm.log("slurmctld.log", lines=10_000)
     assert f"_slurm_rpc_submit_batch_job: JobId={array_id} " in submitted, logs
-    jobcomp = _completed_jobs(slurm.state / "log" / "jobcomp.log")
-    jobs = [j for j in jobcomp if j.get("ArrayJobId") == array_id]
+    # submitit returns when a task's result file appears; slurmctld records the task's end when
+    # slurmd reports it, moments later (seconds on a busy machine)
+    deadline = time.monotonic() + 60
+    while True:
+        jobcomp = _completed_jobs(slurm.state / "log" / "jobcomp.log")
+        jobs = [j for j in jobcomp if j.get("ArrayJobId") == array_id]
+        if len(jobs) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert sorted(j["ArrayTaskId"] for j in jobs) == ["0", "1"], logs
     assert all(j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0" for j in jobs), jobs
     assert {j["Partition"] for j in jobs} == {PARTITION}
@@ -195,6 +206,9 @@ def test_two_job_sweep_through_slurm(slurm, tmp_path):
         assert f"job_id={array_id}_{job['ArrayTaskId']}" in text  # submitit saw the Slurm ids
         ran |= {d for d in run_dirs if d in text}
     assert ran == run_dirs
+    # ...and records it: the MLflow run's provenance names its array task as sacct does
+    tasks = {f"{array_id}_{j['ArrayTaskId']}" for j in jobs}
+    assert {r.data.tags.get("provenance.slurm_job_id") for r in runs} == tasks
     ids = ", ".join(f"{array_id}_{j['ArrayTaskId']} (JobId={j['JobId']})" for j in jobs)
     sacct = "sacct: both COMPLETED" if slurm.accounting else "no accounting"
     print(f"Slurm jobs: {ids} ({sacct}); MLflow runs: {sorted(r.info.run_id for r in runs)}")

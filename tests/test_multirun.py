@@ -68,6 +68,7 @@ def test_joblib_parallel_sweep_five_times(run_console, tmp_path):
         _check_joblib_sweep(*_sweep_in_fresh_store(run_console, tmp_path, name, JOBLIB_SWEEP))
 
 
+@pytest.mark.slow  # ~23 s; tests/test_slurm.py sweeps through submitit and a real Slurm
 def test_submitit_local_two_job_sweep(run_console, tmp_path, list_runs):
     args = [
         "evaluate",

@@ -117,6 +117,11 @@ SLOW_SMOKE = {
     "ca_stress",
     "ca_scaling",
     "ca_tolerance",
+    # the two slowest of the rest (about 60 s and 20 s on CI): lic_table1's plan and its rows'
+    # settings are checked by tests/test_lic_experiment.py, myerson_single_item runs in-process
+    # below (test_reproduce.py's sweep of it) and in tests/test_references.py
+    "lic_table1",
+    "myerson_single_item",
 }
 
 

@@ -141,6 +141,7 @@ def test_ctrl_c_saves_checkpoint_and_resume_finishes(
     assert "failure" not in finished.data.tags  # the interruption's reason is stale now
 
 
+@pytest.mark.slow  # ~50 s; the default suite keeps kill-then-resume (exact resume)
 def test_sigterm_stops_like_ctrl_c_and_a_copied_run_dir_resumes_into_a_new_run(
     uninterrupted, tmp_path, mlflow_uri, run_console, spawn_console
 ):

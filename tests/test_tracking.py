@@ -123,6 +123,7 @@ def test_too_long_experiment_name_is_one_line_before_any_run(main_in_process, tm
     assert len(list_runs()) == before
 
 
+@pytest.mark.slow  # waits out the tracking timeout (~25 s); the bad-server tests above stay
 def test_hung_server_falls_back_to_local_store(cli, tmp_path, hung_server):
     cwd = tmp_path / "fallback"
     cwd.mkdir()

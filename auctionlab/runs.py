@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from auctionlab.components import build, build_env_and_mechanism
+from auctionlab.components import build_env_and_mechanism
 from auctionlab.errors import ConfigError, InterruptedRunError, NonFiniteError, OutputError
 
 log = logging.getLogger("auctionlab")
@@ -400,7 +400,8 @@ def load_trained(run: str, device, env: DictConfig | None = None):
     if env is not None and env.get("name") != train_cfg.env.get("name"):
         served = train_cfg.copy()
         OmegaConf.update(served, "env", env, merge=False)
-        size, trained_size = _size(build(env, "env")), _size(trained_env)
+        env_built, built = build_env_and_mechanism(served)
+        size, trained_size = _size(env_built), _size(trained_env)
         if size != trained_size and not mechanism.any_size:
             raise ConfigError(
                 f"env={env.get('name', '?')} ({size}): mechanism={mechanism.config_name} of "
@@ -408,8 +409,7 @@ def load_trained(run: str, device, env: DictConfig | None = None):
                 f"({trained_size}); only mechanisms whose weights fit any size evaluate on "
                 f"another one ({', '.join(any_size_mechanisms()) or 'none'})"
             )
-        train_cfg = served
-        env_built, mechanism = build_env_and_mechanism(served)
+        train_cfg, mechanism = served, built
     state = load_checkpoint(checkpoint, device, verified=True)
     try:
         mechanism.load_state_dict(state["mechanism"])

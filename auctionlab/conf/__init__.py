@@ -115,6 +115,16 @@ def job_config_dirs() -> list[Path]:
     return [Path(s.path) for s in sources if s.schema == "file"]
 
 
+def chosen_on_command_line(group: str) -> bool:
+    """Whether the running job's own overrides pick ``group`` (``env=3x10``; outside Hydra: no)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    keys = (str(o).split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return group in keys
+
+
 def group_options(group: str, search_dirs: Sequence[Path] = ()) -> list[str]:
     """Options of a config group, packaged and the user's (``family/name`` for nested ones).
 

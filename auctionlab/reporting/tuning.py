@@ -164,32 +164,42 @@ def draw_front(
                 xytext=(4, 4),
                 fontsize=7,
             )
-    starred = [p for p in shown if best is not None and int(p["trial"]) == best]
-    if starred:
-        ax.scatter(
-            [x_of(p) for p in starred],
-            [float(p["metric"]) for p in starred],
-            marker="*",
-            s=160,
-            color="tab:orange",
-            edgecolors="black",
-            linewidths=0.5,
-            label=f"best (trial {best})",
-            zorder=4,
-        )
-    based = [p for p in shown if baseline is not None and int(p["trial"]) == baseline]
-    if based:
-        ax.scatter(
-            [x_of(p) for p in based],
-            [float(p["metric"]) for p in based],
-            marker="s",
-            s=90,
-            facecolors="none",
-            edgecolors="tab:red",
-            linewidths=1.5,
-            label=f"baseline: the config's values (trial {baseline})",
-            zorder=5,
-        )
+    # the best trial starred, the baseline trial in an open square
+    marks = (
+        (
+            best,
+            f"best (trial {best})",
+            {
+                "marker": "*",
+                "s": 160,
+                "color": "tab:orange",
+                "edgecolors": "black",
+                "linewidths": 0.5,
+                "zorder": 4,
+            },
+        ),
+        (
+            baseline,
+            f"baseline: the config's values (trial {baseline})",
+            {
+                "marker": "s",
+                "s": 90,
+                "facecolors": "none",
+                "edgecolors": "tab:red",
+                "linewidths": 1.5,
+                "zorder": 5,
+            },
+        ),
+    )
+    for number, label, style in marks:
+        marked = [p for p in shown if number is not None and int(p["trial"]) == number]
+        if marked:
+            ax.scatter(
+                [x_of(p) for p in marked],
+                [float(p["metric"]) for p in marked],
+                label=label,
+                **style,
+            )
     zeros = [p["trial"] for p in shown if float(p["regret"]) <= 0]
     ax.set_xlabel(f"{regret} (log scale" + ("; dotted line: regret 0)" if zeros else ")"))
     ax.set_ylabel(metric)

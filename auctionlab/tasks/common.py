@@ -36,16 +36,6 @@ def choices() -> dict[str, str]:
     }
 
 
-def chosen_on_command_line(group: str) -> bool:
-    """Whether the running job's own overrides pick ``group`` (``env=3x10``; outside Hydra: no)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return False
-    keys = (str(o).split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
-    return group in keys
-
-
 def hydra_output_dir() -> Path | None:
     """The running Hydra job's output directory (``None`` outside a job; creates nothing)."""
     from hydra.core.hydra_config import HydraConfig

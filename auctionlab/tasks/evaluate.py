@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from auctionlab.components import build, build_env_and_mechanism
+from auctionlab.conf import chosen_on_command_line
 from auctionlab.errors import ConfigError
 from auctionlab.evaluation import evaluate_mechanism, write_curve
 from auctionlab.reporting.figures import check_figures, evaluation_figures
@@ -23,7 +24,6 @@ from auctionlab.runs import (
 from auctionlab.tasks.common import (
     check_applies,
     choices,
-    chosen_on_command_line,
     integer,
     log,
     non_finite_failure,

@@ -11,8 +11,8 @@ setup:  ## create .venv and install auctionlab with dev tools (CPU torch pinned)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -c $(PIP_CONSTRAINTS) -e ".[dev]"
 
-test:  ## default suite (minutes, CPU)
-	$(BIN)/pytest -q
+test:  ## default suite (minutes, CPU): one pytest worker per core, a test file per worker at a time
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 test-slow:  ## long checks (learned mechanisms at scale=cpu, a sweep through scripts/slurm_local.sh's Slurm if installed) and fuzz tests with many examples
 	$(BIN)/pytest -q -m slow -p no:cacheprovider

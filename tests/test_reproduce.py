@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from auctionlab.conf import CONF_DIR
+from auctionlab.errors import ConfigError
 from auctionlab.reporting.tables import BUDGET
 
 CONF = CONF_DIR
@@ -122,7 +123,17 @@ SLOW_SMOKE = {
     # below (test_reproduce.py's sweep of it) and in tests/test_references.py
     "lic_table1",
     "myerson_single_item",
+    # two smoke trainings and six evaluations; its staged sweep keys and shared training run
+    # in the default suite below (test_a_later_stage_sweep_key_shares_one_training)
+    "size_generalisation",
 }
+
+
+def _evaluate_budget(name: str) -> tuple[int, int]:
+    """Restarts x steps that evaluate reports at scale=smoke: PGD's 4 x 20 where the
+    experiment asks for it, else the adaptive attacker's (4 starts, 30 steps at most)."""
+    node = OmegaConf.load(CONF / "experiment" / f"{name}.yaml").experiment
+    return (4, 20) if "attacker=pgd" in list(node.overrides.get("evaluate", [])) else (4, 30)
 
 
 @pytest.fixture(
@@ -165,7 +176,9 @@ def test_reproduce_writes_table_and_plot(reproduced):
     assert regrets
     for column in ("restarts", "steps", "profiles"):
         assert table[column].notna().all() and (table[column] > 0).all(), column
-    assert (table["steps"] == 20).all() and (table["profiles"] == 128).all()  # scale=smoke
+    restarts, steps = _evaluate_budget(name)  # scale=smoke
+    assert (table["steps"] == steps).all() and (table["profiles"] == 128).all()
+    assert (table["restarts"] == restarts).all()
     objective = _objective(table)
     assert table[objective].notna().all() and (table[objective] > 0).all()
     markdown = (out / f"{name}.md").read_text()
@@ -238,7 +251,9 @@ def test_runs_lists_the_children_with_their_budget(reproduced, compose, mlflow_u
         label, _, value = row["headline"].split()[0].partition("=")
         assert label == names[0] and float(value) == float(value)  # a number, not NaN
         assert row["status"] == "FINISHED" and row["ir_violation"]
-        assert row["budget"] == {"evaluate": "4x20 @128", "train": "2x10 @64"}[row["task"]]
+        restarts, steps = _evaluate_budget(name)
+        expected = {"evaluate": f"{restarts}x{steps} @128", "train": "2x10 @64"}
+        assert row["budget"] == expected[row["task"]]
         assert row["name"] in printed
 
 
@@ -280,3 +295,47 @@ def test_a_failed_job_is_reported_and_fails_the_task(compose, monkeypatch, mlflo
     assert child.info.status == "FAILED"
     parent = mlflow_client.get_run(child.data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FAILED" and parent.data.tags["task"] == "reproduce"
+
+
+def test_a_later_stage_sweep_key_shares_one_training(compose, list_runs):
+    # evaluate/env: one trained EquivariantNet (one train job) evaluated on two sizes
+    from auctionlab.tasks import reproduce
+
+    before = {r.info.run_id for r in list_runs()}
+    sweep = "experiment.sweep=[{mechanism: equivariant_net, env: 2x2, evaluate/env: '2x2,2x3'}]"
+    cfg = compose("reproduce", ["experiment=size_generalisation", "scale=smoke", sweep])
+    reproduce.run(cfg)
+    (out,) = Path("outputs").glob("adhoc")
+    with (out / "points.csv").open() as handle:
+        jobs = list(csv.DictReader(handle))
+    trains = {j["run_dir"] for j in jobs if j["stage"] == "train"}
+    evaluations = [j for j in jobs if j["stage"] == "evaluate"]
+    assert len(trains) == 1 and len(evaluations) == 2
+    assert [j["overrides"].split()[-1] for j in evaluations] == ["env=2x2", "env=2x3"]
+    for job, size in zip(evaluations, ("2x2", "2x3"), strict=True):
+        assert OmegaConf.load(Path(job["run_dir"]) / "config.yaml").env.name == size
+    new = [r for r in list_runs() if r.info.run_id not in before]
+    tasks = sorted(r.data.tags["task"] for r in new)
+    assert tasks == ["evaluate", "evaluate", "reproduce", "train"]
+    table = pd.read_csv(out / "size_generalisation.csv")
+    assert list(table["evaluate/env"]) == ["2x2", "2x3"]
+    assert table["iterations"].tolist() == [20, 20]  # both rows read the one training
+    assert table["revenue"].nunique() == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "words"),
+    [
+        ("train/env", ["sweep key train/env", "later stage", "evaluate"]),
+        ("certify/env", ["sweep key certify/env", "later stage", "evaluate"]),
+    ],
+)
+def test_a_stage_key_must_name_a_later_stage(key, words, compose):
+    from auctionlab.experiments.plan import build_plan
+
+    sweep = f"experiment.sweep=[{{mechanism: equivariant_net, env: 2x5, {key}: 3x10}}]"
+    cfg = compose("reproduce", ["experiment=size_generalisation", "scale=smoke", sweep])
+    with pytest.raises(ConfigError) as caught:
+        build_plan(cfg, ("env", "mechanism"))
+    for word in words:
+        assert word in str(caught.value)

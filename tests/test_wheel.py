@@ -87,6 +87,10 @@ def test_the_wheel_is_what_runs(installed, tmp_path):
     conf = Path(probe.stdout.strip())
     assert conf.is_relative_to(installed.parent), conf  # not the checkout
     assert (conf / "train.yaml").is_file() and (conf / "env" / "2x2.yaml").is_file()
+    # every config of the checkout ships, however deep (recipe/<scale>/<env>/<mechanism>.yaml)
+    source = REPO / "auctionlab" / "conf"
+    wanted = {p.relative_to(source) for p in source.rglob("*.yaml")}
+    assert wanted == {p.relative_to(conf) for p in conf.rglob("*.yaml")}
     assert (conf.parent / "solvers" / "pf" / "native.c").is_file()
 
 

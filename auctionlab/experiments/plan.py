@@ -23,7 +23,11 @@ An experiment (``conf/experiment/<name>.yaml``, package ``_global_``) sets its d
       plot: {...}                # see auctionlab.reporting.plots.plot_table
 
 The point's sweep overrides go to its ``train`` (or ``resume``) stage, its first stage when it has
-neither; ``evaluate`` and ``certify`` after training get ``run=<train dir>``. A ``teacher`` stage is
+neither; ``evaluate`` and ``certify`` after training get ``run=<train dir>``. A sweep key
+``<stage>/<key>`` (``evaluate/env: 2x2,2x5,3x10``) goes to that later stage instead, as
+``<key>=<value>``: points that differ only there share one training run (identical ``train``
+jobs run once per reproduce run) and are evaluated each their own way (a net trained on one size
+served on others). A ``teacher`` stage is
 a ``train`` job (``overrides.teacher`` plus the point's ``env*`` and ``seed``) whose directory is
 passed to the point's ``train`` as ``mechanism.teacher=<dir>`` (distillation, [curry2020certifying]
 §3.2). A ``resume`` stage is a staged schedule (warm restarts): the first point that trains runs a
@@ -88,6 +92,8 @@ class Point:
         overrides: its sweep overrides (``["mechanism=vcg", "env=2x2"]``), for the first stage.
         labels: row labels for the table: the first stage's Hydra choices and the sweep values.
         skip: pipeline stages this point does not run (``train`` for a fixed rule).
+        staged: its sweep overrides for later stages (``{"evaluate": ["env=3x10"]}``), from
+            the sweep's ``<stage>/<key>`` keys.
 
     """
 
@@ -95,11 +101,13 @@ class Point:
     overrides: list[str]
     labels: dict[str, str] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
+    staged: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
         """``03_bundled_myerson-2x2``: the point's directory name."""
-        values = "-".join(o.split("=", 1)[1].strip("'\"") for o in self.overrides)
+        every = [*self.overrides, *(o for own in self.staged.values() for o in own)]
+        values = "-".join(o.split("=", 1)[1].strip("'\"") for o in every)
         return f"{self.number:02d}_" + re.sub(r"[^\w.-]+", "_", values)[:80]
 
 
@@ -188,6 +196,35 @@ def listing() -> str:
             f"{name:<22} {count:>3} points ({stages}), scale={cfg.scale.name}: {node.reproduces}"
         )
     return "\n".join(lines)
+
+
+def split_staged(
+    name: str, overrides: list[str], pipeline: list[str]
+) -> tuple[list[str], dict[str, list[str]]]:
+    """A point's sweep overrides: those of its first stage, and ``<stage>/<key>`` ones by stage.
+
+    Raises:
+        ConfigError: a ``<stage>/`` key names the first stage or a stage the pipeline lacks.
+
+    """
+    first = primary_stage(pipeline)
+    own: list[str] = []
+    staged: dict[str, list[str]] = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        stage, slash, rest = key.lstrip("+~").partition("/")
+        if not slash or stage not in STAGES:
+            own.append(override)
+            continue
+        later = [s for s in pipeline if s != first]
+        if stage not in later:
+            raise ConfigError(
+                f"experiment {name}: sweep key {key}: {stage} is not a later stage of the "
+                f"pipeline {pipeline}; a <stage>/<key> key names one of: {', '.join(later)}"
+            )
+        prefix = key[: len(key) - len(key.lstrip("+~"))]
+        staged.setdefault(stage, []).append(f"{prefix}{rest}={value}")
+    return own, staged
 
 
 def _check_groups(name: str, overrides: list[str], groups: Collection[str]) -> None:
@@ -298,8 +335,12 @@ def build_plan(cfg: DictConfig, groups: Collection[str]) -> Plan:
     scale = str(cfg.scale.name)
     first = primary_stage(pipeline)
     points = []
-    for number, overrides in enumerate(expand_sweep(spec.get("sweep"))):
+    for number, swept in enumerate(expand_sweep(spec.get("sweep"))):
+        overrides, staged = split_staged(name, swept, pipeline)
         _check_groups(name, overrides, groups)
+        for stage, own in staged.items():
+            _check_groups(name, own, groups)
+            _compose_point(name, task_of(stage), [f"scale={scale}", *stage_overrides[stage], *own])
         # A resume point is checked as the fresh run that starts its schedule.
         fresh = stage_overrides["train"]
         composed = _compose_point(
@@ -336,10 +377,10 @@ def build_plan(cfg: DictConfig, groups: Collection[str]) -> Plan:
             for k, v in composed.hydra.runtime.choices.items()
             if v is not None and not k.startswith("hydra")
         }
-        for override in overrides:
+        for override in swept:
             key, _, value = override.partition("=")
             labels[key.lstrip("+~")] = value.strip("'\"")
-        points.append(Point(number, overrides, labels, skip))
+        points.append(Point(number, overrides, labels, skip, staged))
     for stage in pipeline:
         if stage == first:
             if stage == "resume":  # its overrides continue a run composed from train's
@@ -380,9 +421,9 @@ def stage_arguments(
         return [o for o in point.overrides if _teacher_override(o)]
     first = primary_stage(pipeline)
     if stage == first or (stage == "evaluate" and first in point.skip):
-        own = list(point.overrides)
+        own = [*point.overrides, *point.staged.get(stage, [])]
         if "teacher" in done:
             own.append(f"mechanism.teacher={quote(str(done['teacher']))}")
         return own
     trained = done["train"] if "train" in done else done["resume"]
-    return [f"run={quote(str(trained))}"]
+    return [f"run={quote(str(trained))}", *point.staged.get(stage, [])]

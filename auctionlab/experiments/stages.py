@@ -3,7 +3,8 @@
 Each stage of each point is a normal job run through Hydra's ``run_job``: its own run directory
 ``<reproduce run>/points/<NN>_<labels>/<stage>/`` (resolved ``config.yaml``, ``metrics.json``,
 ``.hydra/``, ``<stage>.log``) and its own MLflow run, a child of the reproduce run (tag
-``mlflow.parentRunId``). Identical teachers are trained once per reproduce run. The ``scale``
+``mlflow.parentRunId``). Identical teachers, and identical ``train`` jobs (points that differ
+only in a later stage's sweep keys), are trained once per reproduce run. The ``scale``
 (with any ``scale.*`` override), ``device``, ``threads``, ``progress`` and the tracking store of
 the reproduce run are passed to every job.
 
@@ -228,7 +229,7 @@ def run_experiment(
         base = base_overrides(cfg, tracker)
         jobs: list[dict[str, Any]] = []
         failed = 0
-        teachers: dict[tuple[str, ...], Path] = {}
+        trained: dict[tuple[str, ...], Path] = {}  # teacher and train jobs, by overrides
         chain: Path | None = None  # the last resume stage's run, continued by the next one
         for point in plan.points:
             done: dict[str, Path] = {}
@@ -241,8 +242,20 @@ def run_experiment(
                 if stage == "resume" and chain is None:
                     fixed = plan.stage_overrides["train"]  # the schedule starts afresh
                 overrides = [*base, *fixed, *own]
-                if stage == "teacher" and tuple(overrides) in teachers:
-                    done[stage] = teachers[tuple(overrides)]  # trained once per reproduce run
+                shared = trained.get((stage, *overrides)) if stage != "resume" else None
+                if shared is not None:  # trained once per reproduce run
+                    done[stage] = shared
+                    if stage == "train":  # the point's row reads the shared run's metrics
+                        jobs.append(
+                            {
+                                "point": point.number,
+                                "stage": stage,
+                                "overrides": " ".join(own),
+                                "run_dir": str(shared),
+                                "status": "FINISHED",
+                                "error": "",
+                            }
+                        )
                     continue
                 log.info("[%d/%d] %s %s", point.number + 1, len(plan.points), stage, " ".join(own))
                 if stage == "resume" and chain is not None:
@@ -266,8 +279,8 @@ def run_experiment(
                         raise RuntimeError(f"{stage} {' '.join(own)} failed: {error}") from error
                     break
                 done[stage] = directory
-                if stage == "teacher":
-                    teachers[tuple(overrides)] = directory
+                if stage in ("teacher", "train"):
+                    trained[(stage, *overrides)] = directory
                 if stage == "resume":
                     chain = directory
         records, jobs = collect(plan, jobs, tracker)

@@ -83,7 +83,15 @@ def setup_runtime(cfg: DictConfig) -> torch.device:
     from auctionlab.schema import validate
     from auctionlab.utils import resolve_device, seed_everything
 
-    validate(cfg)
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        recipe = choices().get("recipe")
+        if recipe is None or not str(err).startswith("trainer."):
+            raise
+        # A recipe is written for the setting's default trainer; name the way out.
+        hint = f"set by recipe {recipe}; add ~recipe to train without it"
+        raise ConfigError(f"{err} ({hint})") from None
     check_seeds(OmegaConf.to_container(cfg, resolve=True))
     seed_everything(integer(cfg, "seed"))
     if cfg.get("threads") is not None:

@@ -179,6 +179,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             device,
             f", resuming at iteration {trainer.iteration}" if trainer.iteration else "",
         )
+        if "recipe" in picked:  # the scale's measured schedule for this env and mechanism
+            log.info("recipe %s (~recipe trains on the scale's plain budget)", picked["recipe"])
         try:
             summary = trainer.fit(on_log)
             trainer.check_parameters()

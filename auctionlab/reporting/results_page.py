@@ -121,13 +121,27 @@ def _select(cfg: DictConfig, *keys: str) -> list[Any] | None:
     return None if values[0] is None or values[1] is None else values
 
 
-def job_budget(stage: str, cfg: DictConfig) -> list[dict[str, Any]]:
+def _attacker_label(cfg: DictConfig) -> str | None:
+    """``adaptive`` for ``auctionlab.attackers.AdaptiveAttacker``; ``None`` for PGD or none."""
+    target = str(OmegaConf.select(cfg, "attacker._target_", default="") or "")
+    name = target.rsplit(".", 1)[-1].removesuffix("Attacker").lower()
+    return None if name in ("", "pgd") else name
+
+
+def job_budget(
+    stage: str, cfg: DictConfig, metrics: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The attacker budgets one job ran with, from its resolved ``config.yaml``.
+
+    An ``evaluate`` job's budget is what its attacker reported (``attack_restarts``,
+    ``attack_steps`` in ``metrics``: the numbers next to its regret in the table); without
+    them only a PGD attacker's budget can be read from the config.
 
     Args:
         stage: the job's pipeline stage (``train``, ``teacher``, ``resume``, ``evaluate``,
             ``certify``).
         cfg: the job's resolved config.
+        metrics: the job's ``metrics.json`` (``evaluate``: the attacker's reported budget).
 
     Returns:
         One ``{"stage", "attacker", "restarts", "steps", "profiles", "per"}`` per attacker:
@@ -146,6 +160,21 @@ def job_budget(stage: str, cfg: DictConfig) -> list[dict[str, Any]]:
             ("training attacker", training, "batch"),
         ]
     elif stage == "evaluate":
+        label = _attacker_label(cfg)
+        reported = metrics or {}
+        if "attack_restarts" in reported and "attack_steps" in reported:
+            return [
+                {
+                    "stage": stage,
+                    "attacker": label or "",
+                    "restarts": int(reported["attack_restarts"]),
+                    "steps": int(reported["attack_steps"]),
+                    "profiles": int(reported.get("profiles", cfg.get("profiles"))),
+                    "per": "profiles",
+                }
+            ]
+        if label is not None:  # its budget is not PGD's restarts x steps: nothing to read
+            return []
         specs = [("", ("attack_budget.restarts", "attack_budget.steps", "profiles"), "profiles")]
     elif stage == "certify":
         if OmegaConf.select(cfg, "certifier.restarts", default=None) is not None:
@@ -190,7 +219,12 @@ def job_budgets(run_dir: Path) -> list[dict[str, Any]]:
             continue  # a job that never wrote its config has no budget to report
         if not isinstance(cfg, DictConfig):
             continue
-        for entry in job_budget(path.parent.name, cfg):
+        metrics_path = path.parent / "metrics.json"
+        try:
+            metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+        except (OSError, ValueError):
+            metrics = None
+        for entry in job_budget(path.parent.name, cfg, metrics):
             if entry not in found:
                 found.append(entry)
     return found

@@ -230,6 +230,24 @@ def test_a_stage_budget_is_read_from_its_job_config(task, overrides, stage, expe
     assert format_budgets(job_budget(stage, cfg)) == expected
 
 
+@pytest.mark.parametrize(
+    ("overrides", "metrics", "expected"),
+    [
+        (["attacker=pgd"], None, "evaluate: 4 restarts x 20 steps on 128 profiles"),
+        (
+            [],  # evaluate's default, the adaptive attacker: its reported budget
+            {"attack_restarts": 4.0, "attack_steps": 30.0, "profiles": 128.0},
+            "evaluate (adaptive): 4 restarts x 30 steps on 128 profiles",
+        ),
+        ([], None, "not recorded"),  # an adaptive run's budget is not in its config
+    ],
+)
+def test_an_evaluate_budget_is_the_one_its_attacker_reported(overrides, metrics, expected, compose):
+    cfg = compose("evaluate", ["scale=smoke", "mechanism=vcg", *overrides])
+    OmegaConf.resolve(cfg)
+    assert format_budgets(job_budget("evaluate", cfg, metrics)) == expected
+
+
 def test_every_attacker_budget_of_a_scale_is_found(compose):
     scale = compose("reproduce", ["scale=smoke"]).scale
     found = scale_budgets(OmegaConf.to_container(scale, resolve=True))

@@ -242,7 +242,7 @@ def run_experiment(
                 if stage == "resume" and chain is None:
                     fixed = plan.stage_overrides["train"]  # the schedule starts afresh
                 overrides = [*base, *fixed, *own]
-                shared = trained.get((stage, *overrides)) if stage != "resume" else None
+                shared = trained.get((stage, *overrides))
                 if shared is not None:  # trained once per reproduce run
                     done[stage] = shared
                     if stage == "train":  # the point's row reads the shared run's metrics

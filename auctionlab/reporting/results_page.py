@@ -121,27 +121,24 @@ def _select(cfg: DictConfig, *keys: str) -> list[Any] | None:
     return None if values[0] is None or values[1] is None else values
 
 
-def _attacker_label(cfg: DictConfig) -> str | None:
-    """``adaptive`` for ``auctionlab.attackers.AdaptiveAttacker``; ``None`` for PGD or none."""
-    target = str(OmegaConf.select(cfg, "attacker._target_", default="") or "")
-    name = target.rsplit(".", 1)[-1].removesuffix("Attacker").lower()
-    return None if name in ("", "pgd") else name
-
-
 def job_budget(
-    stage: str, cfg: DictConfig, metrics: Mapping[str, Any] | None = None
+    stage: str,
+    cfg: DictConfig,
+    metrics: Mapping[str, Any] | None = None,
+    attacker: str | None = None,
 ) -> list[dict[str, Any]]:
     """The attacker budgets one job ran with, from its resolved ``config.yaml``.
 
     An ``evaluate`` job's budget is what its attacker reported (``attack_restarts``,
-    ``attack_steps`` in ``metrics``: the numbers next to its regret in the table); without
-    them only a PGD attacker's budget can be read from the config.
+    ``attack_steps`` in ``metrics``: the numbers next to its regret in the table), whatever
+    the attacker; a job without them has no regret to report and no budget.
 
     Args:
         stage: the job's pipeline stage (``train``, ``teacher``, ``resume``, ``evaluate``,
             ``certify``).
         cfg: the job's resolved config.
         metrics: the job's ``metrics.json`` (``evaluate``: the attacker's reported budget).
+        attacker: the job's ``attacker`` option (its Hydra choice), the evaluate budget's label.
 
     Returns:
         One ``{"stage", "attacker", "restarts", "steps", "profiles", "per"}`` per attacker:
@@ -160,22 +157,19 @@ def job_budget(
             ("training attacker", training, "batch"),
         ]
     elif stage == "evaluate":
-        label = _attacker_label(cfg)
         reported = metrics or {}
-        if "attack_restarts" in reported and "attack_steps" in reported:
-            return [
-                {
-                    "stage": stage,
-                    "attacker": label or "",
-                    "restarts": int(reported["attack_restarts"]),
-                    "steps": int(reported["attack_steps"]),
-                    "profiles": int(reported.get("profiles", cfg.get("profiles"))),
-                    "per": "profiles",
-                }
-            ]
-        if label is not None:  # its budget is not PGD's restarts x steps: nothing to read
+        if "attack_restarts" not in reported or "attack_steps" not in reported:
             return []
-        specs = [("", ("attack_budget.restarts", "attack_budget.steps", "profiles"), "profiles")]
+        return [
+            {
+                "stage": stage,
+                "attacker": attacker or "",
+                "restarts": int(reported["attack_restarts"]),
+                "steps": int(reported["attack_steps"]),
+                "profiles": int(reported.get("profiles", cfg.get("profiles"))),
+                "per": "profiles",
+            }
+        ]
     elif stage == "certify":
         if OmegaConf.select(cfg, "certifier.restarts", default=None) is not None:
             keys = ("certifier.restarts", "certifier.steps", "certifier.holdout_profiles")
@@ -224,7 +218,12 @@ def job_budgets(run_dir: Path) -> list[dict[str, Any]]:
             metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         except (OSError, ValueError):
             metrics = None
-        for entry in job_budget(path.parent.name, cfg, metrics):
+        hydra = path.parent / ".hydra" / "hydra.yaml"
+        try:
+            attacker = OmegaConf.select(OmegaConf.load(hydra), "hydra.runtime.choices.attacker")
+        except (OSError, ValueError):
+            attacker = None
+        for entry in job_budget(path.parent.name, cfg, metrics, attacker):
             if entry not in found:
                 found.append(entry)
     return found

@@ -99,7 +99,7 @@ def test_page_names_command_commit_scale_budget_table_and_figure(run_dir):
     assert meta["scale"] == "`smoke`"
     ev = SMOKE.evaluation
     assert meta["attacker budget"] == (
-        f"evaluate: {ev.restarts} restarts x {ev.steps} steps on {ev.profiles} profiles"
+        f"evaluate (pgd): {ev.restarts} restarts x {ev.steps} steps on {ev.profiles} profiles"
     )
     assert meta["failed jobs"] == "0 of 2"
     assert meta["date (UTC)"] == record["started"][:19].replace("T", " ")
@@ -148,7 +148,7 @@ def test_a_run_without_its_record_falls_back_and_says_what_is_missing(run_dir, t
         assert meta["commit"].startswith(f"`{job['provenance']['git_commit']}`")
     assert meta["date (UTC)"].startswith(NOT_RECORDED) and "reproduce.log" in meta["date (UTC)"]
     assert meta["run time"].startswith(NOT_RECORDED)
-    assert meta["attacker budget"].startswith("evaluate: 4 restarts x 20 steps")
+    assert meta["attacker budget"].startswith("evaluate (pgd): 4 restarts x 20 steps")
     assert meta["failed jobs"] == "0 of 2"
     # nothing at all about the machine or the commit: said so, not invented
     for metrics in (copy / "points").glob("*/*/metrics.json"):
@@ -231,21 +231,25 @@ def test_a_stage_budget_is_read_from_its_job_config(task, overrides, stage, expe
 
 
 @pytest.mark.parametrize(
-    ("overrides", "metrics", "expected"),
+    ("attacker", "metrics", "expected"),
     [
-        (["attacker=pgd"], None, "evaluate: 4 restarts x 20 steps on 128 profiles"),
         (
-            [],  # evaluate's default, the adaptive attacker: its reported budget
+            "pgd",
+            {"attack_restarts": 4.0, "attack_steps": 20.0, "profiles": 128.0},
+            "evaluate (pgd): 4 restarts x 20 steps on 128 profiles",
+        ),
+        (
+            "adaptive",
             {"attack_restarts": 4.0, "attack_steps": 30.0, "profiles": 128.0},
             "evaluate (adaptive): 4 restarts x 30 steps on 128 profiles",
         ),
-        ([], None, "not recorded"),  # an adaptive run's budget is not in its config
+        ("adaptive", None, "not recorded"),  # no metrics: no regret, no budget behind one
     ],
 )
-def test_an_evaluate_budget_is_the_one_its_attacker_reported(overrides, metrics, expected, compose):
-    cfg = compose("evaluate", ["scale=smoke", "mechanism=vcg", *overrides])
+def test_an_evaluate_budget_is_the_one_its_attacker_reported(attacker, metrics, expected, compose):
+    cfg = compose("evaluate", ["scale=smoke", "mechanism=vcg", f"attacker={attacker}"])
     OmegaConf.resolve(cfg)
-    assert format_budgets(job_budget("evaluate", cfg, metrics)) == expected
+    assert format_budgets(job_budget("evaluate", cfg, metrics, attacker)) == expected
 
 
 def test_every_attacker_budget_of_a_scale_is_found(compose):
